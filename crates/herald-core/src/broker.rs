@@ -1,0 +1,106 @@
+//! The `Broker` interface: offsets, history and fan-out between gateway nodes.
+//!
+//! A broker assigns each publication the next offset of its channel, keeps history, and hands
+//! every publication to the [`PublicationSink`] of each node that asked for the channel (the
+//! node's hub, which fans it out to local connections). Sinks receive the publications of one
+//! channel in offset order; that is the only ordering promise, and the one clients rely on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::registry::HistoryPolicy;
+
+/// A publication as it travels from broker to sinks: cheap to clone (all shared).
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub channel: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    pub data: Arc<RawValue>,
+}
+
+/// Where a channel's stream stands: the offset of its latest publication (0 before any) and
+/// the epoch naming this unbroken history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
+/// A request to publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub channel: Arc<str>,
+    pub data: Arc<RawValue>,
+    /// Retention for the channel (from its descriptor); `None` keeps no history.
+    pub history: Option<HistoryPolicy>,
+    /// Same key within `idempotency_window` returns the first result and publishes nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a history read returns.
+#[derive(Debug, Clone)]
+pub struct HistoryResult {
+    /// The channel's current position.
+    pub position: Position,
+    /// Retained publications with offset greater than the requested one, oldest first, at most
+    /// `limit`.
+    pub publications: Vec<Publication>,
+    /// Offset of the oldest retained publication (`position.offset + 1` when none is kept).
+    pub earliest: u64,
+}
+
+/// A history query.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoryQuery {
+    /// Return publications with offset greater than this.
+    pub after: Option<u64>,
+    /// At most this many (0: only the position).
+    pub limit: usize,
+}
+
+/// Broker failures. `Unavailable` is what callers see when the backend is down: the API maps
+/// it to 503 and never turns it into a silent drop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+/// Receives publications for the channels its node subscribed to.
+pub trait PublicationSink: Send + Sync + 'static {
+    /// Called in offset order per channel. Must not block: it runs on the broker's delivery path.
+    fn deliver(&self, publication: &Publication);
+}
+
+/// The fan-out, history and presence backend shared by all transports.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Assigns the next offset, appends to history and delivers to every interested node.
+    async fn publish(&self, request: PublishRequest) -> Result<Position, BrokerError>;
+
+    /// This node now has local subscribers for `channel`: deliver its publications here.
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// This node has no local subscribers for `channel` any more.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// The channel's position and retained publications after `query.after`.
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, BrokerError>;
+
+    /// Whether the backend is reachable (drives `/readyz`).
+    async fn health(&self) -> Result<(), BrokerError>;
+
+    /// How long idempotency keys are remembered.
+    fn idempotency_window(&self) -> Duration;
+}

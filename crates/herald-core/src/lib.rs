@@ -1,0 +1,23 @@
+//! Herald's core: everything about channels and clients that needs no network.
+//!
+//! - [`name`]: channel names and `{param}` templates (one segment per placeholder).
+//! - [`config`]: `herald.toml` plus `HERALD_*` overrides, validated as a whole before serving.
+//! - [`registry`]: the channel descriptors, name resolution, gates 2 and 3 (`authorize_*`,
+//!   schema validation). Authorization is a pure function of descriptor, params and identity.
+//! - [`identity`]: identities and JWT verification (gate 1).
+//! - [`protocol`]: protocol v1 frames and error codes.
+//! - [`broker`]: the `Broker` trait every fan-out backend implements.
+//!
+//! The server, the brokers and the CLI build on these types; nothing here opens a socket.
+
+pub mod broker;
+pub mod config;
+pub mod identity;
+pub mod name;
+pub mod protocol;
+pub mod registry;
+
+pub use broker::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
+pub use config::{Config, ConfigError};
+pub use identity::{AuthError, Authenticator, Identity};
+pub use registry::{Descriptor, Registry, Scope};

@@ -1,0 +1,439 @@
+//! Protocol v1: the JSON text frames exchanged over `GET /v1/ws`.
+//!
+//! Client frames are parsed in two steps so errors can be precise: text that is not a JSON
+//! object cannot be answered at all (the connection closes with 4400), while an object with a
+//! bad shape gets a `bad_request` reply carrying the frame's `id` when it had one. Server
+//! frames are encoded here too; the `pub` frame is written by hand because it is the one on the
+//! hot path and is encoded once per publication, whatever the number of subscribers.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::broker::{Position, Publication};
+
+/// Stable error codes used in replies and in API error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    UnknownChannel,
+    Forbidden,
+    InvalidPayload,
+    AlreadySubscribed,
+    NotSubscribed,
+    TooManySubscriptions,
+    TooManyConnections,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    NotFound,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::UnknownChannel => "unknown_channel",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// The error object carried by replies and API responses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// JSON pointer into `data` for `invalid_payload`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pointer: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            pointer: None,
+        }
+    }
+}
+
+/// WebSocket close codes used by the gateway.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub const SLOW_CONSUMER: u16 = 4008;
+    pub const FRAME_TOO_LARGE: u16 = 4009;
+    pub const RATE_LIMITED: u16 = 4029;
+    pub const BAD_FRAME: u16 = 4400;
+    pub const KICKED: u16 = 4403;
+    pub const PING_TIMEOUT: u16 = 4408;
+}
+
+/// `since` in a subscribe frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// A frame from the client.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    Subscribe {
+        id: Option<u64>,
+        channel: String,
+        since: Option<Since>,
+    },
+    Unsubscribe {
+        id: Option<u64>,
+        channel: String,
+    },
+    Publish {
+        id: Option<u64>,
+        channel: String,
+        data: Value,
+    },
+    Presence {
+        id: Option<u64>,
+        channel: String,
+    },
+    Refresh {
+        id: Option<u64>,
+        token: String,
+    },
+    Ping {
+        id: Option<u64>,
+    },
+    Pong {
+        id: Option<u64>,
+    },
+}
+
+/// Why a client frame was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not a JSON object: nothing can be answered; close with 4400.
+    Unparseable(String),
+    /// A JSON object of the wrong shape: reply `bad_request` (with the id, if there was one).
+    BadRequest { id: Option<u64>, message: String },
+}
+
+/// Parses one client text frame.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| FrameError::Unparseable(format!("not JSON: {e}")))?;
+    let Value::Object(map) = &value else {
+        return Err(FrameError::Unparseable(
+            "a frame must be a JSON object".into(),
+        ));
+    };
+    let id = map.get("id").and_then(Value::as_u64);
+    if map.get("id").is_some_and(|v| !v.is_u64()) {
+        return Err(FrameError::BadRequest {
+            id: None,
+            message: "id must be a non-negative integer".into(),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| FrameError::BadRequest {
+        id,
+        message: e.to_string(),
+    })
+}
+
+/// A channel position as sent in `welcome` and replies.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelPosition<'a> {
+    pub channel: &'a str,
+    pub offset: u64,
+    pub epoch: &'a str,
+}
+
+/// A publication inside a subscribe reply or a history response.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicationView<'a> {
+    pub offset: u64,
+    pub data: &'a RawValue,
+}
+
+impl<'a> From<&'a Publication> for PublicationView<'a> {
+    fn from(p: &'a Publication) -> Self {
+        Self {
+            offset: p.offset,
+            data: &p.data,
+        }
+    }
+}
+
+/// A presence entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub client: String,
+    pub user: Option<String>,
+}
+
+/// Frames the server sends (all but `pub`, which [`encode_pub`] writes).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        client: &'a str,
+        user: Option<&'a str>,
+        ping_interval_ms: u64,
+        subscriptions: Vec<ChannelPosition<'a>>,
+    },
+    Reply {
+        id: u64,
+        ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a ErrorBody>,
+        #[serde(flatten)]
+        body: ReplyBody<'a>,
+    },
+    Join {
+        channel: &'a str,
+        user: Option<&'a str>,
+        client: &'a str,
+    },
+    Leave {
+        channel: &'a str,
+        user: Option<&'a str>,
+        client: &'a str,
+    },
+    Unsubscribed {
+        channel: &'a str,
+        reason: &'a str,
+    },
+    Ping,
+    Pong,
+    Disconnect {
+        code: u16,
+        reason: &'a str,
+        reconnect: bool,
+    },
+}
+
+/// The request-specific part of a successful reply.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ReplyBody<'a> {
+    Empty {},
+    Subscribed {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        recovered: bool,
+        publications: Vec<PublicationView<'a>>,
+    },
+    Published {
+        offset: u64,
+        epoch: &'a str,
+    },
+    Presence {
+        channel: &'a str,
+        clients: &'a [ClientInfo],
+    },
+}
+
+impl ServerFrame<'_> {
+    /// Serializes the frame to the bytes of one text message.
+    pub fn encode(&self) -> Bytes {
+        // Serializing these types cannot fail: no maps with non-string keys, no custom impls.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// A successful reply with a body.
+pub fn reply_ok(id: u64, body: ReplyBody<'_>) -> Bytes {
+    ServerFrame::Reply {
+        id,
+        ok: true,
+        error: None,
+        body,
+    }
+    .encode()
+}
+
+/// An error reply.
+pub fn reply_err(id: u64, error: &ErrorBody) -> Bytes {
+    ServerFrame::Reply {
+        id,
+        ok: false,
+        error: Some(error),
+        body: ReplyBody::Empty {},
+    }
+    .encode()
+}
+
+/// An error the client did not ask about (a frame without `id`): sent as a reply with id 0 is
+/// ambiguous, so protocol v1 uses an `error` frame for it.
+pub fn error_frame(error: &ErrorBody) -> Bytes {
+    #[derive(Serialize)]
+    struct ErrorFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: &'a ErrorBody,
+    }
+    Bytes::from(
+        serde_json::to_vec(&ErrorFrame {
+            kind: "error",
+            error,
+        })
+        .unwrap_or_default(),
+    )
+}
+
+/// Encodes `{"type":"pub","channel":…,"offset":…,"data":…}` once for all subscribers.
+pub fn encode_pub(p: &Publication) -> Bytes {
+    let data = p.data.get();
+    let mut out = String::with_capacity(48 + p.channel.len() + data.len());
+    out.push_str(r#"{"type":"pub","channel":"#);
+    // Channel names are [A-Za-z0-9_.-] only, but escape anyway: the encoder must never be the
+    // place where an unvalidated name turns into broken JSON.
+    push_json_str(&mut out, &p.channel);
+    let _ = write!(out, r#","offset":{},"data":"#, p.offset);
+    out.push_str(data);
+    out.push('}');
+    Bytes::from(out)
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+/// Converts a position for the welcome frame.
+pub fn channel_position<'a>(channel: &'a str, pos: &'a Position) -> ChannelPosition<'a> {
+    ChannelPosition {
+        channel,
+        offset: pos.offset,
+        epoch: &pos.epoch,
+    }
+}
+
+/// Turns a validated JSON value into the shared raw form publications carry.
+pub fn raw_json(value: &Value) -> Arc<RawValue> {
+    // `to_string` of a `Value` is always valid JSON, so `from_string` cannot fail here.
+    let text = value.to_string();
+    Arc::from(
+        RawValue::from_string(text).unwrap_or_else(|_| {
+            RawValue::from_string("null".to_owned()).expect("null is valid JSON")
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_frames() {
+        assert_eq!(
+            parse_client_frame(r#"{"type":"subscribe","id":1,"channel":"a.b"}"#).unwrap(),
+            ClientFrame::Subscribe {
+                id: Some(1),
+                channel: "a.b".into(),
+                since: None
+            }
+        );
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping { id: None })
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_are_classified() {
+        assert!(matches!(
+            parse_client_frame("not json"),
+            Err(FrameError::Unparseable(_))
+        ));
+        assert!(matches!(
+            parse_client_frame("[1,2]"),
+            Err(FrameError::Unparseable(_))
+        ));
+        assert_eq!(
+            parse_client_frame(r#"{"type":"subscribe","id":7}"#),
+            Err(FrameError::BadRequest {
+                id: Some(7),
+                message: "missing field `channel`".into()
+            })
+        );
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"dance","id":3}"#),
+            Err(FrameError::BadRequest { id: Some(3), .. })
+        ));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"ping","id":-1}"#),
+            Err(FrameError::BadRequest { id: None, .. })
+        ));
+    }
+
+    #[test]
+    fn pub_frame_is_valid_json() {
+        let p = Publication {
+            channel: Arc::from("a.b"),
+            offset: 42,
+            epoch: Arc::from("e"),
+            data: raw_json(&serde_json::json!({"x": "y\"z"})),
+        };
+        let bytes = encode_pub(&p);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"pub","channel":"a.b","offset":42,"data":{"x":"y\"z"}})
+        );
+    }
+
+    #[test]
+    fn replies_serialize_flat() {
+        let pos = Position {
+            offset: 3,
+            epoch: Arc::from("ep"),
+        };
+        let bytes = reply_ok(
+            9,
+            ReplyBody::Published {
+                offset: pos.offset,
+                epoch: &pos.epoch,
+            },
+        );
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"reply","id":9,"ok":true,"offset":3,"epoch":"ep"})
+        );
+        let err = reply_err(2, &ErrorBody::new(ErrorCode::Forbidden, "no"));
+        let v: Value = serde_json::from_slice(&err).unwrap();
+        assert_eq!(v["error"]["code"], "forbidden");
+        assert_eq!(v["ok"], false);
+    }
+}

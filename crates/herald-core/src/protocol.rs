@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -257,15 +256,15 @@ pub enum ReplyBody<'a> {
 }
 
 impl ServerFrame<'_> {
-    /// Serializes the frame to the bytes of one text message.
-    pub fn encode(&self) -> Bytes {
+    /// Serializes the frame to the text of one message.
+    pub fn encode(&self) -> String {
         // Serializing these types cannot fail: no maps with non-string keys, no custom impls.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
 /// A successful reply with a body.
-pub fn reply_ok(id: u64, body: ReplyBody<'_>) -> Bytes {
+pub fn reply_ok(id: u64, body: ReplyBody<'_>) -> String {
     ServerFrame::Reply {
         id,
         ok: true,
@@ -276,7 +275,7 @@ pub fn reply_ok(id: u64, body: ReplyBody<'_>) -> Bytes {
 }
 
 /// An error reply.
-pub fn reply_err(id: u64, error: &ErrorBody) -> Bytes {
+pub fn reply_err(id: u64, error: &ErrorBody) -> String {
     ServerFrame::Reply {
         id,
         ok: false,
@@ -286,26 +285,23 @@ pub fn reply_err(id: u64, error: &ErrorBody) -> Bytes {
     .encode()
 }
 
-/// An error the client did not ask about (a frame without `id`): sent as a reply with id 0 is
-/// ambiguous, so protocol v1 uses an `error` frame for it.
-pub fn error_frame(error: &ErrorBody) -> Bytes {
+/// An error about a frame that carried no `id` (so no reply can name it): an `error` frame.
+pub fn error_frame(error: &ErrorBody) -> String {
     #[derive(Serialize)]
     struct ErrorFrame<'a> {
         #[serde(rename = "type")]
         kind: &'static str,
         error: &'a ErrorBody,
     }
-    Bytes::from(
-        serde_json::to_vec(&ErrorFrame {
-            kind: "error",
-            error,
-        })
-        .unwrap_or_default(),
-    )
+    serde_json::to_string(&ErrorFrame {
+        kind: "error",
+        error,
+    })
+    .unwrap_or_default()
 }
 
 /// Encodes `{"type":"pub","channel":…,"offset":…,"data":…}` once for all subscribers.
-pub fn encode_pub(p: &Publication) -> Bytes {
+pub fn encode_pub(p: &Publication) -> String {
     let data = p.data.get();
     let mut out = String::with_capacity(48 + p.channel.len() + data.len());
     out.push_str(r#"{"type":"pub","channel":"#);
@@ -315,7 +311,7 @@ pub fn encode_pub(p: &Publication) -> Bytes {
     let _ = write!(out, r#","offset":{},"data":"#, p.offset);
     out.push_str(data);
     out.push('}');
-    Bytes::from(out)
+    out
 }
 
 fn push_json_str(out: &mut String, s: &str) {
@@ -406,7 +402,7 @@ mod tests {
             data: raw_json(&serde_json::json!({"x": "y\"z"})),
         };
         let bytes = encode_pub(&p);
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let v: Value = serde_json::from_str(&bytes).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"pub","channel":"a.b","offset":42,"data":{"x":"y\"z"}})
@@ -426,13 +422,13 @@ mod tests {
                 epoch: &pos.epoch,
             },
         );
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let v: Value = serde_json::from_str(&bytes).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"reply","id":9,"ok":true,"offset":3,"epoch":"ep"})
         );
         let err = reply_err(2, &ErrorBody::new(ErrorCode::Forbidden, "no"));
-        let v: Value = serde_json::from_slice(&err).unwrap();
+        let v: Value = serde_json::from_str(&err).unwrap();
         assert_eq!(v["error"]["code"], "forbidden");
         assert_eq!(v["ok"], false);
     }

@@ -1,0 +1,288 @@
+//! The server API (for backends) and the operational endpoints.
+//!
+//! Every error leaves as `{"error":{"code","message"[,"pointer"]}}` with a status derived from
+//! its stable code, through the one [`ApiError`] type.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use herald_core::broker::HistoryQuery;
+use herald_core::protocol::{ErrorBody, ErrorCode, PublicationView, close};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::gateway::Gateway;
+use crate::outbox::Closed;
+
+/// Most items one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// An API error: a stable code, a message, and the status the code implies.
+#[derive(Debug)]
+pub struct ApiError(pub ErrorBody);
+
+impl From<ErrorBody> for ApiError {
+    fn from(e: ErrorBody) -> Self {
+        Self(e)
+    }
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(ErrorBody::new(code, message))
+    }
+}
+
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::UnknownChannel | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidPayload => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::AlreadySubscribed
+        | ErrorCode::NotSubscribed
+        | ErrorCode::TooManySubscriptions => StatusCode::CONFLICT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (status_of(self.0.code), Json(json!({ "error": self.0 }))).into_response();
+        if self.0.code == ErrorCode::Unauthorized {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
+        }
+        res
+    }
+}
+
+type Gw = State<Arc<Gateway>>;
+
+/// Middleware: `Authorization: Bearer <api key>`, compared in constant time.
+pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = match (&gw.config.api.key, presented) {
+        (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
+        _ => false,
+    };
+    if ok {
+        next.run(req).await
+    } else {
+        gw.metrics
+            .reject(crate::metrics::Gate::publish, ErrorCode::Unauthorized);
+        let message = if gw.config.api.key.is_none() {
+            "the server API is disabled: no api.key configured"
+        } else {
+            "missing or wrong API key (Authorization: Bearer <api key>)"
+        };
+        ApiError::new(ErrorCode::Unauthorized, message).into_response()
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body larger than {limit} bytes"),
+        )
+    })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    pub channel: String,
+    pub data: Value,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Published {
+    offset: u64,
+    epoch: Arc<str>,
+}
+
+fn single_body_limit(gw: &Gateway) -> usize {
+    // The envelope and JSON escaping may add to `data`; its exact size is checked after parsing.
+    gw.config.limits.max_payload_bytes * 2 + 4096
+}
+
+pub async fn publish(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body, single_body_limit(&gw)).await?;
+    let req: PublishBody = parse(&bytes)?;
+    let pos = gw
+        .publish(&req.channel, &req.data, req.idempotency_key, None)
+        .await?;
+    Ok(Json(Published {
+        offset: pos.offset,
+        epoch: pos.epoch,
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    publications: Vec<Value>,
+}
+
+pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
+    let limit = single_body_limit(&gw)
+        .saturating_mul(MAX_BATCH)
+        .min(64 << 20);
+    let bytes = read_body(body, limit).await?;
+    let batch: BatchBody = parse(&bytes)?;
+    if batch.publications.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("at most {MAX_BATCH} publications per batch"),
+        ));
+    }
+    let mut results = Vec::with_capacity(batch.publications.len());
+    // In order, one at a time: items on the same channel keep their batch order.
+    for item in batch.publications {
+        let result = match serde_json::from_value::<PublishBody>(item) {
+            Err(e) => Err(ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
+            Ok(p) => {
+                gw.publish(&p.channel, &p.data, p.idempotency_key, None)
+                    .await
+            }
+        };
+        results.push(match result {
+            Ok(pos) => json!({ "offset": pos.offset, "epoch": pos.epoch }),
+            Err(e) => json!({ "error": e }),
+        });
+    }
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+pub async fn channels(State(gw): Gw) -> Json<Value> {
+    let channels: Vec<Value> = gw
+        .hub
+        .channels()
+        .into_iter()
+        .map(|(name, n)| json!({ "channel": name, "subscribers": n }))
+        .collect();
+    Json(json!({ "channels": channels }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn history(
+    State(gw): Gw,
+    Path(channel): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<Value>, ApiError> {
+    let (descriptor, _) = gw.resolve(&channel)?;
+    if descriptor.history.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("channel {channel:?} keeps no history"),
+        ));
+    }
+    let limit = params.limit.unwrap_or(100).min(1000);
+    let result = gw
+        .history(
+            &channel,
+            HistoryQuery {
+                after: Some(params.since.unwrap_or(0)),
+                limit,
+            },
+        )
+        .await?;
+    let publications: Vec<PublicationView<'_>> = result
+        .publications
+        .iter()
+        .map(PublicationView::from)
+        .collect();
+    Ok(Json(json!({
+        "channel": channel,
+        "offset": result.position.offset,
+        "epoch": result.position.epoch,
+        "publications": publications,
+    })))
+}
+
+pub async fn disconnect_user(State(gw): Gw, Path(user): Path<String>) -> Json<Value> {
+    let conns = gw.hub.user_connections(&user);
+    for c in &conns {
+        c.outbox.close(Closed {
+            code: close::KICKED,
+            reason: "disconnected by the server",
+            reconnect: false,
+        });
+    }
+    Json(json!({ "disconnected": conns.len() }))
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(gw): Gw) -> Response {
+    if gw.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
+    match gw.broker.health().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "broker": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn metrics(State(gw): Gw) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document of this API (kept true by a test that checks it against the router).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+pub async fn not_found(headers: HeaderMap) -> ApiError {
+    let _ = headers;
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}

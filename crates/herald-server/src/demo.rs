@@ -1,0 +1,56 @@
+//! The demo page at `/` and its development-token endpoint.
+//!
+//! Only mounted when `server.demo = true`: `/demo/token` mints a token for any user name with
+//! the configured HMAC secret, which is exactly what a production gateway must never do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::Html;
+use axum::routing::get;
+use herald_core::protocol::ErrorCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::ApiError;
+use crate::gateway::Gateway;
+
+const PAGE: &str = include_str!("../assets/demo.html");
+
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/", get(page))
+        .route("/demo/token", get(token))
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenParams {
+    user: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+async fn token(
+    State(gw): State<Arc<Gateway>>,
+    Query(p): Query<TokenParams>,
+) -> Result<Json<Value>, ApiError> {
+    if !herald_core::name::is_valid_segment(&p.user) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "user must be letters, digits, '_' or '-'",
+        ));
+    }
+    let roles: Vec<String> = p.role.into_iter().filter(|r| !r.is_empty()).collect();
+    let token = gw
+        .auth
+        .mint(&p.user, &roles, Duration::from_secs(3600))
+        .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
+    Ok(Json(json!({ "token": token })))
+}

@@ -1,0 +1,234 @@
+//! The node-local subscription table and fan-out.
+//!
+//! The hub is this node's [`PublicationSink`]: the broker hands it each publication once, the
+//! hub encodes the `pub` frame once and pushes the same `Frame` into every subscriber's outbox.
+//! Channels are spread over shards so fan-outs on different channels do not contend.
+//!
+//! A new subscription starts *pending*: live publications are buffered for it while the
+//! connection reads the channel's position (and, when recovering, its history) from the
+//! broker. [`Hub::activate`] then queues the subscribe reply and the buffered publications that
+//! come after it, under the shard lock, so the client sees reply, then every later offset
+//! exactly once: no gap and no duplicate between replay and live delivery.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use herald_core::protocol::encode_pub;
+use herald_core::{Publication, PublicationSink};
+
+use crate::metrics::Metrics;
+use crate::outbox::{Frame, Outbox, Pushed};
+
+const SHARDS: usize = 64;
+
+/// Live publications buffered for one pending subscription before it is treated as too slow.
+const MAX_PENDING: usize = 10_000;
+
+/// The parts of a connection other tasks may touch.
+#[derive(Debug)]
+pub struct ConnHandle {
+    pub id: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub outbox: Outbox,
+}
+
+struct Sub {
+    conn: Arc<ConnHandle>,
+    pending: Option<Vec<Publication>>,
+}
+
+type Shard = Mutex<HashMap<Arc<str>, Vec<Sub>>>;
+
+/// Why a connection was refused a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyConnections;
+
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    users: Mutex<HashMap<Arc<str>, Vec<Arc<ConnHandle>>>>,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            users: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &Shard {
+        let h = self.hasher.hash_one(channel) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// Adds a pending subscription. Returns true when it is the node's first subscriber of
+    /// the channel (the caller then asks the broker for the channel).
+    pub fn add(&self, channel: &Arc<str>, conn: &Arc<ConnHandle>) -> bool {
+        let mut shard = lock(self.shard(channel));
+        let (subs, first) = match shard.entry(channel.clone()) {
+            Entry::Occupied(e) => (e.into_mut(), false),
+            Entry::Vacant(e) => (e.insert(Vec::new()), true),
+        };
+        subs.push(Sub {
+            conn: conn.clone(),
+            pending: Some(Vec::new()),
+        });
+        self.metrics.subscriptions.inc();
+        first
+    }
+
+    /// Ends the pending phase: queues `reply` (if any), then every buffered publication with an
+    /// offset above `after`, and from now on delivers live.
+    pub fn activate(
+        &self,
+        channel: &str,
+        conn: &Arc<ConnHandle>,
+        after: u64,
+        reply: Option<Frame>,
+    ) {
+        let mut shard = lock(self.shard(channel));
+        let Some(sub) = shard
+            .get_mut(channel)
+            .and_then(|subs| subs.iter_mut().find(|s| Arc::ptr_eq(&s.conn, conn)))
+        else {
+            return;
+        };
+        let pending = sub.pending.take().unwrap_or_default();
+        if let Some(reply) = reply {
+            self.push(conn, reply);
+        }
+        for p in pending.iter().filter(|p| p.offset > after) {
+            self.push(conn, Frame::from(encode_pub(p)));
+        }
+    }
+
+    /// Removes a subscription. Returns true when the channel has no subscriber left on this
+    /// node (the caller then tells the broker).
+    pub fn remove(&self, channel: &str, conn: &Arc<ConnHandle>) -> bool {
+        let mut shard = lock(self.shard(channel));
+        let Some(subs) = shard.get_mut(channel) else {
+            return false;
+        };
+        let Some(i) = subs.iter().position(|s| Arc::ptr_eq(&s.conn, conn)) else {
+            return false;
+        };
+        subs.swap_remove(i);
+        self.metrics.subscriptions.dec();
+        if subs.is_empty() {
+            shard.remove(channel);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Channels with subscribers on this node and their subscriber counts, sorted by name.
+    pub fn channels(&self) -> Vec<(Arc<str>, usize)> {
+        let mut out: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                lock(s)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Subscribers of `channel` on this node.
+    pub fn subscribers(&self, channel: &str) -> Vec<Arc<ConnHandle>> {
+        lock(self.shard(channel))
+            .get(channel)
+            .map(|subs| subs.iter().map(|s| s.conn.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes a per-user connection slot (anonymous connections are not counted).
+    pub fn register(
+        &self,
+        conn: &Arc<ConnHandle>,
+        max_per_user: usize,
+    ) -> Result<(), TooManyConnections> {
+        let Some(user) = &conn.user else {
+            return Ok(());
+        };
+        let mut users = lock(&self.users);
+        let conns = users.entry(user.clone()).or_default();
+        if conns.len() >= max_per_user {
+            return Err(TooManyConnections);
+        }
+        conns.push(conn.clone());
+        Ok(())
+    }
+
+    pub fn unregister(&self, conn: &Arc<ConnHandle>) {
+        let Some(user) = &conn.user else { return };
+        let mut users = lock(&self.users);
+        if let Some(conns) = users.get_mut(user) {
+            conns.retain(|c| !Arc::ptr_eq(c, conn));
+            if conns.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Connections of one user on this node.
+    pub fn user_connections(&self, user: &str) -> Vec<Arc<ConnHandle>> {
+        lock(&self.users).get(user).cloned().unwrap_or_default()
+    }
+
+    fn push(&self, conn: &ConnHandle, frame: Frame) -> bool {
+        match conn.outbox.push(frame) {
+            Pushed::Queued => true,
+            Pushed::Closed => false,
+            Pushed::Overflowed => {
+                self.metrics.slow_consumers.inc();
+                tracing::info!(client = %conn.id, "closing slow consumer");
+                false
+            }
+        }
+    }
+}
+
+impl PublicationSink for Hub {
+    fn deliver(&self, p: &Publication) {
+        let mut shard = lock(self.shard(&p.channel));
+        let Some(subs) = shard.get_mut(&*p.channel) else {
+            return;
+        };
+        // Encoded once; every outbox gets a reference-counted view of the same bytes.
+        let frame = Frame::from(encode_pub(p));
+        let mut delivered = 0u64;
+        for sub in subs.iter_mut() {
+            match &mut sub.pending {
+                Some(buffer) if buffer.len() < MAX_PENDING => buffer.push(p.clone()),
+                Some(_) => {
+                    sub.conn.outbox.close(crate::outbox::Closed {
+                        code: herald_core::protocol::close::SLOW_CONSUMER,
+                        reason: "slow consumer: subscription could not catch up",
+                        reconnect: true,
+                    });
+                }
+                None => {
+                    if self.push(&sub.conn, frame.clone()) {
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(delivered);
+    }
+}

@@ -1,0 +1,165 @@
+//! Herald's gateway server.
+//!
+//! [`run`] takes an already bound listener and a shutdown future, so tests bind port 0 and only
+//! `main` touches real ports and signals. Inside:
+//! - [`ws`]: protocol v1 over WebSocket (gate 1 on the upgrade, then one task per connection);
+//! - [`api`]: the server API for backends, health, readiness, metrics, the OpenAPI document;
+//! - [`hub`]: the node-local subscription table and the encode-once fan-out;
+//! - [`outbox`]: each connection's byte-bounded queue (the slow-consumer policy);
+//! - [`gateway`]: the shared state and the publish path every source goes through.
+//!
+//! Shutdown runs in phases: stop accepting and report not ready, tell every client to
+//! reconnect (spread over `shutdown_spread`), then wait for connections to drain, at most
+//! `shutdown_grace`.
+
+pub mod api;
+mod demo;
+pub mod gateway;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use herald_core::identity::KeyError;
+use herald_core::{Authenticator, Broker, Config};
+use herald_memory::MemoryBroker;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::gateway::Gateway;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How long idempotency keys are remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("auth key: {0}")]
+    Key(#[from] KeyError),
+}
+
+/// Builds the gateway state: authenticator, hub, broker. Must run inside a Tokio runtime.
+pub fn build(config: Config) -> Result<Arc<Gateway>, ServerError> {
+    let auth = Authenticator::from_config(&config.auth)?;
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let broker: Arc<dyn Broker> = match config.broker.kind {
+        herald_core::config::BrokerKind::Memory => {
+            let b = MemoryBroker::new(hub.clone(), IDEMPOTENCY_WINDOW);
+            b.spawn_sweeper();
+            b
+        }
+    };
+    Ok(Arc::new(Gateway::new(config, auth, hub, broker, metrics)))
+}
+
+/// The HTTP routes.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let server_api = Router::new()
+        .route("/v1/publish", post(api::publish))
+        .route("/v1/publish/batch", post(api::publish_batch))
+        .route("/v1/channels", get(api::channels))
+        .route("/v1/channels/{channel}/history", get(api::history))
+        .route("/v1/users/{user}/disconnect", post(api::disconnect_user))
+        .route_layer(from_fn_with_state(gw.clone(), api::require_api_key));
+    let mut app = Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/v1/openapi.json", get(api::openapi))
+        .merge(server_api);
+    if gw.config.server.demo {
+        app = app.merge(demo::routes());
+    }
+    app.fallback(api::not_found).with_state(gw)
+}
+
+/// Serves on `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let gw = build(config)?;
+    serve(listener, gw, shutdown).await;
+    Ok(())
+}
+
+/// Serves an already built gateway (tests use this to reach into the state).
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let app = router(gw.clone());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(gw.config.server.handshake_timeout);
+    let http_conns = TaskTracker::new();
+    tokio::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small frames must leave now, not after Nagle's delay.
+                    let _ = stream.set_nodelay(true);
+                    let service = TowerToHyperService::new(app.clone());
+                    let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let stop = gw.shutdown.clone();
+                    http_conns.spawn(async move {
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = stop.cancelled() => {
+                                // Finish the request in flight, then close; upgraded
+                                // connections are already detached and drain on their own.
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.await;
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving who is connected.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: not ready, not accepting");
+    gw.set_draining();
+    drop(listener);
+    gw.shutdown.cancel();
+    gw.connections.close();
+    let grace = gw.config.server.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        http_conns.close();
+        http_conns.wait().await;
+        gw.connections.wait().await;
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(
+            remaining = gw.connections.len(),
+            "grace period over; dropping remaining connections"
+        ),
+    }
+}

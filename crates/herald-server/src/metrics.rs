@@ -1,0 +1,125 @@
+//! Prometheus metrics served at `/metrics`.
+//!
+//! Hot-path counters (deliveries) are plain atomics with no labels; labelled families are only
+//! touched on rarer events (publications, rejects), where their lookup cost does not matter.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which gate refused something.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Gate {
+    connect,
+    subscribe,
+    publish,
+    frame,
+}
+
+/// Where a publication came from.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Source {
+    api,
+    client,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub gate: Gate,
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: Source,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub subscriptions: Gauge,
+    pub publications: Family<SourceLabels, Counter>,
+    pub deliveries: Counter,
+    pub slow_consumers: Counter,
+    pub rejects: Family<RejectLabels, Counter>,
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Self {
+            connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            publications: Family::default(),
+            deliveries: Counter::default(),
+            slow_consumers: Counter::default(),
+            rejects: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Channel subscriptions held by connections on this node",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "publications",
+            "Publications accepted, by source",
+            m.publications.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Publications queued to subscribers on this node",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "slow_consumers",
+            "Connections closed because their outbound queue overflowed (drops)",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "rejects",
+            "Requests refused, by gate and error code",
+            m.rejects.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn reject(&self, gate: Gate, code: herald_core::protocol::ErrorCode) {
+        self.rejects
+            .get_or_create(&RejectLabels {
+                gate,
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn published(&self, source: Source) {
+        self.publications
+            .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

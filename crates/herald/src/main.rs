@@ -1,0 +1,203 @@
+//! `herald`: the gateway binary.
+//!
+//! Thin on purpose: it parses the command line, loads and validates the config, binds the port
+//! and installs signal handlers; everything else lives in `herald-server` and `herald-core`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use herald_core::{Authenticator, Config};
+
+/// The example configuration, used by `herald serve` when no config file is found.
+const EXAMPLE_CONFIG: &str = include_str!("../../../herald.toml");
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "Herald, a realtime push gateway")]
+struct Cli {
+    /// Config file (default: ./herald.toml if present, else the built-in example).
+    #[arg(long, short, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Validate the config and every schema, then exit.
+    Check,
+    /// Mint a development token signed with the config's HMAC secret.
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// A role to include (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime, e.g. 1h, 15m.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Publish through a running gateway's server API.
+    Publish {
+        channel: String,
+        /// The payload, as JSON.
+        data: String,
+        /// Gateway base URL (default: http://<server.listen>).
+        #[arg(long, env = "HERALD_URL")]
+        url: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads the config the way every subcommand does.
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let default = Path::new("herald.toml");
+    let path = path.or_else(|| default.is_file().then_some(default));
+    let config = match path {
+        Some(p) => Config::load(Some(p))?,
+        None => {
+            tracing::warn!(
+                "no herald.toml found: using the built-in example config (development secrets; \
+                 not for production)"
+            );
+            Config::from_toml_str(EXAMPLE_CONFIG, Path::new("."))?
+        }
+    };
+    Authenticator::from_config(&config.auth).context("auth")?;
+    Ok(config)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve(load(cli.config.as_deref())?).await,
+        Command::Check => {
+            let config = load(cli.config.as_deref())?;
+            let n = config.registry.descriptors().len();
+            let file = config.file.as_ref().map_or_else(
+                || "built-in example".to_owned(),
+                |f| f.display().to_string(),
+            );
+            println!("{file}: ok ({n} channel{})", if n == 1 { "" } else { "s" });
+            Ok(())
+        }
+        Command::Token { sub, roles, ttl } => {
+            let config = load(cli.config.as_deref())?;
+            let auth = Authenticator::from_config(&config.auth)?;
+            println!("{}", auth.mint(&sub, &roles, ttl)?);
+            Ok(())
+        }
+        Command::Publish {
+            channel,
+            data,
+            url,
+            idempotency_key,
+        } => {
+            let config = load(cli.config.as_deref())?;
+            let data: serde_json::Value =
+                serde_json::from_str(&data).context("the payload is not valid JSON")?;
+            let url = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
+            let key = config
+                .api
+                .key
+                .context("api.key is not set in the config (or HERALD_API__KEY)")?;
+            let mut body = serde_json::json!({ "channel": channel, "data": data });
+            if let Some(k) = idempotency_key {
+                body["idempotency_key"] = k.into();
+            }
+            let res = reqwest::Client::new()
+                .post(format!("{}/v1/publish", url.trim_end_matches('/')))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            let status = res.status();
+            let text = res.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("{status}: {text}");
+            }
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    if let Ok(local) = listener.local_addr() {
+        // Parsed by tests and scripts that bind port 0.
+        println!("herald listening on http://{local}");
+    }
+    herald_server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install SIGTERM handler");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

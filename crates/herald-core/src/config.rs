@@ -57,8 +57,12 @@ pub struct ServerConfig {
     /// Hard limit for the whole shutdown; connections still open then are dropped.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Serve the demo page at `/`.
+    /// Serve the demo page at `/` and its token endpoint (development only).
     pub demo: bool,
+    /// Kernel send buffer per client socket, in bytes. Unset: the kernel autotunes (up to
+    /// several MB per socket on Linux). Setting it bounds kernel memory per connection and
+    /// makes a stalled client hit the outbound queue limit sooner.
+    pub tcp_send_buffer: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -71,7 +75,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_spread: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
-            demo: true,
+            demo: false,
+            tcp_send_buffer: None,
         }
     }
 }

@@ -119,6 +119,9 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     // Small frames must leave now, not after Nagle's delay.
                     let _ = stream.set_nodelay(true);
+                    if let Some(size) = gw.config.server.tcp_send_buffer {
+                        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
+                    }
                     let service = TowerToHyperService::new(app.clone());
                     let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
                     let stop = gw.shutdown.clone();

@@ -15,4 +15,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 echo "==> cargo test --workspace"
-cargo test --workspace --locked
+cargo test --workspace

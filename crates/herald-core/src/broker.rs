@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::protocol::ClientInfo;
 use crate::registry::HistoryPolicy;
 
 /// A publication as it travels from broker to sinks: cheap to clone (all shared).
@@ -73,10 +74,20 @@ pub enum BrokerError {
     Internal(String),
 }
 
-/// Receives publications for the channels its node subscribed to.
+/// A change in a presence channel's membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    Join(ClientInfo),
+    Leave(ClientInfo),
+}
+
+/// Receives publications (and presence changes) for the channels its node subscribed to.
 pub trait PublicationSink: Send + Sync + 'static {
     /// Called in offset order per channel. Must not block: it runs on the broker's delivery path.
     fn deliver(&self, publication: &Publication);
+
+    /// A client joined or left a presence channel (on any node).
+    fn presence(&self, channel: &str, event: &PresenceEvent);
 }
 
 /// The fan-out, history and presence backend shared by all transports.
@@ -97,6 +108,16 @@ pub trait Broker: Send + Sync + 'static {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryResult, BrokerError>;
+
+    /// Records `client` as present on `channel` and tells every node's subscribers (`join`).
+    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError>;
+
+    /// Removes `client` from `channel`'s presence and tells the subscribers (`leave`).
+    /// Removing an absent client is not an error and sends nothing.
+    async fn presence_remove(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError>;
+
+    /// The clients present on `channel`, sorted by client id.
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;
 
     /// Whether the backend is reachable (drives `/readyz`).
     async fn health(&self) -> Result<(), BrokerError>;

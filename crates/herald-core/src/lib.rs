@@ -17,7 +17,9 @@ pub mod name;
 pub mod protocol;
 pub mod registry;
 
-pub use broker::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
+pub use broker::{
+    Broker, BrokerError, Position, PresenceEvent, Publication, PublicationSink, PublishRequest,
+};
 pub use config::{Config, ConfigError};
 pub use identity::{AuthError, Authenticator, Identity};
 pub use registry::{Descriptor, Registry, Scope};

@@ -186,7 +186,7 @@ impl<'a> From<&'a Publication> for PublicationView<'a> {
 }
 
 /// A presence entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub client: String,
     pub user: Option<String>,

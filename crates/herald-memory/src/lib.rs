@@ -11,14 +11,17 @@
 //! client recovering across that gap is told `recovered: false` instead of being shown a silent
 //! hole.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::broker::{HistoryQuery, HistoryResult};
+use herald_core::protocol::ClientInfo;
 use herald_core::registry::HistoryPolicy;
-use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
+use herald_core::{
+    Broker, BrokerError, Position, PresenceEvent, Publication, PublicationSink, PublishRequest,
+};
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -93,6 +96,8 @@ pub struct MemoryBroker {
     streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// TTL of each channel's history, remembered from its publish requests for pruning.
     ttls: Mutex<HashMap<Arc<str>, Duration>>,
+    /// Presence per channel, by client id.
+    presence: Mutex<HashMap<String, BTreeMap<String, ClientInfo>>>,
     idempotency_window: Duration,
 }
 
@@ -115,6 +120,7 @@ impl MemoryBroker {
             sink,
             streams: Mutex::new(HashMap::new()),
             ttls: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
             idempotency_window,
         })
     }
@@ -251,6 +257,39 @@ impl Broker for MemoryBroker {
         })
     }
 
+    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        let mut presence = lock(&self.presence);
+        presence
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(client.client.clone(), client.clone());
+        // Under the presence lock, so join and leave of one client cannot be reordered.
+        self.sink.presence(channel, &PresenceEvent::Join(client));
+        Ok(())
+    }
+
+    async fn presence_remove(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        let mut presence = lock(&self.presence);
+        let Some(members) = presence.get_mut(channel) else {
+            return Ok(());
+        };
+        if members.remove(&client.client).is_none() {
+            return Ok(());
+        }
+        if members.is_empty() {
+            presence.remove(channel);
+        }
+        self.sink.presence(channel, &PresenceEvent::Leave(client));
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        Ok(lock(&self.presence)
+            .get(channel)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
     async fn health(&self) -> Result<(), BrokerError> {
         Ok(())
     }
@@ -271,6 +310,7 @@ mod tests {
         fn deliver(&self, p: &Publication) {
             lock(&self.0).push(p.clone());
         }
+        fn presence(&self, _: &str, _: &PresenceEvent) {}
     }
 
     fn req(channel: &str, n: u64, history: Option<HistoryPolicy>) -> PublishRequest {

@@ -230,6 +230,12 @@ pub async fn history(
     })))
 }
 
+pub async fn presence(State(gw): Gw, Path(channel): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (descriptor, _) = gw.resolve(&channel)?;
+    let clients = gw.presence(&channel, descriptor).await?;
+    Ok(Json(json!({ "channel": channel, "clients": clients })))
+}
+
 pub async fn disconnect_user(State(gw): Gw, Path(user): Path<String>) -> Json<Value> {
     let conns = gw.hub.user_connections(&user);
     for c in &conns {

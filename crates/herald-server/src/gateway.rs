@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use herald_core::broker::{HistoryQuery, HistoryResult};
 use herald_core::name::Params;
-use herald_core::protocol::{ErrorBody, ErrorCode, raw_json};
+use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, raw_json};
 use herald_core::registry::ResolveError;
 use herald_core::{
     Authenticator, Broker, BrokerError, Config, Descriptor, Identity, Position, PublishRequest,
@@ -150,6 +150,21 @@ impl Gateway {
             })
             .await
             .map_err(broker_error)
+    }
+
+    /// The clients present on a presence channel.
+    pub async fn presence(
+        &self,
+        channel: &str,
+        descriptor: &Descriptor,
+    ) -> Result<Vec<ClientInfo>, ErrorBody> {
+        if !descriptor.presence {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("presence is not enabled on {channel:?}"),
+            ));
+        }
+        self.broker.presence(channel).await.map_err(broker_error)
     }
 
     /// Reads a channel's position and retained publications.

@@ -15,8 +15,8 @@ use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use herald_core::protocol::encode_pub;
-use herald_core::{Publication, PublicationSink};
+use herald_core::protocol::{ServerFrame, encode_pub};
+use herald_core::{PresenceEvent, Publication, PublicationSink};
 
 use crate::metrics::Metrics;
 use crate::outbox::{Frame, Outbox, Pushed};
@@ -230,5 +230,35 @@ impl PublicationSink for Hub {
             }
         }
         self.metrics.deliveries.inc_by(delivered);
+    }
+
+    fn presence(&self, channel: &str, event: &PresenceEvent) {
+        let (info, frame) = match event {
+            PresenceEvent::Join(info) => (
+                info,
+                ServerFrame::Join {
+                    channel,
+                    user: info.user.as_deref(),
+                    client: &info.client,
+                },
+            ),
+            PresenceEvent::Leave(info) => (
+                info,
+                ServerFrame::Leave {
+                    channel,
+                    user: info.user.as_deref(),
+                    client: &info.client,
+                },
+            ),
+        };
+        let frame = Frame::from(frame.encode());
+        let shard = lock(self.shard(channel));
+        for sub in shard.get(channel).into_iter().flatten() {
+            // The client itself knows it joined; pending subscribers learn the members from
+            // a presence request after their subscribe.
+            if sub.pending.is_none() && *sub.conn.id != *info.client {
+                self.push(&sub.conn, frame.clone());
+            }
+        }
     }
 }

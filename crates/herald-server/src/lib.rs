@@ -71,6 +71,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/publish/batch", post(api::publish_batch))
         .route("/v1/channels", get(api::channels))
         .route("/v1/channels/{channel}/history", get(api::history))
+        .route("/v1/channels/{channel}/presence", get(api::presence))
         .route("/v1/users/{user}/disconnect", post(api::disconnect_user))
         .route_layer(from_fn_with_state(gw.clone(), api::require_api_key));
     let mut app = Router::new()

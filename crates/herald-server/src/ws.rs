@@ -9,7 +9,7 @@
 //! `docs/benchmarks.md`), because the read buffer is sized for client frames (small JSON), not
 //! for the 128 KiB default.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +21,9 @@ use futures_util::SinkExt;
 use herald_core::broker::{HistoryQuery, HistoryResult};
 use herald_core::identity::AuthError;
 use herald_core::protocol::{
-    ClientFrame, ErrorBody, ErrorCode, FrameError, PublicationView, ReplyBody, ServerFrame, Since,
-    channel_position, close, error_frame, parse_client_frame, reply_err, reply_ok,
+    ClientFrame, ClientInfo, ErrorBody, ErrorCode, FrameError, PublicationView, ReplyBody,
+    ServerFrame, Since, channel_position, close, error_frame, parse_client_frame, reply_err,
+    reply_ok,
 };
 use herald_core::{Identity, Position, Publication};
 use rand::Rng;
@@ -216,7 +217,8 @@ struct Connection {
     reg: Registration,
     identity: Identity,
     socket: WebSocket,
-    subscriptions: HashSet<Arc<str>>,
+    /// Channel → whether it is a presence channel (to leave on unsubscribe).
+    subscriptions: HashMap<Arc<str>, bool>,
     frames: Bucket,
     publishes: Bucket,
     last_seen: Instant,
@@ -256,7 +258,7 @@ impl Connection {
             reg,
             identity,
             socket,
-            subscriptions: HashSet::new(),
+            subscriptions: HashMap::new(),
             last_seen: Instant::now(),
         }
     }
@@ -445,8 +447,21 @@ impl Connection {
                 self.answer(id, r.map(|pos| move |id| published(id, &pos)));
             }
             ClientFrame::Presence { id, channel } => {
-                let r = self.presence(&channel);
-                self.answer(id, r.map(|()| reply_ok_empty));
+                let r = self.presence(&channel).await;
+                self.answer(
+                    id,
+                    r.map(|clients| {
+                        move |id| {
+                            reply_ok(
+                                id,
+                                ReplyBody::Presence {
+                                    channel: &channel,
+                                    clients: &clients,
+                                },
+                            )
+                        }
+                    }),
+                );
             }
             ClientFrame::Refresh { id, token } => {
                 let r = self.refresh(&token);
@@ -492,7 +507,7 @@ impl Connection {
                     continue;
                 };
                 let channel: Arc<str> = Arc::from(name);
-                self.attach(&channel).await?;
+                self.attach(&channel, d.presence).await?;
                 let r = gw.history(&channel, HistoryQuery::default()).await?;
                 positions.push((channel, r.position));
             }
@@ -510,15 +525,16 @@ impl Connection {
         self.send(welcome);
         for (channel, pos) in &positions {
             gw.hub.activate(channel, self.conn(), pos.offset, None);
+            self.join(channel).await;
         }
         Ok(())
     }
 
     /// Adds a pending hub subscription (and node interest at the broker when first).
-    async fn attach(&mut self, channel: &Arc<str>) -> Result<(), ErrorBody> {
+    async fn attach(&mut self, channel: &Arc<str>, presence: bool) -> Result<(), ErrorBody> {
         let gw = self.gw().clone();
         let first = gw.hub.add(channel, self.conn());
-        self.subscriptions.insert(channel.clone());
+        self.subscriptions.insert(channel.clone(), presence);
         if first && let Err(e) = gw.broker.subscribe(channel).await {
             self.detach(channel).await;
             return Err(broker_error(e));
@@ -527,7 +543,12 @@ impl Connection {
     }
 
     async fn detach(&mut self, channel: &str) {
-        self.subscriptions.remove(channel);
+        let gw = self.gw().clone();
+        if self.subscriptions.remove(channel) == Some(true)
+            && let Err(e) = gw.broker.presence_remove(channel, self.client_info()).await
+        {
+            tracing::warn!(channel, error = %e, "presence remove failed");
+        }
         if self.gw().hub.remove(channel, self.conn())
             && let Err(e) = self.gw().broker.unsubscribe(channel).await
         {
@@ -546,7 +567,7 @@ impl Connection {
         descriptor
             .authorize_subscribe(&params, &self.identity)
             .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
-        if self.subscriptions.contains(channel.as_str()) {
+        if self.subscriptions.contains_key(channel.as_str()) {
             return Err(ErrorBody::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {channel:?}"),
@@ -559,8 +580,9 @@ impl Connection {
                 format!("at most {max} subscriptions per connection"),
             ));
         }
+        let presence = descriptor.presence;
         let channel: Arc<str> = Arc::from(channel);
-        self.attach(&channel).await?;
+        self.attach(&channel, presence).await?;
         let max_recovery = gw.config.limits.max_recovery;
         let query = match &since {
             Some(s) => HistoryQuery {
@@ -592,11 +614,34 @@ impl Connection {
         };
         gw.hub
             .activate(&channel, self.conn(), result.position.offset, reply);
+        self.join(&channel).await;
         Ok(())
     }
 
+    fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            client: self.conn().id.to_string(),
+            user: self.identity.user.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// Announces this connection on a presence channel it just subscribed to.
+    async fn join(&mut self, channel: &str) {
+        if self.subscriptions.get(channel) != Some(&true) {
+            return;
+        }
+        if let Err(e) = self
+            .gw()
+            .broker
+            .presence_add(channel, self.client_info())
+            .await
+        {
+            tracing::warn!(channel, error = %e, "presence add failed");
+        }
+    }
+
     async fn unsubscribe(&mut self, channel: &str) -> Result<(), ErrorBody> {
-        if !self.subscriptions.contains(channel) {
+        if !self.subscriptions.contains_key(channel) {
             return Err(ErrorBody::new(
                 ErrorCode::NotSubscribed,
                 format!("not subscribed to {channel:?}"),
@@ -627,18 +672,14 @@ impl Connection {
         gw.publish(channel, data, None, Some(&self.identity)).await
     }
 
-    fn presence(&self, channel: &str) -> Result<(), ErrorBody> {
-        let (descriptor, _) = self.gw().resolve(channel)?;
-        if !descriptor.presence {
-            return Err(ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("presence is not enabled on {channel:?}"),
-            ));
-        }
-        Err(ErrorBody::new(
-            ErrorCode::Unavailable,
-            "presence is not available in this build",
-        ))
+    /// Gate 2 applies: whoever may subscribe may see who is there.
+    async fn presence(&mut self, channel: &str) -> Result<Vec<ClientInfo>, ErrorBody> {
+        let gw = self.gw().clone();
+        let (descriptor, params) = gw.resolve(channel)?;
+        descriptor
+            .authorize_subscribe(&params, &self.identity)
+            .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
+        gw.presence(channel, descriptor).await
     }
 
     /// Renews the identity's lifetime with a new token for the same user.
@@ -660,7 +701,7 @@ impl Connection {
     }
 
     async fn cleanup(&mut self) {
-        let channels: Vec<Arc<str>> = self.subscriptions.iter().cloned().collect();
+        let channels: Vec<Arc<str>> = self.subscriptions.keys().cloned().collect();
         for channel in channels {
             self.detach(&channel).await;
         }

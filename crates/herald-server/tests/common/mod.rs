@@ -50,6 +50,12 @@ scope = { role = "admin" }
 schema = { type = "object" }
 
 [[channel]]
+name = "history.small"
+scope = "public"
+history = { size = 5, ttl = "10m" }
+schema = { type = "object" }
+
+[[channel]]
 name = "bench.feed"
 scope = "public"
 schema = { type = "object" }

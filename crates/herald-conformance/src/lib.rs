@@ -1,0 +1,346 @@
+//! The broker conformance suite.
+//!
+//! One set of checks any [`Broker`] implementation must pass, written against the trait only.
+//! A broker crate runs it with [`conformance_tests!`], giving an async function that builds a
+//! fresh broker delivering to the given sink (and anything that must live as long as it, such
+//! as a Redis server process, in [`Subject::guard`]). Channel names are random per check, so
+//! the checks may share one backend.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_core::broker::{HistoryQuery, PresenceEvent};
+use herald_core::protocol::{ClientInfo, raw_json};
+use herald_core::registry::HistoryPolicy;
+use herald_core::{Broker, Publication, PublicationSink, PublishRequest};
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::Notify;
+
+/// A broker under test and whatever must outlive it.
+pub struct Subject {
+    pub broker: Arc<dyn Broker>,
+    pub guard: Box<dyn Any + Send>,
+}
+
+/// Records what the broker delivers, for the checks to wait on.
+#[derive(Default)]
+pub struct Recorder {
+    publications: Mutex<Vec<Publication>>,
+    events: Mutex<Vec<(String, PresenceEvent)>>,
+    changed: Notify,
+}
+
+impl PublicationSink for Recorder {
+    fn deliver(&self, p: &Publication) {
+        self.publications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p.clone());
+        self.changed.notify_waiters();
+    }
+
+    fn presence(&self, channel: &str, event: &PresenceEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((channel.to_owned(), event.clone()));
+        self.changed.notify_waiters();
+    }
+}
+
+impl Recorder {
+    pub fn publications(&self, channel: &str) -> Vec<Publication> {
+        self.publications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|p| &*p.channel == channel)
+            .cloned()
+            .collect()
+    }
+
+    pub fn events(&self, channel: &str) -> Vec<PresenceEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(c, _)| c == channel)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Waits until `cond` holds (brokers may deliver asynchronously), at most 5 s.
+    pub async fn until(&self, what: &str, cond: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let notified = self.changed.notified();
+            if cond(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                assert!(cond(self), "timed out waiting for {what}");
+                return;
+            }
+        }
+    }
+}
+
+/// A channel name no other check uses.
+pub fn channel(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("conformance.{prefix}.{n:x}")
+}
+
+fn request(channel: &str, n: u64, history: Option<HistoryPolicy>) -> PublishRequest {
+    PublishRequest {
+        channel: Arc::from(channel),
+        data: raw_json(&json!({ "n": n, "text": "é \"quoted\"" })),
+        history,
+        idempotency_key: None,
+    }
+}
+
+fn offsets(ps: &[Publication]) -> Vec<u64> {
+    ps.iter().map(|p| p.offset).collect()
+}
+
+/// Concurrent publishers get consecutive offsets; the sink sees them in offset order.
+pub async fn offsets_are_consecutive_and_ordered(s: Subject, rec: Arc<Recorder>) {
+    let ch = channel("order");
+    s.broker.subscribe(&ch).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let b = s.broker.clone();
+        let ch = ch.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..25 {
+                got.push(
+                    b.publish(request(&ch, t * 100 + i, None))
+                        .await
+                        .unwrap()
+                        .offset,
+                );
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=100).collect::<Vec<_>>());
+    rec.until("100 deliveries", |r| r.publications(&ch).len() == 100)
+        .await;
+    assert_eq!(
+        offsets(&rec.publications(&ch)),
+        (1..=100).collect::<Vec<_>>()
+    );
+}
+
+/// Offsets are per channel; one epoch per channel history; data round-trips exactly.
+pub async fn channels_are_independent(s: Subject, rec: Arc<Recorder>) {
+    let (a, b) = (channel("a"), channel("b"));
+    s.broker.subscribe(&a).await.unwrap();
+    s.broker.subscribe(&b).await.unwrap();
+    let untouched = s.broker.history(&a, HistoryQuery::default()).await.unwrap();
+    assert_eq!(untouched.position.offset, 0);
+    let a1 = s.broker.publish(request(&a, 1, None)).await.unwrap();
+    let a2 = s.broker.publish(request(&a, 2, None)).await.unwrap();
+    let b1 = s.broker.publish(request(&b, 1, None)).await.unwrap();
+    assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
+    assert_eq!(a1.epoch, a2.epoch);
+    assert_eq!(
+        a1.epoch, untouched.position.epoch,
+        "epoch fixed before the first publication"
+    );
+    rec.until("3 deliveries", |r| {
+        r.publications(&a).len() == 2 && r.publications(&b).len() == 1
+    })
+    .await;
+    let delivered = rec.publications(&a);
+    assert_eq!(delivered[0].epoch, a1.epoch);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(delivered[0].data.get()).unwrap(),
+        json!({ "n": 1, "text": "é \"quoted\"" })
+    );
+    let pos = s.broker.history(&a, HistoryQuery::default()).await.unwrap();
+    assert_eq!(pos.position, a2);
+}
+
+/// History keeps the last `size` publications and answers `after` and `limit`.
+pub async fn history_is_bounded_by_size(s: Subject, _rec: Arc<Recorder>) {
+    let ch = channel("size");
+    let keep = Some(HistoryPolicy {
+        size: 5,
+        ttl: Duration::from_secs(60),
+    });
+    for n in 1..=8 {
+        s.broker.publish(request(&ch, n, keep)).await.unwrap();
+    }
+    let h = s
+        .broker
+        .history(
+            &ch,
+            HistoryQuery {
+                after: Some(0),
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.position.offset, 8);
+    assert_eq!(h.earliest, 4);
+    assert_eq!(offsets(&h.publications), vec![4, 5, 6, 7, 8]);
+    let h = s
+        .broker
+        .history(
+            &ch,
+            HistoryQuery {
+                after: Some(6),
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(&h.publications), vec![7, 8]);
+    let h = s
+        .broker
+        .history(
+            &ch,
+            HistoryQuery {
+                after: Some(3),
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(&h.publications), vec![4, 5]);
+    let h = s
+        .broker
+        .history(&ch, HistoryQuery::default())
+        .await
+        .unwrap();
+    assert!(
+        h.publications.is_empty(),
+        "limit 0 returns only the position"
+    );
+}
+
+/// History drops publications older than `ttl`; offsets keep counting.
+pub async fn history_is_bounded_by_ttl(s: Subject, _rec: Arc<Recorder>) {
+    let ch = channel("ttl");
+    let keep = Some(HistoryPolicy {
+        size: 100,
+        ttl: Duration::from_secs(1),
+    });
+    s.broker.publish(request(&ch, 1, keep)).await.unwrap();
+    s.broker.publish(request(&ch, 2, keep)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.broker.publish(request(&ch, 3, keep)).await.unwrap();
+    let h = s
+        .broker
+        .history(
+            &ch,
+            HistoryQuery {
+                after: Some(0),
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(&h.publications), vec![3]);
+    assert_eq!(h.earliest, 3);
+    assert_eq!(h.position.offset, 3);
+}
+
+/// The same idempotency key on a channel returns the first result and delivers once.
+pub async fn idempotent_publish(s: Subject, rec: Arc<Recorder>) {
+    let (ch, other) = (channel("idem"), channel("idem2"));
+    s.broker.subscribe(&ch).await.unwrap();
+    let mut r = request(&ch, 1, None);
+    r.idempotency_key = Some("order-42".into());
+    let first = s.broker.publish(r.clone()).await.unwrap();
+    let again = s.broker.publish(r.clone()).await.unwrap();
+    assert_eq!(first, again);
+    let mut different = request(&ch, 2, None);
+    different.idempotency_key = Some("order-43".into());
+    assert_eq!(s.broker.publish(different).await.unwrap().offset, 2);
+    let mut elsewhere = request(&other, 1, None);
+    elsewhere.idempotency_key = Some("order-42".into());
+    assert_eq!(
+        s.broker.publish(elsewhere).await.unwrap().offset,
+        1,
+        "keys are per channel"
+    );
+    rec.until("2 deliveries", |r| r.publications(&ch).len() >= 2)
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(offsets(&rec.publications(&ch)), vec![1, 2]);
+}
+
+/// Presence lists members, announces joins and leaves, and ignores unknown leaves.
+pub async fn presence_tracks_members(s: Subject, rec: Arc<Recorder>) {
+    let ch = channel("presence");
+    s.broker.subscribe(&ch).await.unwrap();
+    let a = ClientInfo {
+        client: "c-a".into(),
+        user: Some("alice".into()),
+    };
+    let b = ClientInfo {
+        client: "c-b".into(),
+        user: None,
+    };
+    s.broker.presence_add(&ch, b.clone()).await.unwrap();
+    s.broker.presence_add(&ch, a.clone()).await.unwrap();
+    assert_eq!(
+        s.broker.presence(&ch).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    s.broker.presence_remove(&ch, a.clone()).await.unwrap();
+    s.broker.presence_remove(&ch, a.clone()).await.unwrap();
+    assert_eq!(s.broker.presence(&ch).await.unwrap(), vec![b.clone()]);
+    rec.until("3 presence events", |r| r.events(&ch).len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        rec.events(&ch),
+        vec![
+            PresenceEvent::Join(b.clone()),
+            PresenceEvent::Join(a.clone()),
+            PresenceEvent::Leave(a)
+        ]
+    );
+    s.broker.presence_remove(&ch, b).await.unwrap();
+    assert!(s.broker.presence(&ch).await.unwrap().is_empty());
+    assert!(s.broker.health().await.is_ok());
+}
+
+/// Generates one `#[tokio::test]` per check. `$make` is an async fn
+/// `(Arc<dyn PublicationSink>) -> Subject`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path) => {
+        $crate::conformance_tests!(@each $make,
+            offsets_are_consecutive_and_ordered,
+            channels_are_independent,
+            history_is_bounded_by_size,
+            history_is_bounded_by_ttl,
+            idempotent_publish,
+            presence_tracks_members);
+    };
+    (@each $make:path, $($check:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let rec = ::std::sync::Arc::new($crate::Recorder::default());
+                let sink: ::std::sync::Arc<dyn ::herald_core::PublicationSink> = rec.clone();
+                let subject = $make(sink).await;
+                $crate::$check(subject, rec).await;
+            }
+        )+
+    };
+}

@@ -88,6 +88,13 @@ pub trait PublicationSink: Send + Sync + 'static {
 
     /// A client joined or left a presence channel (on any node).
     fn presence(&self, channel: &str, event: &PresenceEvent);
+
+    /// The broker may have missed publications of `channel` (its link to the backend was
+    /// down); `position` is where the channel stands now. A sink that delivered up to another
+    /// position must make its subscribers recover (they resubscribe with `since`).
+    fn resync(&self, channel: &str, position: &Position) {
+        let _ = (channel, position);
+    }
 }
 
 /// The fan-out, history and presence backend shared by all transports.

@@ -135,12 +135,23 @@ pub struct ApiConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     pub kind: BrokerKind,
+    /// `redis://[user:pass@]host:port[/db]` (or `rediss://` for TLS builds); required for redis.
+    pub url: Option<String>,
+    /// Prefix of every Redis key and channel, so several gateways can share one Redis.
+    pub prefix: String,
+    /// A node refreshes its clients' presence entries; entries of a node that died without
+    /// cleaning up disappear after this long.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             kind: BrokerKind::Memory,
+            url: None,
+            prefix: "herald".into(),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -150,6 +161,8 @@ impl Default for BrokerConfig {
 pub enum BrokerKind {
     /// One node; history and offsets live in this process.
     Memory,
+    /// Many nodes sharing offsets, history, presence and fan-out through Redis.
+    Redis,
 }
 
 /// Per-connection and per-message limits. Every one has a default sized for a browser app.
@@ -367,6 +380,7 @@ impl Config {
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
         validate_general(&server, &auth, &limits, &mut problems);
+        validate_broker(&broker, &mut problems);
         let registry = Registry::build(&channels, base, &mut problems);
         if problems.0.is_empty() {
             Ok(Config {
@@ -384,6 +398,37 @@ impl Config {
                 problems: problems.0,
             })
         }
+    }
+}
+
+fn validate_broker(broker: &BrokerConfig, p: &mut Problems) {
+    if broker.kind == BrokerKind::Redis {
+        match broker.url.as_deref() {
+            None => p.push(None, "broker.url", "required when kind = \"redis\""),
+            Some(u)
+                if !(u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("redis+unix://")
+                    || u.starts_with("unix://")) =>
+            {
+                p.push(
+                    None,
+                    "broker.url",
+                    "must be a redis:// (or rediss://, unix://) URL",
+                )
+            }
+            _ => {}
+        }
+    }
+    if broker.prefix.is_empty() || broker.prefix.contains(['{', '}', ' ']) {
+        p.push(
+            None,
+            "broker.prefix",
+            "must be non-empty, without braces or spaces",
+        );
+    }
+    if broker.presence_ttl < Duration::from_secs(1) {
+        p.push(None, "broker.presence_ttl", "must be at least 1s");
     }
 }
 

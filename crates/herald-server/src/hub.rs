@@ -1,7 +1,7 @@
 //! The node-local subscription table and fan-out.
 //!
 //! The hub is this node's [`PublicationSink`]: the broker hands it each publication once, the
-//! hub encodes the `pub` frame once and pushes the same `Frame` into every subscriber's outbox.
+//! hub encodes the `pub` frame once and pushes the same bytes into every subscriber's outbox.
 //! Channels are spread over shards so fan-outs on different channels do not contend.
 //!
 //! A new subscription starts *pending*: live publications are buffered for it while the
@@ -9,6 +9,12 @@
 //! broker. [`Hub::activate`] then queues the subscribe reply and the buffered publications that
 //! come after it, under the shard lock, so the client sees reply, then every later offset
 //! exactly once: no gap and no duplicate between replay and live delivery.
+//!
+//! The hub also watches each channel's continuity: it remembers the last offset and epoch it
+//! delivered, drops duplicates, and when the stream jumps (a publication lost between the
+//! broker and this node, or a new epoch because the broker lost its history) it does not paper
+//! over the hole: every subscriber gets `{"type":"unsubscribed","reason":"resubscribe"}` and
+//! resubscribes with `since`, which tells it exactly what it can recover.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -16,15 +22,18 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use herald_core::protocol::{ServerFrame, encode_pub};
-use herald_core::{PresenceEvent, Publication, PublicationSink};
+use herald_core::{Position, PresenceEvent, Publication, PublicationSink};
 
 use crate::metrics::Metrics;
-use crate::outbox::{Frame, Outbox, Pushed};
+use crate::outbox::{Closed, Frame, Outbox, Pushed};
 
 const SHARDS: usize = 64;
 
 /// Live publications buffered for one pending subscription before it is treated as too slow.
 const MAX_PENDING: usize = 10_000;
+
+/// The reason sent with `unsubscribed` when a subscriber must resubscribe to recover.
+pub const RESUBSCRIBE: &str = "resubscribe";
 
 /// The parts of a connection other tasks may touch.
 #[derive(Debug)]
@@ -32,14 +41,46 @@ pub struct ConnHandle {
     pub id: Arc<str>,
     pub user: Option<Arc<str>>,
     pub outbox: Outbox,
+    /// Channels the hub took away (continuity lost); the connection task forgets them.
+    pub evicted: Mutex<Vec<Arc<str>>>,
+}
+
+impl ConnHandle {
+    pub fn new(id: Arc<str>, user: Option<Arc<str>>, outbox: Outbox) -> Self {
+        Self {
+            id,
+            user,
+            outbox,
+            evicted: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes the channels evicted since the last call.
+    pub fn take_evicted(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *lock(&self.evicted))
+    }
+}
+
+enum State {
+    Pending(Vec<Publication>),
+    Active,
+    /// Told to resubscribe; receives nothing until its connection removes it.
+    Evicted,
 }
 
 struct Sub {
     conn: Arc<ConnHandle>,
-    pending: Option<Vec<Publication>>,
+    state: State,
 }
 
-type Shard = Mutex<HashMap<Arc<str>, Vec<Sub>>>;
+#[derive(Default)]
+struct Channel {
+    subs: Vec<Sub>,
+    /// Last offset and epoch delivered on this node.
+    last: Option<(u64, Arc<str>)>,
+}
+
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
 
 /// Why a connection was refused a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,39 +116,47 @@ impl Hub {
     /// the channel (the caller then asks the broker for the channel).
     pub fn add(&self, channel: &Arc<str>, conn: &Arc<ConnHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
-        let (subs, first) = match shard.entry(channel.clone()) {
+        let (ch, first) = match shard.entry(channel.clone()) {
             Entry::Occupied(e) => (e.into_mut(), false),
-            Entry::Vacant(e) => (e.insert(Vec::new()), true),
+            Entry::Vacant(e) => (e.insert(Channel::default()), true),
         };
-        subs.push(Sub {
+        ch.subs.push(Sub {
             conn: conn.clone(),
-            pending: Some(Vec::new()),
+            state: State::Pending(Vec::new()),
         });
         self.metrics.subscriptions.inc();
         first
     }
 
-    /// Ends the pending phase: queues `reply` (if any), then every buffered publication with an
-    /// offset above `after`, and from now on delivers live.
+    /// Ends the pending phase at `position` (what the client was told): queues `reply` (if
+    /// any), then every buffered publication after it, and from now on delivers live.
     pub fn activate(
         &self,
         channel: &str,
         conn: &Arc<ConnHandle>,
-        after: u64,
+        position: &Position,
         reply: Option<Frame>,
     ) {
         let mut shard = lock(self.shard(channel));
-        let Some(sub) = shard
-            .get_mut(channel)
-            .and_then(|subs| subs.iter_mut().find(|s| Arc::ptr_eq(&s.conn, conn)))
-        else {
+        let Some(ch) = shard.get_mut(channel) else {
             return;
         };
-        let pending = sub.pending.take().unwrap_or_default();
+        if ch.last.is_none() {
+            ch.last = Some((position.offset, position.epoch.clone()));
+        }
+        let Some(sub) = ch.subs.iter_mut().find(|s| Arc::ptr_eq(&s.conn, conn)) else {
+            return;
+        };
+        let State::Pending(pending) = std::mem::replace(&mut sub.state, State::Active) else {
+            return;
+        };
         if let Some(reply) = reply {
             self.push(conn, reply);
         }
-        for p in pending.iter().filter(|p| p.offset > after) {
+        for p in pending
+            .iter()
+            .filter(|p| p.epoch == position.epoch && p.offset > position.offset)
+        {
             self.push(conn, Frame::from(encode_pub(p)));
         }
     }
@@ -116,15 +165,15 @@ impl Hub {
     /// node (the caller then tells the broker).
     pub fn remove(&self, channel: &str, conn: &Arc<ConnHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
-        let Some(subs) = shard.get_mut(channel) else {
+        let Some(ch) = shard.get_mut(channel) else {
             return false;
         };
-        let Some(i) = subs.iter().position(|s| Arc::ptr_eq(&s.conn, conn)) else {
+        let Some(i) = ch.subs.iter().position(|s| Arc::ptr_eq(&s.conn, conn)) else {
             return false;
         };
-        subs.swap_remove(i);
+        ch.subs.swap_remove(i);
         self.metrics.subscriptions.dec();
-        if subs.is_empty() {
+        if ch.subs.is_empty() {
             shard.remove(channel);
             true
         } else {
@@ -140,20 +189,12 @@ impl Hub {
             .flat_map(|s| {
                 lock(s)
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.len()))
+                    .map(|(k, v)| (k.clone(), v.subs.len()))
                     .collect::<Vec<_>>()
             })
             .collect();
         out.sort();
         out
-    }
-
-    /// Subscribers of `channel` on this node.
-    pub fn subscribers(&self, channel: &str) -> Vec<Arc<ConnHandle>> {
-        lock(self.shard(channel))
-            .get(channel)
-            .map(|subs| subs.iter().map(|s| s.conn.clone()).collect())
-            .unwrap_or_default()
     }
 
     /// Takes a per-user connection slot (anonymous connections are not counted).
@@ -201,32 +242,68 @@ impl Hub {
             }
         }
     }
+
+    /// Tells every active subscriber of `ch` to resubscribe (continuity was lost).
+    fn evict_active(&self, name: &str, ch: &mut Channel) {
+        let frame = Frame::from(
+            ServerFrame::Unsubscribed {
+                channel: name,
+                reason: RESUBSCRIBE,
+            }
+            .encode(),
+        );
+        let mut n = 0;
+        for sub in ch
+            .subs
+            .iter_mut()
+            .filter(|s| matches!(s.state, State::Active))
+        {
+            sub.state = State::Evicted;
+            lock(&sub.conn.evicted).push(Arc::from(name));
+            self.push(&sub.conn, frame.clone());
+            n += 1;
+        }
+        if n > 0 {
+            tracing::warn!(
+                channel = name,
+                subscribers = n,
+                "stream discontinuity: subscribers resubscribe to recover"
+            );
+        }
+    }
 }
 
 impl PublicationSink for Hub {
     fn deliver(&self, p: &Publication) {
         let mut shard = lock(self.shard(&p.channel));
-        let Some(subs) = shard.get_mut(&*p.channel) else {
+        let Some(ch) = shard.get_mut(&*p.channel) else {
             return;
         };
+        match &ch.last {
+            Some((offset, epoch)) if *epoch == p.epoch && p.offset <= *offset => return,
+            Some((offset, epoch)) if *epoch != p.epoch || p.offset != offset + 1 => {
+                self.evict_active(&p.channel, ch);
+            }
+            _ => {}
+        }
+        ch.last = Some((p.offset, p.epoch.clone()));
         // Encoded once; every outbox gets a reference-counted view of the same bytes.
         let frame = Frame::from(encode_pub(p));
         let mut delivered = 0u64;
-        for sub in subs.iter_mut() {
-            match &mut sub.pending {
-                Some(buffer) if buffer.len() < MAX_PENDING => buffer.push(p.clone()),
-                Some(_) => {
-                    sub.conn.outbox.close(crate::outbox::Closed {
-                        code: herald_core::protocol::close::SLOW_CONSUMER,
-                        reason: "slow consumer: subscription could not catch up",
-                        reconnect: true,
-                    });
-                }
-                None => {
+        for sub in ch.subs.iter_mut() {
+            match &mut sub.state {
+                State::Active => {
                     if self.push(&sub.conn, frame.clone()) {
                         delivered += 1;
                     }
                 }
+                State::Pending(buffer) if buffer.len() < MAX_PENDING => buffer.push(p.clone()),
+                State::Pending(_) => sub.conn.outbox.close(Closed {
+                    code: herald_core::protocol::close::SLOW_CONSUMER,
+                    reason: "slow consumer: subscription could not catch up",
+                    reconnect: true,
+                }),
+                State::Evicted => {}
             }
         }
         self.metrics.deliveries.inc_by(delivered);
@@ -253,12 +330,31 @@ impl PublicationSink for Hub {
         };
         let frame = Frame::from(frame.encode());
         let shard = lock(self.shard(channel));
-        for sub in shard.get(channel).into_iter().flatten() {
+        for sub in shard
+            .get(channel)
+            .map(|c| c.subs.as_slice())
+            .unwrap_or_default()
+        {
             // The client itself knows it joined; pending subscribers learn the members from
             // a presence request after their subscribe.
-            if sub.pending.is_none() && *sub.conn.id != *info.client {
+            if matches!(sub.state, State::Active) && *sub.conn.id != *info.client {
                 self.push(&sub.conn, frame.clone());
             }
+        }
+    }
+
+    fn resync(&self, channel: &str, position: &Position) {
+        let mut shard = lock(self.shard(channel));
+        let Some(ch) = shard.get_mut(channel) else {
+            return;
+        };
+        let behind = match &ch.last {
+            Some((offset, epoch)) => *epoch != position.epoch || *offset != position.offset,
+            None => false,
+        };
+        if behind {
+            self.evict_active(channel, ch);
+            ch.last = Some((position.offset, position.epoch.clone()));
         }
     }
 }

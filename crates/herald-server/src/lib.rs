@@ -30,6 +30,7 @@ use axum::routing::{get, post};
 use herald_core::identity::KeyError;
 use herald_core::{Authenticator, Broker, Config};
 use herald_memory::MemoryBroker;
+use herald_redis::{RedisBroker, RedisOptions};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -47,6 +48,8 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 pub enum ServerError {
     #[error("auth key: {0}")]
     Key(#[from] KeyError),
+    #[error("broker: {0}")]
+    Broker(#[from] herald_core::BrokerError),
 }
 
 /// Builds the gateway state: authenticator, hub, broker. Must run inside a Tokio runtime.
@@ -60,6 +63,15 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, ServerError> {
             b.spawn_sweeper();
             b
         }
+        herald_core::config::BrokerKind::Redis => Arc::new(RedisBroker::start(
+            RedisOptions {
+                url: config.broker.url.clone().unwrap_or_default(),
+                prefix: config.broker.prefix.clone(),
+                presence_ttl: config.broker.presence_ttl,
+                idempotency_window: IDEMPOTENCY_WINDOW,
+            },
+            hub.clone(),
+        )?),
     };
     Ok(Arc::new(Gateway::new(config, auth, hub, broker, metrics)))
 }

@@ -130,11 +130,11 @@ pub async fn upgrade(
             return ApiError::new(ErrorCode::Unauthorized, e.to_string()).into_response();
         }
     };
-    let conn = Arc::new(ConnHandle {
-        id: gw.next_client_id(),
-        user: identity.user.clone(),
-        outbox: Outbox::new(gw.config.limits.outbound_queue_bytes),
-    });
+    let conn = Arc::new(ConnHandle::new(
+        gw.next_client_id(),
+        identity.user.clone(),
+        Outbox::new(gw.config.limits.outbound_queue_bytes),
+    ));
     if gw
         .hub
         .register(&conn, gw.config.limits.max_connections_per_user)
@@ -304,6 +304,7 @@ impl Connection {
                     if !batch.is_empty() && !self.write_batch(&mut batch).await {
                         break Flow::Gone;
                     }
+                    self.forget_evicted().await;
                     match closed {
                         Some(c) => Flow::Close(c),
                         None => Flow::Continue,
@@ -524,7 +525,7 @@ impl Connection {
         .encode();
         self.send(welcome);
         for (channel, pos) in &positions {
-            gw.hub.activate(channel, self.conn(), pos.offset, None);
+            gw.hub.activate(channel, self.conn(), pos, None);
             self.join(channel).await;
         }
         Ok(())
@@ -556,12 +557,22 @@ impl Connection {
         }
     }
 
+    /// Drops the subscriptions the hub took away (the client was told to resubscribe).
+    async fn forget_evicted(&mut self) {
+        for channel in self.conn().take_evicted() {
+            if self.subscriptions.contains_key(&channel) {
+                self.detach(&channel).await;
+            }
+        }
+    }
+
     async fn subscribe(
         &mut self,
         id: Option<u64>,
         channel: String,
         since: Option<Since>,
     ) -> Result<(), ErrorBody> {
+        self.forget_evicted().await;
         let gw = self.gw().clone();
         let (descriptor, params) = gw.resolve(&channel)?;
         descriptor
@@ -613,7 +624,7 @@ impl Connection {
             None => None,
         };
         gw.hub
-            .activate(&channel, self.conn(), result.position.offset, reply);
+            .activate(&channel, self.conn(), &result.position, reply);
         self.join(&channel).await;
         Ok(())
     }
@@ -641,6 +652,7 @@ impl Connection {
     }
 
     async fn unsubscribe(&mut self, channel: &str) -> Result<(), ErrorBody> {
+        self.forget_evicted().await;
         if !self.subscriptions.contains_key(channel) {
             return Err(ErrorBody::new(
                 ErrorCode::NotSubscribed,

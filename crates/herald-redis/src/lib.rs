@@ -1,0 +1,633 @@
+//! The Redis broker: many gateway nodes, one channel space.
+//!
+//! Every node talks to the same Redis. Per channel, Redis holds a meta hash (`offset`, `epoch`),
+//! a stream with the retained history and, for presence channels, a hash of present clients.
+//! Publishing is one Lua script: idempotency check, offset increment, history append and
+//! `PUBLISH` happen atomically, so offsets are gap-free and global, and every node's pub/sub
+//! connection receives a channel's publications in offset order.
+//!
+//! A node subscribes to a channel's Redis pub/sub channel only while it has local subscribers
+//! (reference-counted here, so a concurrent last-unsubscribe and first-subscribe can never
+//! leave the node deaf). Subscribing waits for Redis' acknowledgement before the connection
+//! reads the channel's position: no publication can fall between the two.
+//!
+//! Faults: commands fail fast with `Unavailable` while Redis is away (publishers get 503 and
+//! decide; nothing is dropped silently); the pub/sub task reconnects with backoff, resubscribes
+//! and then asks the sink to resync every channel, so subscribers that missed publications
+//! recover with `since`. A Redis that lost its data gives the channel a new epoch at the next
+//! publish or read, so clients see `recovered: false` rather than a gap.
+//!
+//! Supported URLs are those of the `redis` crate built without TLS: `redis://` and
+//! `redis+unix://`/`unix://`. Sentinel and Cluster are not supported yet.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use herald_core::broker::{HistoryQuery, HistoryResult, PresenceEvent};
+use herald_core::protocol::ClientInfo;
+use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+/// Channels with no publication for this long forget their offset (a new epoch starts).
+const META_IDLE: Duration = Duration::from_secs(3600);
+
+/// Every command gives up after this, so a dead Redis answers 503 quickly.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+const PUBLISH_LUA: &str = r#"
+-- KEYS: meta, stream, idempotency key (or meta again when unused)
+-- ARGV: pubsub channel, data, history size, history ttl ms, idem window ms (0: none),
+--       epoch candidate, meta ttl s
+if tonumber(ARGV[5]) > 0 then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    local sep = string.find(prev, ':', 1, true)
+    return {tonumber(string.sub(prev, 1, sep - 1)), string.sub(prev, sep + 1)}
+  end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local ttl = tonumber(ARGV[7])
+local size = tonumber(ARGV[3])
+if size > 0 then
+  local hist_ms = tonumber(ARGV[4])
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 'o', offset, 'd', ARGV[2])
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XTRIM', KEYS[2], 'MINID', now_ms - hist_ms)
+  redis.call('PEXPIRE', KEYS[2], hist_ms)
+  if hist_ms / 1000 > ttl then ttl = math.ceil(hist_ms / 1000) end
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('PUBLISH', ARGV[1], 'p ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[5])
+end
+return {offset, epoch}
+"#;
+
+const HISTORY_LUA: &str = r#"
+-- KEYS: meta, stream
+-- ARGV: epoch candidate, meta ttl s, after, limit, history ttl ms (0: no history)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('DEL', KEYS[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
+local hist_ms = tonumber(ARGV[5])
+local out = {offset, epoch, offset + 1}
+if hist_ms <= 0 then return out end
+local t = redis.call('TIME')
+local min_id = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) - hist_ms
+if min_id < 0 then min_id = 0 end
+local oldest = redis.call('XRANGE', KEYS[2], min_id, '+', 'COUNT', 1)
+if #oldest == 0 then return out end
+out[3] = tonumber(oldest[1][2][2])
+local after = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local want = offset - after
+if want <= 0 or limit <= 0 then return out end
+local entries = redis.call('XREVRANGE', KEYS[2], '+', min_id, 'COUNT', want)
+local picked = 0
+for i = #entries, 1, -1 do
+  local fields = entries[i][2]
+  local o = tonumber(fields[2])
+  if o > after and picked < limit then
+    table.insert(out, o)
+    table.insert(out, fields[4])
+    picked = picked + 1
+  end
+end
+return out
+"#;
+
+/// How to reach Redis and name things there.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub url: String,
+    pub prefix: String,
+    pub presence_ttl: Duration,
+    pub idempotency_window: Duration,
+}
+
+enum Control {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+}
+
+struct Inner {
+    cmd: ConnectionManager,
+    sink: Arc<dyn PublicationSink>,
+    opts: RedisOptions,
+    publish: Script,
+    history: Script,
+    /// Node-level interest: channel → number of `subscribe` calls not yet undone.
+    interest: Mutex<HashMap<String, usize>>,
+    control: mpsc::UnboundedSender<Control>,
+    pubsub_up: AtomicBool,
+    /// Presence entries this node owns, refreshed so they outlive `presence_ttl`.
+    local_presence: Mutex<HashMap<(String, String), ClientInfo>>,
+}
+
+/// The Redis broker. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.inner.opts.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unavailable(e: RedisError) -> BrokerError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        BrokerError::Unavailable(format!("redis: {e}"))
+    } else {
+        BrokerError::Internal(format!("redis: {e}"))
+    }
+}
+
+fn new_epoch() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(BrokerError::Unavailable("redis: command timed out".into())),
+    }
+}
+
+impl RedisBroker {
+    /// Connects lazily: the broker starts even while Redis is down (not ready until it is up).
+    /// Must be called inside a Tokio runtime; spawns the pub/sub and presence tasks.
+    pub fn start(opts: RedisOptions, sink: Arc<dyn PublicationSink>) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(opts.url.as_str())
+            .map_err(|e| BrokerError::Internal(format!("redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| BrokerError::Internal(format!("redis: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            cmd,
+            sink,
+            opts,
+            publish: Script::new(PUBLISH_LUA),
+            history: Script::new(HISTORY_LUA),
+            interest: Mutex::new(HashMap::new()),
+            control: tx,
+            pubsub_up: AtomicBool::new(false),
+            local_presence: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(pubsub_task(Arc::downgrade(&inner), client, rx));
+        tokio::spawn(presence_task(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    fn key(&self, channel: &str, what: &str) -> String {
+        // The hash tag keeps all of one channel's keys in one cluster slot (scripts need that).
+        format!("{}:{{{channel}}}:{what}", self.inner.opts.prefix)
+    }
+
+    fn meta_ttl(&self) -> u64 {
+        META_IDLE.as_secs()
+    }
+
+    async fn publish_presence(
+        &self,
+        channel: &str,
+        kind: char,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        let json = serde_json::to_string(info).unwrap_or_default();
+        let mut con = self.inner.cmd.clone();
+        let pubsub = pubsub_channel(&self.inner.opts.prefix, channel);
+        let key = self.key(channel, "presence");
+        let ttl_ms = self.inner.opts.presence_ttl.as_millis() as u64;
+        let entry = serde_json::json!({
+            "client": info.client, "user": info.user, "exp": now_ms() + ttl_ms,
+        })
+        .to_string();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if kind == 'j' {
+            pipe.hset(&key, &info.client, entry).ignore();
+            pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
+        }
+        pipe.publish(pubsub, format!("{kind} {json}")).ignore();
+        timed(pipe.query_async::<()>(&mut con)).await
+    }
+}
+
+fn pubsub_channel(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:ch:{channel}")
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, req: PublishRequest) -> Result<Position, BrokerError> {
+        let channel = &*req.channel;
+        let mut con = self.inner.cmd.clone();
+        let (size, hist_ms) = req
+            .history
+            .map_or((0, 0), |h| (h.size, h.ttl.as_millis() as u64));
+        let idem_ms = if req.idempotency_key.is_some() {
+            self.inner.opts.idempotency_window.as_millis() as u64
+        } else {
+            0
+        };
+        let idem_key = match &req.idempotency_key {
+            Some(k) => self.key(channel, &format!("idem:{k}")),
+            None => self.key(channel, "meta"),
+        };
+        let mut inv = self.inner.publish.prepare_invoke();
+        inv.key(self.key(channel, "meta"))
+            .key(self.key(channel, "stream"))
+            .key(idem_key)
+            .arg(pubsub_channel(&self.inner.opts.prefix, channel))
+            .arg(req.data.get())
+            .arg(size)
+            .arg(hist_ms)
+            .arg(idem_ms)
+            .arg(new_epoch())
+            .arg(self.meta_ttl());
+        let (offset, epoch): (u64, String) = timed(inv.invoke_async(&mut con)).await?;
+        Ok(Position {
+            offset,
+            epoch: Arc::from(epoch),
+        })
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let rx = {
+            let mut interest = lock(&self.inner.interest);
+            let n = interest.entry(channel.to_owned()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            // Sent under the lock: the pub/sub task sees subscribes and unsubscribes in the
+            // order the counts changed.
+            let _ = self
+                .inner
+                .control
+                .send(Control::Subscribe(channel.to_owned(), tx));
+            rx
+        };
+        let result = match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(BrokerError::Unavailable(
+                "redis pub/sub is not connected".into(),
+            )),
+        };
+        if result.is_err() {
+            self.unsubscribe(channel).await?;
+        }
+        result
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let mut interest = lock(&self.inner.interest);
+        if let Some(n) = interest.get_mut(channel) {
+            *n -= 1;
+            if *n == 0 {
+                interest.remove(channel);
+                let _ = self
+                    .inner
+                    .control
+                    .send(Control::Unsubscribe(channel.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, BrokerError> {
+        let mut con = self.inner.cmd.clone();
+        // The history TTL is not known on reads; the stream itself expires and is trimmed on
+        // publish, so reading everything still present is right. A day bounds the scan.
+        let mut inv = self.inner.history.prepare_invoke();
+        inv.key(self.key(channel, "meta"))
+            .key(self.key(channel, "stream"))
+            .arg(new_epoch())
+            .arg(self.meta_ttl())
+            .arg(query.after.unwrap_or(u64::MAX / 2))
+            .arg(query.limit)
+            .arg(86_400_000u64);
+        let values: Vec<Value> = timed(inv.invoke_async(&mut con)).await?;
+        parse_history(channel, values)
+    }
+
+    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        lock(&self.inner.local_presence)
+            .insert((channel.to_owned(), client.client.clone()), client.clone());
+        self.publish_presence(channel, 'j', &client).await
+    }
+
+    async fn presence_remove(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        lock(&self.inner.local_presence).remove(&(channel.to_owned(), client.client.clone()));
+        let mut con = self.inner.cmd.clone();
+        let removed: u64 = timed(
+            redis::cmd("HDEL")
+                .arg(self.key(channel, "presence"))
+                .arg(&client.client)
+                .query_async(&mut con),
+        )
+        .await?;
+        if removed == 0 {
+            return Ok(());
+        }
+        self.publish_presence(channel, 'l', &client).await
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        let mut con = self.inner.cmd.clone();
+        let key = self.key(channel, "presence");
+        let all: HashMap<String, String> =
+            timed(redis::cmd("HGETALL").arg(&key).query_async(&mut con)).await?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        for (client, entry) in all {
+            let v: serde_json::Value = serde_json::from_str(&entry).unwrap_or_default();
+            if v["exp"].as_u64().is_some_and(|exp| exp > now) {
+                out.push(ClientInfo {
+                    client,
+                    user: v["user"].as_str().map(str::to_owned),
+                });
+            } else {
+                expired.push(client);
+            }
+        }
+        if !expired.is_empty() {
+            // Entries of nodes that died: clean up lazily.
+            let _ = timed(
+                redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(&expired)
+                    .query_async::<u64>(&mut con),
+            )
+            .await;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<(), BrokerError> {
+        let mut con = self.inner.cmd.clone();
+        timed(redis::cmd("PING").query_async::<String>(&mut con)).await?;
+        if !self.inner.pubsub_up.load(Ordering::SeqCst) {
+            return Err(BrokerError::Unavailable(
+                "redis pub/sub is not connected".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn idempotency_window(&self) -> Duration {
+        self.inner.opts.idempotency_window
+    }
+}
+
+fn parse_history(channel: &str, values: Vec<Value>) -> Result<HistoryResult, BrokerError> {
+    let bad = || BrokerError::Internal("redis: unexpected history reply".into());
+    let mut it = values.into_iter();
+    let offset: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+    let epoch: String = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+    let earliest: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+    let epoch: Arc<str> = Arc::from(epoch);
+    let channel: Arc<str> = Arc::from(channel);
+    let mut publications = Vec::new();
+    while let (Some(o), Some(d)) = (it.next(), it.next()) {
+        let o: u64 = redis::from_redis_value(o).map_err(|_| bad())?;
+        let d: String = redis::from_redis_value(d).map_err(|_| bad())?;
+        let data = RawValue::from_string(d).map_err(|_| bad())?;
+        publications.push(Publication {
+            channel: channel.clone(),
+            offset: o,
+            epoch: epoch.clone(),
+            data: Arc::from(data),
+        });
+    }
+    Ok(HistoryResult {
+        position: Position { offset, epoch },
+        publications,
+        earliest,
+    })
+}
+
+/// Parses one pub/sub message and hands it to the sink.
+fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
+    let prefix = format!("{}:ch:", inner.opts.prefix);
+    let Some(channel) = redis_channel.strip_prefix(&prefix) else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return;
+    };
+    let (kind, rest) = text.split_at(text.len().min(2));
+    match kind {
+        "p " => {
+            let mut parts = rest.splitn(3, ' ');
+            let (Some(o), Some(e), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+                return;
+            };
+            let (Ok(offset), Ok(data)) = (o.parse::<u64>(), RawValue::from_string(d.to_owned()))
+            else {
+                tracing::warn!(channel, "malformed publication from redis");
+                return;
+            };
+            inner.sink.deliver(&Publication {
+                channel: Arc::from(channel),
+                offset,
+                epoch: Arc::from(e),
+                data: Arc::from(data),
+            });
+        }
+        "j " | "l " => {
+            let Ok(info) = serde_json::from_str::<ClientInfo>(rest) else {
+                return;
+            };
+            let event = if kind == "j " {
+                PresenceEvent::Join(info)
+            } else {
+                PresenceEvent::Leave(info)
+            };
+            inner.sink.presence(channel, &event);
+        }
+        _ => {}
+    }
+}
+
+/// Owns the pub/sub connection: (re)connects, resubscribes, applies control messages and
+/// dispatches messages, until the broker is dropped.
+async fn pubsub_task(
+    weak: Weak<Inner>,
+    client: redis::Client,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        if weak.strong_count() == 0 {
+            return;
+        }
+        let conn = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
+        let Ok(Ok(pubsub)) = conn else {
+            // Answer pending subscribes: they must not wait for a Redis that is not there.
+            while let Ok(c) = control.try_recv() {
+                if let Control::Subscribe(_, tx) = c {
+                    let _ = tx.send(Err(BrokerError::Unavailable("redis is unreachable".into())));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let channels: Vec<String> = match weak.upgrade() {
+            Some(inner) => lock(&inner.interest).keys().cloned().collect(),
+            None => return,
+        };
+        let prefix = match weak.upgrade() {
+            Some(inner) => inner.opts.prefix.clone(),
+            None => return,
+        };
+        let mut ok = true;
+        for ch in &channels {
+            if sink.subscribe(pubsub_channel(&prefix, ch)).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        if let Some(inner) = weak.upgrade() {
+            inner.pubsub_up.store(true, Ordering::SeqCst);
+            if connected_before {
+                tracing::info!(channels = channels.len(), "redis pub/sub reconnected");
+                let broker = RedisBroker {
+                    inner: inner.clone(),
+                };
+                tokio::spawn(async move {
+                    for ch in channels {
+                        if let Ok(h) = broker.history(&ch, HistoryQuery::default()).await {
+                            broker.inner.sink.resync(&ch, &h.position);
+                        }
+                    }
+                });
+            }
+        }
+        connected_before = true;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(inner) = weak.upgrade() else { return };
+                    dispatch(&inner, msg.get_channel_name(), msg.get_payload_bytes());
+                }
+                c = control.recv() => {
+                    let Some(c) = c else { return };
+                    match c {
+                        Control::Subscribe(ch, tx) => {
+                            let r = sink.subscribe(pubsub_channel(&prefix, &ch)).await;
+                            let failed = r.is_err();
+                            let _ = tx.send(r.map_err(unavailable));
+                            if failed { break; }
+                        }
+                        Control::Unsubscribe(ch) => {
+                            if sink.unsubscribe(pubsub_channel(&prefix, &ch)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(inner) = weak.upgrade() {
+            inner.pubsub_up.store(false, Ordering::SeqCst);
+        }
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+/// Refreshes this node's presence entries so they stay alive; stops with the broker.
+async fn presence_task(weak: Weak<Inner>) {
+    let every = match weak.upgrade() {
+        Some(inner) => inner.opts.presence_ttl / 3,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let entries: Vec<((String, String), ClientInfo)> = lock(&inner.local_presence)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let broker = RedisBroker { inner };
+        let ttl_ms = broker.inner.opts.presence_ttl.as_millis() as u64;
+        let exp = now_ms() + ttl_ms;
+        let mut pipe = redis::pipe();
+        for ((channel, client), info) in &entries {
+            let key = broker.key(channel, "presence");
+            let entry = serde_json::json!({ "client": client, "user": info.user, "exp": exp });
+            pipe.hset(&key, client, entry.to_string()).ignore();
+            pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
+        }
+        let mut con = broker.inner.cmd.clone();
+        if let Err(e) = timed(pipe.query_async::<()>(&mut con)).await {
+            tracing::warn!(error = %e, "presence refresh failed");
+        }
+    }
+}

@@ -30,7 +30,59 @@ pub struct Config {
     pub api: ApiConfig,
     pub broker: BrokerConfig,
     pub limits: Limits,
+    pub sources: SourcesConfig,
     pub registry: Arc<Registry>,
+}
+
+/// `[[source.postgres]]` tables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    pub postgres: Vec<PostgresSourceConfig>,
+}
+
+/// One Postgres database Herald consumes events from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user:pass@host:port/db`.
+    pub url: String,
+    /// The outbox table `herald postgres install` creates (and its `<table>_dead` twin).
+    #[serde(default = "default_outbox_table")]
+    pub outbox_table: String,
+    /// Extra NOTIFY channels whose payloads (`{"channel","data"}`) are published directly.
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// The outbox is polled this often even without a notification (a missed NOTIFY, a
+    /// gateway that was down when it fired).
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Rows taken per transaction.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_outbox_table() -> String {
+    "herald_outbox".into()
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+/// True for a plain SQL identifier we can interpolate without quoting surprises.
+pub fn is_sql_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 50
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +302,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default, rename = "channel")]
     channels: Vec<ChannelConfig>,
+    #[serde(default)]
+    source: SourcesConfig,
 }
 
 /// One thing wrong with the configuration, located as precisely as we can.
@@ -376,11 +430,37 @@ impl Config {
             broker,
             limits,
             channels,
+            source,
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
         validate_general(&server, &auth, &limits, &mut problems);
         validate_broker(&broker, &mut problems);
+        for (i, pg) in source.postgres.iter().enumerate() {
+            let field = |f: &str| format!("source.postgres.{i}.{f}");
+            if !(pg.url.starts_with("postgres://") || pg.url.starts_with("postgresql://")) {
+                problems.push(None, &field("url"), "must be a postgres:// URL");
+            }
+            if !is_sql_identifier(&pg.outbox_table) {
+                problems.push(
+                    None,
+                    &field("outbox_table"),
+                    "must be a lowercase SQL identifier",
+                );
+            }
+            for n in &pg.notify {
+                if !is_sql_identifier(n) {
+                    problems.push(
+                        None,
+                        &field("notify"),
+                        format!("{n:?} is not a lowercase SQL identifier"),
+                    );
+                }
+            }
+            if pg.batch_size == 0 {
+                problems.push(None, &field("batch_size"), "must be greater than 0");
+            }
+        }
         let registry = Registry::build(&channels, base, &mut problems);
         if problems.0.is_empty() {
             Ok(Config {
@@ -390,6 +470,7 @@ impl Config {
                 api,
                 broker,
                 limits,
+                sources: source,
                 registry: Arc::new(registry),
             })
         } else {

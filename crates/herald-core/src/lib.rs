@@ -7,6 +7,7 @@
 //! - [`identity`]: identities and JWT verification (gate 1).
 //! - [`protocol`]: protocol v1 frames and error codes.
 //! - [`broker`]: the `Broker` trait every fan-out backend implements.
+//! - [`source`]: the `Publisher` interface event sources (Postgres) publish through.
 //!
 //! The server, the brokers and the CLI build on these types; nothing here opens a socket.
 
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod name;
 pub mod protocol;
 pub mod registry;
+pub mod source;
 
 pub use broker::{
     Broker, BrokerError, Position, PresenceEvent, Publication, PublicationSink, PublishRequest,

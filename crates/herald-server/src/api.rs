@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::gateway::Gateway;
+use crate::metrics::Source;
 use crate::outbox::Closed;
 
 /// Most items one batch may carry.
@@ -134,7 +135,13 @@ pub async fn publish(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, single_body_limit(&gw)).await?;
     let req: PublishBody = parse(&bytes)?;
     let pos = gw
-        .publish(&req.channel, &req.data, req.idempotency_key, None)
+        .publish(
+            Source::api,
+            &req.channel,
+            &req.data,
+            req.idempotency_key,
+            None,
+        )
         .await?;
     Ok(Json(Published {
         offset: pos.offset,
@@ -167,7 +174,7 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
         let result = match serde_json::from_value::<PublishBody>(item) {
             Err(e) => Err(ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
             Ok(p) => {
-                gw.publish(&p.channel, &p.data, p.idempotency_key, None)
+                gw.publish(Source::api, &p.channel, &p.data, p.idempotency_key, None)
                     .await
             }
         };
@@ -257,6 +264,14 @@ pub async fn readyz(State(gw): Gw) -> Response {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
+    let down = gw.not_ready();
+    if !down.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "sources": down })),
         )
             .into_response();
     }

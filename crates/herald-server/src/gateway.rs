@@ -1,8 +1,11 @@
 //! The state one gateway process shares between its transports, and the operations every
 //! transport goes through (the same gates whatever the door).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use herald_core::source::{Publisher, SourceKind};
 
 use herald_core::broker::{HistoryQuery, HistoryResult};
 use herald_core::name::Params;
@@ -32,6 +35,36 @@ pub struct Gateway {
     draining: AtomicBool,
     next_conn: AtomicU64,
     node: String,
+    readiness: Mutex<Vec<(String, Arc<AtomicBool>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl Publisher for Gateway {
+    async fn publish(
+        &self,
+        source: SourceKind,
+        channel: &str,
+        data: &Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Position, ErrorBody> {
+        let source = match source {
+            SourceKind::Outbox => Source::outbox,
+            SourceKind::Notify => Source::notify,
+        };
+        Gateway::publish(self, source, channel, data, idempotency_key, None).await
+    }
+
+    fn rejected(&self, _source: SourceKind, code: ErrorCode) {
+        self.metrics.reject(Gate::publish, code);
+    }
+
+    fn readiness(&self, name: &str) -> Arc<AtomicBool> {
+        self.readiness_flag(name)
+    }
 }
 
 impl Gateway {
@@ -53,6 +86,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             node: random_id(8),
+            readiness: Mutex::new(Vec::new()),
         }
     }
 
@@ -87,23 +121,36 @@ impl Gateway {
     /// API (trusted: only the schema applies), `Some` for clients (the descriptor must allow it).
     pub async fn publish(
         &self,
+        source: Source,
         channel: &str,
         data: &Value,
         idempotency_key: Option<String>,
         identity: Option<&Identity>,
     ) -> Result<Position, ErrorBody> {
-        let (gate, source) = match identity {
-            Some(_) => (Gate::publish, Source::client),
-            None => (Gate::publish, Source::api),
-        };
         let result = self
             .publish_inner(channel, data, idempotency_key, identity)
             .await;
         match &result {
             Ok(_) => self.metrics.published(source),
-            Err(e) => self.metrics.reject(gate, e.code),
+            Err(e) => self.metrics.reject(Gate::publish, e.code),
         }
         result
+    }
+
+    /// A readiness flag; `/readyz` is 503 while any flag is false.
+    pub fn readiness_flag(&self, name: &str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        lock(&self.readiness).push((name.to_owned(), flag.clone()));
+        flag
+    }
+
+    /// Names of the readiness flags that are down.
+    pub fn not_ready(&self) -> Vec<String> {
+        lock(&self.readiness)
+            .iter()
+            .filter(|(_, f)| !f.load(Ordering::SeqCst))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     async fn publish_inner(

@@ -117,6 +117,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let app = router(gw.clone());
+    for (i, source) in gw.config.sources.postgres.iter().enumerate() {
+        let name = format!("postgres source #{} ({})", i + 1, source.outbox_table);
+        let ready = gw.readiness_flag(&name);
+        let publisher: Arc<dyn herald_core::source::Publisher> = gw.clone();
+        tokio::spawn(herald_postgres::run(
+            source.clone(),
+            publisher,
+            ready,
+            gw.shutdown.clone(),
+        ));
+    }
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(gw.config.server.handshake_timeout);

@@ -25,6 +25,8 @@ pub enum Gate {
 pub enum Source {
     api,
     client,
+    outbox,
+    notify,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -681,7 +681,14 @@ impl Connection {
             ));
         }
         let gw = self.gw().clone();
-        gw.publish(channel, data, None, Some(&self.identity)).await
+        gw.publish(
+            crate::metrics::Source::client,
+            channel,
+            data,
+            None,
+            Some(&self.identity),
+        )
+        .await
     }
 
     /// Gate 2 applies: whoever may subscribe may see who is there.

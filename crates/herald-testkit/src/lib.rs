@@ -76,3 +76,105 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A PostgreSQL server (`initdb` + `pg_ctl`) owned by a test, on a free port, trust auth.
+/// As root (CI), it runs as the `postgres` user: Postgres refuses to run as root.
+pub struct PostgresServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    running: bool,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn pg_command(tool: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", tool]);
+        c
+    } else {
+        Command::new(tool)
+    }
+}
+
+impl PostgresServer {
+    /// Creates a cluster and starts it; waits until it accepts connections.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if is_root() {
+            let _ = Command::new("chmod").arg("755").arg(dir.path()).status();
+            let _ = Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status();
+        }
+        let status = pg_command("initdb")
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb is installed (scripts/test.sh installs postgresql)");
+        assert!(status.success(), "initdb failed");
+        let mut s = Self {
+            port: free_port(),
+            dir,
+            running: false,
+        };
+        s.start_again();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the stopped server again, same data and port.
+    pub fn start_again(&mut self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-o", &opts, "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "-t", "30", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(status.success(), "pg_ctl start failed");
+        self.running = true;
+    }
+
+    /// Stops the server (fast mode: clients are disconnected, data kept).
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.running = false;
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,45 @@
+//! What an event source (Postgres outbox, LISTEN/NOTIFY, …) needs from the gateway.
+//!
+//! Sources publish through the same gate as the server API (the channel must exist, the
+//! payload must satisfy its schema) and report their health for `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::broker::Position;
+use crate::protocol::{ErrorBody, ErrorCode};
+
+/// Where a publication came from (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Outbox,
+    Notify,
+}
+
+/// The gateway as seen by a source.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Validates and publishes, exactly like `POST /v1/publish`.
+    async fn publish(
+        &self,
+        source: SourceKind,
+        channel: &str,
+        data: &Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Position, ErrorBody>;
+
+    /// Counts an input the source could not even turn into a publication (bad JSON…).
+    fn rejected(&self, source: SourceKind, code: ErrorCode);
+
+    /// A readiness flag named `name`: `/readyz` fails while any flag is false.
+    fn readiness(&self, name: &str) -> Arc<AtomicBool>;
+}
+
+/// Whether a publish error means the input is bad (dead-letter it) rather than the gateway
+/// being unable to take it now (retry later).
+pub fn is_permanent(code: ErrorCode) -> bool {
+    !matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
+}

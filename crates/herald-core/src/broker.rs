@@ -15,6 +15,17 @@ use serde_json::value::RawValue;
 use crate::protocol::ClientInfo;
 use crate::registry::HistoryPolicy;
 
+/// A fresh random epoch (10 alphanumerics: about 60 bits, so two histories of one channel
+/// never share a name). Every broker names new histories with it.
+pub fn new_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 /// A publication as it travels from broker to sinks: cheap to clone (all shared).
 #[derive(Debug, Clone)]
 pub struct Publication {

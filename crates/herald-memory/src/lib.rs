@@ -16,13 +16,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::broker::{HistoryQuery, HistoryResult};
+use herald_core::broker::{HistoryQuery, HistoryResult, new_epoch};
 use herald_core::protocol::ClientInfo;
 use herald_core::registry::HistoryPolicy;
 use herald_core::{
     Broker, BrokerError, Position, PresenceEvent, Publication, PublicationSink, PublishRequest,
 };
-use rand::Rng;
 use tokio::time::Instant;
 
 /// Idle streams with nothing retained are forgotten after this long.
@@ -43,7 +42,7 @@ struct Stream {
 impl Stream {
     fn new(now: Instant) -> Self {
         Self {
-            epoch: new_epoch(),
+            epoch: Arc::from(new_epoch()),
             offset: 0,
             history: VecDeque::new(),
             idempotency: HashMap::new(),
@@ -79,15 +78,6 @@ impl Stream {
             }
         }
     }
-}
-
-fn new_epoch() -> Arc<str> {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    let s: String = (0..10)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    Arc::from(s)
 }
 
 /// The in-memory broker.

@@ -27,10 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use herald_core::broker::{HistoryQuery, HistoryResult, PresenceEvent};
+use herald_core::broker::{HistoryQuery, HistoryResult, PresenceEvent, new_epoch};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
-use rand::Rng;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 use serde_json::value::RawValue;
@@ -169,14 +168,6 @@ fn unavailable(e: RedisError) -> BrokerError {
     } else {
         BrokerError::Internal(format!("redis: {e}"))
     }
-}
-
-fn new_epoch() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    (0..10)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 fn now_ms() -> u64 {

@@ -16,3 +16,19 @@ fi
 
 echo "==> cargo test --workspace"
 cargo test --workspace
+
+# The TypeScript client, React bindings, codegen and the demo page in a real browser, all
+# against the real `herald` binary.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "==> installing chromium"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
+echo "==> npm ci + build (clients/typescript: @herald/client, @herald/react, the demo page)"
+(cd clients/typescript && npm ci --no-audit --no-fund && npm run build && npm run typecheck)
+# After the demo build, so the binary embeds the freshly built page.
+echo "==> cargo build -p herald"
+cargo build -p herald
+echo "==> TypeScript client, React, codegen and browser tests"
+(cd clients/typescript && TEST_HERALD_BIN="$PWD/../../target/debug/herald" npm test)

@@ -17,8 +17,10 @@ use serde::Deserialize;
 
 use crate::registry::{Registry, Scope};
 
-/// Environment variables that belong to the CLI rather than the config tree.
-const NON_CONFIG_ENV: &[&str] = &["config", "log", "log_format"];
+/// Config sections `HERALD_<SECTION>__<KEY>` may set. Other `HERALD_*` variables (the CLI's
+/// `HERALD_CONFIG`, `HERALD_LOG`, or a deployment's own `HERALD_URL`…) are not config keys and
+/// are left alone; inside a known section an unknown key is still an error.
+const ENV_SECTIONS: &[&str] = &["server", "auth", "api", "broker", "limits"];
 
 /// The fully validated configuration of one gateway process.
 #[derive(Debug, Clone)]
@@ -394,7 +396,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(p));
         }
-        figment = figment.merge(Env::prefixed("HERALD_").split("__").ignore(NON_CONFIG_ENV));
+        figment = figment.merge(Env::prefixed("HERALD_").split("__").filter(|key| {
+            let section = key.as_str().split('.').next().unwrap_or_default();
+            key.as_str().contains('.')
+                && ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+        }));
         let base = path
             .and_then(Path::parent)
             .map(Path::to_path_buf)

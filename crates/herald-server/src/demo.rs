@@ -2,6 +2,9 @@
 //!
 //! Only mounted when `server.demo = true`: `/demo/token` mints a token for any user name with
 //! the configured HMAC secret, which is exactly what a production gateway must never do.
+//!
+//! The page is a small React app built from `clients/typescript/demo` (`npm run build` there
+//! writes `assets/demo/`); the built files are embedded so `herald serve` needs no Node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +12,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::response::Html;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use herald_core::protocol::ErrorCode;
 use serde::Deserialize;
@@ -18,16 +22,28 @@ use serde_json::{Value, json};
 use crate::api::ApiError;
 use crate::gateway::Gateway;
 
-const PAGE: &str = include_str!("../assets/demo.html");
+const PAGE: &str = include_str!("../assets/demo/index.html");
+const APP_JS: &str = include_str!("../assets/demo/app.js");
 
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/", get(page))
+        .route("/demo/app.js", get(app_js))
         .route("/demo/token", get(token))
 }
 
 async fn page() -> Html<&'static str> {
     Html(PAGE)
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_JS,
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,42 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Postgres event source tools.
+    Postgres {
+        #[command(subcommand)]
+        command: PostgresCommand,
+    },
+    /// Generate client code from the channel registry.
+    Codegen {
+        #[command(subcommand)]
+        target: CodegenTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PostgresCommand {
+    /// Print the outbox DDL (table, dead-letter table, herald_publish); --apply runs it.
+    Install {
+        /// Run it against the configured source (or --url) instead of printing it.
+        #[arg(long)]
+        apply: bool,
+        /// Database URL (default: the first [[source.postgres]] url).
+        #[arg(long)]
+        url: Option<String>,
+        /// Outbox table name (default: the source's outbox_table, else herald_outbox).
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CodegenTarget {
+    /// TypeScript payload types keyed by channel (`HeraldChannels`).
+    Typescript {
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +164,49 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load(cli.config.as_deref())?;
             let auth = Authenticator::from_config(&config.auth)?;
             println!("{}", auth.mint(&sub, &roles, ttl)?);
+            Ok(())
+        }
+        Command::Postgres {
+            command: PostgresCommand::Install { apply, url, table },
+        } => {
+            let config = load(cli.config.as_deref())?;
+            let source = config.sources.postgres.first();
+            let table = table
+                .or_else(|| source.map(|s| s.outbox_table.clone()))
+                .unwrap_or_else(|| "herald_outbox".into());
+            if !herald_core::config::is_sql_identifier(&table) {
+                bail!("table must be a lowercase SQL identifier");
+            }
+            if !apply {
+                print!("{}", herald_postgres::install_sql(&table));
+                return Ok(());
+            }
+            let url = url
+                .or_else(|| source.map(|s| s.url.clone()))
+                .context("no [[source.postgres]] in the config: pass --url")?;
+            herald_postgres::apply_install(&url, &table)
+                .await
+                .context("applying the outbox DDL")?;
+            println!("installed {table}, {table}_dead and herald_publish()");
+            Ok(())
+        }
+        Command::Codegen {
+            target: CodegenTarget::Typescript { out },
+        } => {
+            let config = load(cli.config.as_deref())?;
+            let source = config.file.as_ref().map_or_else(
+                || "the built-in example config".to_owned(),
+                |f| {
+                    f.file_name()
+                        .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into())
+                },
+            );
+            let ts = herald_codegen::typescript(&config.registry, &source);
+            match out {
+                Some(path) => std::fs::write(&path, ts)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{ts}"),
+            }
             Ok(())
         }
         Command::Publish {

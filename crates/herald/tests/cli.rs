@@ -124,6 +124,28 @@ fn env_overrides_config() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_subscriptions"));
+    // Variables outside the config sections are not config keys and do not break startup;
+    // an unknown key inside a section still does.
+    let ok = Command::new(BIN)
+        .args(["check"])
+        .current_dir(dir.path())
+        .env("HERALD_BIN", "/usr/bin/whatever")
+        .env("HERALD_URL", "http://elsewhere")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let typo = Command::new(BIN)
+        .args(["check"])
+        .current_dir(dir.path())
+        .env("HERALD_SERVER__LISEN", "x")
+        .output()
+        .unwrap();
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("lisen"));
 }
 
 struct Server {
@@ -249,4 +271,53 @@ fn token_needs_a_secret() {
     let out = herald(dir.path(), &["token", "--sub", "alice"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("hs256_secret"));
+}
+
+/// `herald postgres install` prints the DDL; `--apply` installs it into a real Postgres, and
+/// the installed `herald_publish` works.
+#[tokio::test]
+async fn postgres_install_prints_and_applies() {
+    let dir = project(GOOD);
+    let out = herald(dir.path(), &["postgres", "install"]);
+    assert!(out.status.success());
+    let ddl = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ddl.contains("CREATE TABLE IF NOT EXISTS herald_outbox (")
+            && ddl.contains("herald_publish")
+    );
+
+    let pg = herald_testkit::PostgresServer::start();
+    let out = herald(
+        dir.path(),
+        &[
+            "postgres",
+            "install",
+            "--apply",
+            "--url",
+            &pg.url(),
+            "--table",
+            "events_outbox",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let id: i64 = db
+        .query_one("SELECT herald_publish('a.b', '{}'::jsonb)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 1);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM events_outbox_dead", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
 }

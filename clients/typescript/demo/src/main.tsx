@@ -1,0 +1,194 @@
+// The demo page served at `/` by `herald serve` (server.demo = true): built from
+// @herald/client and @herald/react, typed by `herald codegen typescript` (./channels.ts).
+import { StrictMode, useCallback, useMemo, useState, type FormEvent } from "react";
+import { createRoot } from "react-dom/client";
+import { Herald, HeraldError, type PresenceClient } from "@herald/client";
+import { HeraldProvider, useChannel, useConnectionState, useHerald } from "@herald/react";
+
+import type { HeraldChannels } from "./channels.js";
+
+const ROOM = "chat.room.lobby";
+
+async function devToken(user: string, admin: boolean): Promise<string> {
+  const res = await fetch(`/demo/token?user=${encodeURIComponent(user)}${admin ? "&role=admin" : ""}`);
+  const body = (await res.json()) as { token?: string; error?: { message: string } };
+  if (!res.ok || !body.token) throw new Error(body.error?.message ?? `token: HTTP ${res.status}`);
+  return body.token;
+}
+
+function App() {
+  const [user, setUser] = useState("alice");
+  const [admin, setAdmin] = useState(false);
+  const [session, setSession] = useState<{ id: number; user: string; herald: Herald<HeraldChannels> } | null>(null);
+
+  const connect = (ev: FormEvent) => {
+    ev.preventDefault();
+    const name = user.trim();
+    if (!name) return;
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    const herald = new Herald<HeraldChannels>(`${proto}://${location.host}/v1/ws`, {
+      getToken: () => devToken(name, admin),
+      maxReconnectDelayMs: 3_000,
+    });
+    setSession((s) => ({ id: (s?.id ?? 0) + 1, user: name, herald }));
+  };
+
+  const header = (
+    <header>
+      <h1>Herald demo</h1>
+      <form onSubmit={connect} style={{ margin: 0 }}>
+        <label>
+          User <input id="user" type="text" value={user} size={8} onChange={(e) => setUser(e.target.value)} />
+        </label>
+        <label>
+          <input id="admin" type="checkbox" checked={admin} onChange={(e) => setAdmin(e.target.checked)} /> admin
+        </label>{" "}
+        <button id="connect">Connect</button>
+      </form>
+      {session ? <ConnectionBadge /> : <span id="state">idle</span>}
+    </header>
+  );
+  if (!session) return header;
+  // A new session (another user) replaces the provider, which disconnects the old client.
+  return (
+    <HeraldProvider key={session.id} client={session.herald}>
+      {header}
+      <Dashboard user={session.user} />
+    </HeraldProvider>
+  );
+}
+
+function ConnectionBadge() {
+  const state = useConnectionState();
+  return (
+    <span id="state" className={state}>
+      {state}
+    </span>
+  );
+}
+
+function useList<T>(max = 100): [T[], (item: T) => void] {
+  const [items, setItems] = useState<T[]>([]);
+  const add = useCallback((item: T) => setItems((xs) => [item, ...xs].slice(0, max)), [max]);
+  return [items, add];
+}
+
+function Dashboard({ user }: { user: string }) {
+  return (
+    <main>
+      <Notifications user={user} />
+      <Feed />
+      <Chat user={user} />
+    </main>
+  );
+}
+
+function Notifications({ user }: { user: string }) {
+  const [items, add] = useList<string>();
+  const [missed, setMissed] = useState(false);
+  const channel = `notifications.user.${user}` as const;
+  useChannel<HeraldChannels, typeof channel>(channel, (n) => add(`${n.type}: ${n.text ?? ""}`), {
+    onRecoveryFailed: () => setMissed(true),
+  });
+  const curl = `curl -H 'Authorization: Bearer dev-api-key-change-me' -d '{"channel":"${channel}","data":{"type":"mention","text":"hi"}}' http://${location.host}/v1/publish`;
+  return (
+    <section>
+      <h2>
+        My notifications <span className="muted">{channel}</span>
+      </h2>
+      {missed && <p className="warn">Reconnected to a restarted gateway: older notifications may be missing.</p>}
+      <ul id="notifications">
+        {items.map((t, i) => (
+          <li key={items.length - i}>{t}</li>
+        ))}
+      </ul>
+      <p className="muted">
+        Publish one with the server API:
+        <br />
+        <code>{curl}</code>
+      </p>
+    </section>
+  );
+}
+
+function Feed() {
+  const [items, add] = useList<string>();
+  useChannel<HeraldChannels, "blog.article.feed">("blog.article.feed", (a) => add(`${a.title} (${a.id})`));
+  return (
+    <section>
+      <h2>
+        Public feed <span className="muted">blog.article.feed</span>
+      </h2>
+      <ul id="feed">
+        {items.map((t, i) => (
+          <li key={items.length - i}>{t}</li>
+        ))}
+      </ul>
+    </section>
+  );
+}
+
+function Chat({ user }: { user: string }) {
+  const herald = useHerald<HeraldChannels>();
+  const [messages, add] = useList<string>();
+  const [present, setPresent] = useState<PresenceClient[]>([]);
+  const [text, setText] = useState("");
+  const [error, setError] = useState("");
+
+  useChannel<HeraldChannels, typeof ROOM>(ROOM, (m) => add(`${m.user ?? "?"}: ${m.text}`), {
+    // After every (re)subscription the presence list is fetched again; join/leave keep it current.
+    onSubscribed: () => {
+      herald.presence(ROOM).then(setPresent, (e: HeraldError) => setError(`${e.code}: ${e.message}`));
+    },
+    onPresence: (ev) =>
+      setPresent((xs) =>
+        ev.type === "join"
+          ? [...xs.filter((c) => c.client !== ev.client), { client: ev.client, user: ev.user }]
+          : xs.filter((c) => c.client !== ev.client),
+      ),
+  });
+  const users = useMemo(() => [...new Set(present.map((c) => c.user ?? "anonymous"))].sort(), [present]);
+
+  const send = async (ev: FormEvent) => {
+    ev.preventDefault();
+    if (!text) return;
+    try {
+      await herald.publish(ROOM, { text, user });
+      setText("");
+      setError("");
+    } catch (e) {
+      setError(e instanceof HeraldError ? `${e.code}: ${e.message}` : String(e));
+    }
+  };
+
+  return (
+    <section>
+      <h2>
+        Chat <span className="muted">{ROOM}</span>
+      </h2>
+      <div className="presence" id="presence">
+        {users.map((u) => (
+          <span key={u}>{u}</span>
+        ))}
+      </div>
+      <ul id="chat">
+        {messages.map((t, i) => (
+          <li key={messages.length - i}>{t}</li>
+        ))}
+      </ul>
+      <form onSubmit={send}>
+        <input id="chat-text" type="text" placeholder="Say something" maxLength={2000} value={text} onChange={(e) => setText(e.target.value)} />
+        <button>Send</button>
+      </form>
+      <p className="muted" id="chat-error">
+        {error}
+      </p>
+    </section>
+  );
+}
+
+createRoot(document.getElementById("root")!).render(
+  <StrictMode>
+    <App />
+  </StrictMode>,
+);

@@ -1,0 +1,7 @@
+export { HeraldProvider, useHerald, type AnyHerald, type HeraldProviderProps } from "./context.js";
+export { useChannel, useConnectionState, useRealtimeConnected } from "./hooks.js";
+export {
+  realtimeRefetchInterval,
+  useInvalidateOnEvent,
+  useRealtimeRefetchInterval,
+} from "./query.js";

@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.{ts,tsx}"],
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // Each file starts its own gateway processes; the browser test is the heaviest.
+    fileParallelism: true,
+  },
+  esbuild: { jsx: "automatic" },
+});

@@ -239,6 +239,10 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// Most publications a recovering subscribe may replay; beyond it `recovered: false`.
     pub max_recovery: usize,
+    /// A repeated `idempotency_key` on a channel within this window returns the first result
+    /// and publishes nothing.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
 }
 
 impl Default for Limits {
@@ -252,6 +256,7 @@ impl Default for Limits {
             frame_rate: 200,
             outbound_queue_bytes: 1024 * 1024,
             max_recovery: 1000,
+            idempotency_window: Duration::from_secs(120),
         }
     }
 }

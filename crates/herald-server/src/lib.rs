@@ -40,9 +40,6 @@ use crate::gateway::Gateway;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
-/// How long idempotency keys are remembered.
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
-
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -59,7 +56,7 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, ServerError> {
     let hub = Arc::new(Hub::new(metrics.clone()));
     let broker: Arc<dyn Broker> = match config.broker.kind {
         herald_core::config::BrokerKind::Memory => {
-            let b = MemoryBroker::new(hub.clone(), IDEMPOTENCY_WINDOW);
+            let b = MemoryBroker::new(hub.clone(), config.limits.idempotency_window);
             b.spawn_sweeper();
             b
         }
@@ -68,7 +65,7 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, ServerError> {
                 url: config.broker.url.clone().unwrap_or_default(),
                 prefix: config.broker.prefix.clone(),
                 presence_ttl: config.broker.presence_ttl,
-                idempotency_window: IDEMPOTENCY_WINDOW,
+                idempotency_window: config.limits.idempotency_window,
             },
             hub.clone(),
         )?),

@@ -104,6 +104,30 @@ async fn unrecoverable_gaps_say_so() {
     assert_eq!(ids(&r["publications"]), vec![4, 5, 6, 7, 8]);
 }
 
+/// The replay cap: a gap larger than `limits.max_recovery` is refused, not replayed.
+#[tokio::test]
+async fn recovery_is_capped() {
+    let s = TestServer::with_config(&common::config_toml("[limits]\nmax_recovery = 3")).await;
+    publish_n(&s, "blog.article.feed", 1, 8).await;
+    let mut c = s.client("alice").await;
+    let epoch = c.subscribe("blog.article.feed").await["epoch"].clone();
+    c.request(json!({"type": "unsubscribe", "channel": "blog.article.feed"}))
+        .await;
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "blog.article.feed",
+                        "since": {"offset": 2, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["recovered"], false, "6 missing > cap 3: {r}");
+    c.request(json!({"type": "unsubscribe", "channel": "blog.article.feed"}))
+        .await;
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "blog.article.feed",
+                        "since": {"offset": 5, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(ids(&r["publications"]), vec![6, 7, 8]);
+}
+
 /// Acceptance 3: away for 20 messages, back with `since` while a publisher keeps going: every
 /// offset exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

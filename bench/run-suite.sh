@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole benchmark suite and rewrites the generated section of docs/benchmarks.md
+# (raw results in bench/results/latest.json). Servers run on SERVER_CPU, the load on LOAD_CPU.
+#
+#   bench/run-suite.sh                                  # everything (~15-20 min on 2 cores)
+#   bench/run-suite.sh --peers herald,null --scenarios s3   # a subset
+#   bench/run-suite.sh --conditions "quiet machine"     # a note written into the report
+#
+# Any other argument goes to `herald-bench suite` (see `herald-bench suite --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+cargo build --release -p herald -p herald-bench
+for peer in ws socketio; do
+  (cd "bench/peers/$peer" && npm ci --no-audit --no-fund --loglevel=error)
+done
+
+exec taskset -c "$LOAD_CPU" "$CARGO_TARGET_DIR/release/herald-bench" suite \
+  --bin-dir "$CARGO_TARGET_DIR/release" --server-cpu "$SERVER_CPU" "$@"

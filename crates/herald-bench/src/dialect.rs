@@ -1,0 +1,125 @@
+//! The three ways the gateways under test talk: Herald protocol v1, Socket.IO v4 over the
+//! websocket transport only, and raw WebSocket text. Each knows its connect request, its
+//! handshake up to "ready to receive", and how to tell a publication from a keep-alive.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Client, Event, WsError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// Herald protocol v1 on `/v1/ws`, JWT in the Authorization header.
+    Herald,
+    /// Socket.IO v4: engine.io `EIO=4` over websocket, default namespace, `42[...]` events.
+    Socketio,
+    /// Raw WebSocket: every text frame is a payload.
+    Raw,
+}
+
+/// What a received text frame is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Publication,
+    /// A keep-alive that must be answered with this text.
+    Ping(&'static str),
+    Other,
+}
+
+impl Dialect {
+    /// Path and query of the upgrade request, and its extra headers.
+    pub fn request(self, user: &str, token: &str) -> (String, Vec<(String, String)>) {
+        match self {
+            Dialect::Herald => (
+                "/v1/ws".into(),
+                vec![("Authorization".into(), format!("Bearer {token}"))],
+            ),
+            Dialect::Socketio => (
+                format!("/socket.io/?EIO=4&transport=websocket&token={token}&user={user}"),
+                Vec::new(),
+            ),
+            Dialect::Raw => (format!("/?token={token}&user={user}"), Vec::new()),
+        }
+    }
+
+    /// Runs the dialect's handshake until publications can arrive. `subscribe` names a channel
+    /// to subscribe to explicitly (Herald broadcast); the peers put every connection in the
+    /// broadcast room and the user's own room at connect.
+    pub async fn handshake(self, c: &mut Client, subscribe: Option<&str>) -> Result<(), WsError> {
+        match self {
+            Dialect::Raw => Ok(()),
+            Dialect::Herald => {
+                expect_text(self, c, |t| t.starts_with(br#"{"type":"welcome""#)).await?;
+                if let Some(channel) = subscribe {
+                    c.send_text(&format!(
+                        r#"{{"type":"subscribe","id":1,"channel":"{channel}"}}"#
+                    ))
+                    .await?;
+                    let reply =
+                        expect_text(self, c, |t| t.starts_with(br#"{"type":"reply""#)).await?;
+                    if !reply.contains(r#""ok":true"#) {
+                        return Err(WsError::Protocol("subscribe refused"));
+                    }
+                }
+                Ok(())
+            }
+            Dialect::Socketio => {
+                expect_text(self, c, |t| t.starts_with(b"0{")).await?;
+                c.send_text("40").await?;
+                let ack =
+                    expect_text(self, c, |t| t.starts_with(b"40") || t.starts_with(b"44")).await?;
+                if ack.starts_with("44") {
+                    return Err(WsError::Protocol("namespace connect refused"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn classify(self, text: &[u8]) -> Incoming {
+        match self {
+            Dialect::Raw => Incoming::Publication,
+            Dialect::Herald => {
+                if text.starts_with(br#"{"type":"pub""#) {
+                    Incoming::Publication
+                } else if text.starts_with(br#"{"type":"ping""#) {
+                    Incoming::Ping(r#"{"type":"pong"}"#)
+                } else {
+                    Incoming::Other
+                }
+            }
+            Dialect::Socketio => {
+                if text.starts_with(b"42") {
+                    Incoming::Publication
+                } else if text == b"2" {
+                    Incoming::Ping("3")
+                } else {
+                    Incoming::Other
+                }
+            }
+        }
+    }
+}
+
+/// Reads frames until a text frame satisfies `want`, answering keep-alives on the way.
+async fn expect_text(
+    d: Dialect,
+    c: &mut Client,
+    want: impl Fn(&[u8]) -> bool,
+) -> Result<String, WsError> {
+    loop {
+        let reply: Option<(u8, Vec<u8>)> = match c.next().await? {
+            Event::Text(t) if want(t) => return Ok(String::from_utf8_lossy(t).into_owned()),
+            Event::Text(t) => match d.classify(t) {
+                Incoming::Ping(pong) => Some((0x1, pong.as_bytes().to_vec())),
+                _ => None,
+            },
+            Event::Ping(p) => Some((0xA, p.to_vec())),
+            Event::Binary(_) => None,
+            Event::Close(_) => return Err(WsError::Protocol("closed during handshake")),
+        };
+        if let Some((op, bytes)) = reply {
+            c.send(op, &bytes).await?;
+        }
+    }
+}

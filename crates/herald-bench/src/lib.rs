@@ -1,0 +1,26 @@
+//! `herald-bench`: the instrument behind `docs/benchmarks.md`.
+//!
+//! It opens many WebSocket connections to a gateway (Herald, or one of the peers in
+//! `bench/peers/`), publishes on an open-loop schedule and measures what arrives: latency from
+//! the *intended* send time (so a stalled server cannot hide its stalls by slowing the
+//! publisher down), loss and reordering from sequence numbers, and the server's CPU and memory
+//! from `/proc`. Layout:
+//!
+//! - [`wire`]: a minimal WebSocket client (handshake and framing) written for throughput, so one
+//!   load core can keep up with a server core;
+//! - [`dialect`]: Herald protocol v1, Socket.IO v4 (websocket transport only) and raw text;
+//! - [`payload`]: the stamped payload and its cheap parser;
+//! - [`stats`]: per-step histograms and counters, mergeable and serializable;
+//! - [`procfs`]: CPU ticks and RSS of a process, and the fd limit;
+//! - [`load`]: one load run (connect, publish in rate steps, drain, report);
+//! - [`suite`]: the scenarios S1–S7 against every peer, and the markdown report;
+//! - [`null`]: the null gateway, a server that only writes pre-framed bytes (the ceiling).
+
+pub mod dialect;
+pub mod load;
+pub mod null;
+pub mod payload;
+pub mod procfs;
+pub mod stats;
+pub mod suite;
+pub mod wire;

@@ -1,0 +1,1008 @@
+//! The benchmark suite: every scenario against Herald and each peer, one after the other, each
+//! on a fresh server process pinned to its own core, then the tables in `docs/benchmarks.md`.
+//!
+//! Every load runs in a child `herald-bench run` process (its own fd limit, its own memory),
+//! inheriting this process's CPU affinity; the script `bench/run-suite.sh` pins this process to
+//! the load core. Servers are started under `taskset -c <server core>`.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::load::Report;
+use crate::procfs;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteArgs {
+    /// The markdown file whose generated section is rewritten.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub out: PathBuf,
+    /// Raw results (every step of every run).
+    #[arg(long, default_value = "bench/results/latest.json")]
+    pub json_out: PathBuf,
+    /// Directory holding the `herald` and `herald-null` binaries (default: next to this one).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// The `bench/` directory (config and peers).
+    #[arg(long, default_value = "bench")]
+    pub bench_dir: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "herald,null,ws,socketio")]
+    pub peers: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "s1,s3,s4,s7")]
+    pub scenarios: Vec<String>,
+    /// CPU list for the servers (`taskset -c`).
+    #[arg(long, default_value = "0")]
+    pub server_cpu: String,
+    #[arg(long, default_value_t = 10_000)]
+    pub s1_small: usize,
+    #[arg(long, default_value_t = 50_000)]
+    pub s1_large: usize,
+    /// Server processes the large idle run is spread over (one process cannot hold 50k fds).
+    #[arg(long, default_value_t = 3)]
+    pub s1_nodes: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub s3_subscribers: usize,
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160,320,640")]
+    pub s3_rates: Vec<u64>,
+    #[arg(long, value_delimiter = ',', default_value = "100,1024")]
+    pub s3_sizes: Vec<usize>,
+    #[arg(long, default_value_t = 18_000)]
+    pub s4_users: usize,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,4000,8000,16000,32000"
+    )]
+    pub s4_rates: Vec<u64>,
+    #[arg(long, default_value_t = 10_000)]
+    pub s7_subscribers: usize,
+    #[arg(long, default_value_t = 40)]
+    pub s7_rate: u64,
+    #[arg(long, default_value_t = 10)]
+    pub s7_steps: usize,
+    #[arg(long, default_value_t = 3.0)]
+    pub step_secs: f64,
+    /// A sentence on the conditions of this run, written into the report.
+    #[arg(long, default_value = "")]
+    pub conditions: String,
+    /// Rewrite the report from the saved results (`--json-out`) without running anything.
+    #[arg(long)]
+    pub render_only: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    name: &'static str,
+    label: &'static str,
+    dialect: &'static str,
+    publisher: &'static str,
+}
+
+const PEERS: &[Peer] = &[
+    Peer {
+        name: "herald",
+        label: "Herald",
+        dialect: "herald",
+        publisher: "herald",
+    },
+    Peer {
+        name: "null",
+        label: "null gateway (ceiling)",
+        dialect: "raw",
+        publisher: "peer",
+    },
+    Peer {
+        name: "ws",
+        label: "Node ws",
+        dialect: "raw",
+        publisher: "peer",
+    },
+    Peer {
+        name: "socketio",
+        label: "Node Socket.IO",
+        dialect: "socketio",
+        publisher: "peer",
+    },
+];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LargeIdle {
+    pub nodes: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+    pub kb_per_connection: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerResults {
+    pub name: String,
+    pub label: String,
+    pub s1_small: Option<Report>,
+    pub s1_large: Option<LargeIdle>,
+    pub s3: Vec<Report>,
+    pub s4: Option<Report>,
+    pub s7: Option<Report>,
+    /// Warnings and errors the server printed, deduplicated, with counts.
+    pub server_log: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub started: String,
+    pub minutes: f64,
+    pub machine: Vec<(String, String)>,
+    pub conditions: String,
+    pub command: String,
+    pub peers: Vec<PeerResults>,
+}
+
+/// A server under test; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Env {
+    args: SuiteArgs,
+    bin_dir: PathBuf,
+    me: PathBuf,
+    logs: PathBuf,
+    seq: usize,
+}
+
+impl Env {
+    fn start(&mut self, peer: &Peer) -> anyhow::Result<Server> {
+        self.seq += 1;
+        let log = self.logs.join(format!("{}-{}.log", peer.name, self.seq));
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(&self.args.server_cpu);
+        match peer.name {
+            "herald" => {
+                cmd.arg(self.bin_dir.join("herald"))
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(self.args.bench_dir.join("herald-bench.toml"))
+                    .env("HERALD_LOG", "warn");
+            }
+            "null" => {
+                cmd.arg(self.bin_dir.join("herald-null"));
+            }
+            other => {
+                cmd.arg("node").arg(
+                    self.args
+                        .bench_dir
+                        .join("peers")
+                        .join(other)
+                        .join("server.js"),
+                );
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", peer.name))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            // Keep draining so a chatty server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(Ok(l))) => l,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not print its address; see {}",
+                    peer.name,
+                    log.display()
+                );
+            }
+        };
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .context("no address in the first line")?
+            .trim()
+            .to_string();
+        // Let the runtime settle before the baseline memory reading.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Server { child, addr, log })
+    }
+
+    fn load_cmd(&self, peer: &Peer, server: &Server, extra: &[String]) -> Command {
+        let mut cmd = Command::new(&self.me);
+        cmd.arg("run")
+            .arg("--json")
+            .arg("--server")
+            .arg(&server.addr)
+            .arg("--dialect")
+            .arg(peer.dialect)
+            .arg("--publisher")
+            .arg(peer.publisher)
+            .arg("--server-pid")
+            .arg(server.pid().to_string())
+            .args(extra);
+        cmd
+    }
+
+    fn load(&self, peer: &Peer, server: &Server, extra: &[String]) -> anyhow::Result<Report> {
+        let out = self
+            .load_cmd(peer, server, extra)
+            .stderr(Stdio::inherit())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().context("load printed no report")?;
+        serde_json::from_str(line).context("parsing the load report")
+    }
+}
+
+fn s(v: impl ToString) -> String {
+    v.to_string()
+}
+
+fn rates(r: &[u64]) -> String {
+    r.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
+    if args.render_only {
+        let text = std::fs::read_to_string(&args.json_out)
+            .with_context(|| format!("reading {}", args.json_out.display()))?;
+        let mut results: Results = serde_json::from_str(&text)?;
+        if !args.conditions.is_empty() {
+            results.conditions = args.conditions.clone();
+        }
+        std::fs::write(&args.json_out, serde_json::to_string_pretty(&results)?)?;
+        return write_section(&args.out, &render(&results, &args));
+    }
+    let started = Instant::now();
+    let me = std::env::current_exe()?;
+    let bin_dir = args
+        .bin_dir
+        .clone()
+        .or_else(|| me.parent().map(Path::to_path_buf))
+        .context("binary directory")?;
+    let logs = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    let mut env = Env {
+        args: args.clone(),
+        bin_dir,
+        me,
+        logs,
+        seq: 0,
+    };
+    let mut results = Results {
+        started: shell("date -u +%Y-%m-%dT%H:%MZ"),
+        machine: machine(&env),
+        conditions: args.conditions.clone(),
+        command: "bench/run-suite.sh".into(),
+        ..Results::default()
+    };
+    let want = |s: &str| args.scenarios.iter().any(|x| x == s);
+    for peer in PEERS
+        .iter()
+        .filter(|p| args.peers.iter().any(|n| n == p.name))
+    {
+        eprintln!("[suite] ===== {} =====", peer.label);
+        let mut r = PeerResults {
+            name: peer.name.into(),
+            label: peer.label.into(),
+            ..PeerResults::default()
+        };
+        let mut logs = Vec::new();
+        let mut step =
+            |what: &str, f: &mut dyn FnMut(&mut Env, &mut Vec<PathBuf>) -> anyhow::Result<()>| {
+                eprintln!("[suite] {} {what}", peer.label);
+                if let Err(e) = f(&mut env, &mut logs) {
+                    eprintln!("[suite] {} {what} failed: {e:#}", peer.label);
+                }
+            };
+        if want("s1") || want("s2") {
+            step("S1/S2 idle", &mut |env, logs| {
+                let srv = env.start(peer)?;
+                logs.push(srv.log.clone());
+                let rep = env.load(
+                    peer,
+                    &srv,
+                    &[
+                        s("--mode"),
+                        s("idle"),
+                        s("--connections"),
+                        s(args.s1_small),
+                        s("--settle-secs"),
+                        s(3),
+                    ],
+                )?;
+                r.s1_small = Some(rep);
+                Ok(())
+            });
+            step("S1 large", &mut |env, logs| {
+                r.s1_large = Some(large_idle(env, peer, logs)?);
+                Ok(())
+            });
+        }
+        if want("s3") {
+            for &size in &args.s3_sizes {
+                step(&format!("S3 {size} B"), &mut |env, logs| {
+                    let srv = env.start(peer)?;
+                    logs.push(srv.log.clone());
+                    let rep = env.load(
+                        peer,
+                        &srv,
+                        &[
+                            s("--mode"),
+                            s("broadcast"),
+                            s("--connections"),
+                            s(args.s3_subscribers),
+                            s("--payload-bytes"),
+                            s(size),
+                            s("--rates"),
+                            rates(&args.s3_rates),
+                            s("--step-secs"),
+                            s(args.step_secs),
+                        ],
+                    )?;
+                    r.s3.push(rep);
+                    Ok(())
+                });
+            }
+        }
+        if want("s4") {
+            step("S4 unicast", &mut |env, logs| {
+                let srv = env.start(peer)?;
+                logs.push(srv.log.clone());
+                r.s4 = Some(env.load(
+                    peer,
+                    &srv,
+                    &[
+                        s("--mode"),
+                        s("unicast"),
+                        s("--connections"),
+                        s(args.s4_users),
+                        s("--rates"),
+                        rates(&args.s4_rates),
+                        s("--step-secs"),
+                        s(args.step_secs),
+                    ],
+                )?);
+                Ok(())
+            });
+        }
+        if want("s7") {
+            step("S7 slow consumers", &mut |env, logs| {
+                let srv = env.start(peer)?;
+                logs.push(srv.log.clone());
+                r.s7 = Some(env.load(
+                    peer,
+                    &srv,
+                    &[
+                        s("--mode"),
+                        s("broadcast"),
+                        s("--connections"),
+                        s(args.s7_subscribers),
+                        s("--slow-fraction"),
+                        s(0.05),
+                        s("--payload-bytes"),
+                        s(1024),
+                        s("--rates"),
+                        rates(&vec![args.s7_rate; args.s7_steps]),
+                        s("--step-secs"),
+                        s(args.step_secs),
+                        s("--keep-going"),
+                    ],
+                )?);
+                Ok(())
+            });
+        }
+        r.server_log = summarize_logs(&logs);
+        results.peers.push(r);
+    }
+    results.minutes = started.elapsed().as_secs_f64() / 60.0;
+    merge_previous(&mut results, &args.json_out);
+    if let Some(dir) = args.json_out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json_out, serde_json::to_string_pretty(&results)?)?;
+    let section = render(&results, &args);
+    write_section(&args.out, &section)?;
+    eprintln!(
+        "[suite] done in {:.1} min: {} and {}",
+        results.minutes,
+        args.out.display(),
+        args.json_out.display()
+    );
+    Ok(())
+}
+
+/// A partial run (some peers or scenarios) keeps the previous run's figures for the rest, so
+/// the report stays whole; the conditions say which parts were re-run.
+fn merge_previous(results: &mut Results, path: &Path) {
+    let Some(old) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Results>(&t).ok())
+    else {
+        return;
+    };
+    let mut merged = Vec::new();
+    for peer in PEERS {
+        let new = results.peers.iter().find(|p| p.name == peer.name).cloned();
+        let prev = old.peers.iter().find(|p| p.name == peer.name).cloned();
+        match (new, prev) {
+            (Some(mut n), Some(o)) => {
+                n.s1_small = n.s1_small.or(o.s1_small);
+                n.s1_large = n.s1_large.or(o.s1_large);
+                if n.s3.is_empty() {
+                    n.s3 = o.s3;
+                }
+                n.s4 = n.s4.or(o.s4);
+                n.s7 = n.s7.or(o.s7);
+                if n.server_log.is_empty() {
+                    n.server_log = o.server_log;
+                }
+                merged.push(n);
+            }
+            (Some(n), None) => merged.push(n),
+            (None, Some(o)) => merged.push(o),
+            (None, None) => {}
+        }
+    }
+    results.peers = merged;
+    if results.conditions.is_empty() {
+        results.conditions = old.conditions;
+    } else if !old.conditions.is_empty() && old.conditions != results.conditions {
+        results.conditions = format!("{} Earlier parts: {}", results.conditions, old.conditions);
+    }
+    results.minutes += old.minutes;
+}
+
+/// S1 at a size one process cannot hold: several independent server processes, one load
+/// process each, all connected at once; the memory is the sum over the servers.
+fn large_idle(env: &mut Env, peer: &Peer, logs: &mut Vec<PathBuf>) -> anyhow::Result<LargeIdle> {
+    let nodes = env.args.s1_nodes.max(1);
+    let per = env.args.s1_large.div_ceil(nodes);
+    let mut servers = Vec::new();
+    for _ in 0..nodes {
+        let srv = env.start(peer)?;
+        logs.push(srv.log.clone());
+        servers.push(srv);
+    }
+    let pids: Vec<u32> = servers.iter().map(Server::pid).collect();
+    let before = procfs::sample_all(&pids);
+    let mut loads: Vec<(Child, ChildStdin)> = Vec::new();
+    for (n, srv) in servers.iter().enumerate() {
+        let mut child = env
+            .load_cmd(
+                peer,
+                srv,
+                &[
+                    s("--mode"),
+                    s("idle"),
+                    s("--connections"),
+                    s(per),
+                    s("--user-offset"),
+                    s(n * per),
+                    s("--settle-secs"),
+                    s(0),
+                    s("--connect-timeout-secs"),
+                    s(180),
+                    s("--hold"),
+                ],
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take().context("load stdin")?;
+        loads.push((child, stdin));
+    }
+    let mut connected = 0;
+    let mut failed = 0;
+    for (child, _) in &mut loads {
+        let stdout = child.stdout.take().context("load stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let rep: Report = serde_json::from_str(&line).context("large idle report")?;
+        connected += rep.connected;
+        failed += rep.connect_failed;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let after = procfs::sample_all(&pids);
+    for (mut child, stdin) in loads {
+        drop(stdin);
+        let _ = child.wait();
+    }
+    Ok(LargeIdle {
+        nodes,
+        connected,
+        failed,
+        rss_before_kb: before.rss_kb,
+        rss_after_kb: after.rss_kb,
+        kb_per_connection: (after.rss_kb as f64 - before.rss_kb as f64) / connected.max(1) as f64,
+    })
+}
+
+fn summarize_logs(paths: &[PathBuf]) -> Vec<(String, u64)> {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for p in paths {
+        let Ok(text) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // Strip the timestamp so repeats of one message collapse.
+            let key: String = line
+                .split_once(" WARN ")
+                .map(|(_, m)| format!("WARN {m}"))
+                .or_else(|| {
+                    line.split_once(" ERROR ")
+                        .map(|(_, m)| format!("ERROR {m}"))
+                })
+                .unwrap_or_else(|| line.to_string());
+            let key: String = key.chars().take(200).collect();
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    let mut v: Vec<_> = counts.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v.truncate(10);
+    v
+}
+
+fn shell(cmd: &str) -> String {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine(env: &Env) -> Vec<(String, String)> {
+    let peers = env.args.bench_dir.join("peers");
+    let pkg = |p: &str, m: &str| {
+        shell(&format!(
+            "node -p \"require('./{}/node_modules/{m}/package.json').version\" 2>/dev/null",
+            peers.join(p).display()
+        ))
+    };
+    vec![
+        (
+            "CPU".into(),
+            shell("lscpu | sed -n 's/^Model name: *//p' | head -1"),
+        ),
+        ("cores".into(), shell("nproc --all")),
+        (
+            "memory".into(),
+            shell("free -g | awk '/Mem:/{print $2\" GiB\"}'"),
+        ),
+        ("kernel".into(), shell("uname -r")),
+        ("fd limit (hard)".into(), shell("ulimit -Hn")),
+        ("rustc".into(), shell("rustc --version")),
+        (
+            "herald".into(),
+            shell(&format!(
+                "{} --version; echo tree; git rev-parse --short HEAD 2>/dev/null",
+                env.bin_dir.join("herald").display()
+            ))
+            .replace('\n', " @ "),
+        ),
+        ("node".into(), shell("node --version")),
+        ("ws".into(), pkg("ws", "ws")),
+        ("socket.io".into(), pkg("socketio", "socket.io")),
+        (
+            "pinning".into(),
+            format!(
+                "server: taskset -c {}; load: the rest (bench/run-suite.sh)",
+                env.args.server_cpu
+            ),
+        ),
+    ]
+}
+
+const BEGIN: &str = "<!-- BEGIN GENERATED by herald-bench suite: do not edit by hand -->";
+const END: &str = "<!-- END GENERATED -->";
+
+/// Replaces the generated section of `path` (or creates the file), leaving the prose around it.
+fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{BEGIN}\n{section}{END}{}",
+            &old[..b],
+            &old[e + END.len()..]
+        ),
+        _ => format!("# Benchmarks\n\n{BEGIN}\n{section}{END}\n{old}"),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(new.as_bytes())?;
+    Ok(())
+}
+
+/// The step with the most deliveries per second among those that passed.
+fn best(rep: &Report) -> Option<&crate::load::StepReport> {
+    rep.steps
+        .iter()
+        .filter(|s| s.ok)
+        .max_by(|a, b| a.deliveries_per_sec.total_cmp(&b.deliveries_per_sec))
+}
+
+/// The passing step whose rate is closest to half the best one's.
+fn half(rep: &Report) -> Option<&crate::load::StepReport> {
+    let top = best(rep)?.rate as f64 / 2.0;
+    rep.steps.iter().filter(|s| s.ok).min_by(|a, b| {
+        (a.rate as f64 - top)
+            .abs()
+            .total_cmp(&(b.rate as f64 - top).abs())
+    })
+}
+
+fn why_stopped(rep: &Report) -> String {
+    match rep.steps.iter().find(|s| !s.ok) {
+        None => "all steps passed".into(),
+        Some(s) => {
+            let mut why = Vec::new();
+            if s.lost > 0 {
+                why.push(format!("{} lost", s.lost));
+            }
+            if s.latency.p99_ms > 100.0 {
+                why.push(format!("p99 {:.0} ms", s.latency.p99_ms));
+            }
+            if s.publish_errors > 0 {
+                why.push(format!("{} publish errors", s.publish_errors));
+            }
+            if s.healthy_disconnects > 0 {
+                why.push(format!("{} disconnects", s.healthy_disconnects));
+            }
+            format!("{}/s: {}", s.rate, why.join(", "))
+        }
+    }
+}
+
+fn ratio(v: f64, herald: Option<f64>) -> String {
+    match herald {
+        Some(h) if h > 0.0 && v > 0.0 => format!("{:.2}×", v / h),
+        _ => "–".into(),
+    }
+}
+
+fn render(res: &Results, args: &SuiteArgs) -> String {
+    let mut o = String::new();
+    let herald = res.peers.iter().find(|p| p.name == "herald");
+    let _ = writeln!(
+        o,
+        "Generated by `{}` on {} in {:.0} min.\n",
+        res.command, res.started, res.minutes
+    );
+    if !res.conditions.is_empty() {
+        let _ = writeln!(o, "**Conditions:** {}\n", res.conditions);
+    }
+    let _ = writeln!(o, "### Machine and versions\n\n| | |\n|---|---|");
+    for (k, v) in &res.machine {
+        let _ = writeln!(o, "| {k} | {v} |");
+    }
+
+    // S1
+    let _ = writeln!(
+        o,
+        "\n### S1: idle memory\n\nServer RSS growth per idle connection (each with its \
+         per-user subscription: Herald's auto-subscribed `bench.user.{{userId}}`, the user room \
+         in Socket.IO, the user map entry in `ws`). {} connections on one process; {} over {} \
+         independent processes (one process cannot hold more than ~19.5k sockets under the \
+         20,000 fd hard limit), summed.\n",
+        args.s1_small, args.s1_large, args.s1_nodes
+    );
+    let _ = writeln!(
+        o,
+        "| Gateway | {}: RSS MB | KB/conn | {}: RSS MB (sum) | KB/conn | KB/conn vs Herald |\n|---|---|---|---|---|---|",
+        args.s1_small, args.s1_large
+    );
+    let h_kb = herald.and_then(|h| h.s1_large.as_ref().map(|l| l.kb_per_connection));
+    for p in &res.peers {
+        let small = p.s1_small.as_ref();
+        let large = p.s1_large.as_ref();
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} |",
+            p.label,
+            small.map_or("–".into(), |r| format!(
+                "{:.0}",
+                r.server_rss_idle_kb as f64 / 1024.0
+            )),
+            small.map_or("–".into(), |r| format!("{:.2}", r.kb_per_connection)),
+            large.map_or("–".into(), |l| format!(
+                "{:.0}{}",
+                l.rss_after_kb as f64 / 1024.0,
+                if l.failed > 0 {
+                    format!(" ({} failed)", l.failed)
+                } else {
+                    String::new()
+                }
+            )),
+            large.map_or("–".into(), |l| format!("{:.2}", l.kb_per_connection)),
+            large.map_or("–".into(), |l| ratio(l.kb_per_connection, h_kb)),
+        );
+    }
+
+    // S2
+    let _ = writeln!(
+        o,
+        "\n### S2: connect rate (JWT verified on every connect)\n\n{} connections, {} in \
+         flight, spread over 127.0.0.1–8. Every peer verifies an HS256 JWT per connection.\n",
+        args.s1_small, 200
+    );
+    let _ = writeln!(
+        o,
+        "| Gateway | connects/s | connect p50 ms | p99 ms | server CPU µs/connect | failed | vs Herald (rate) |\n|---|---|---|---|---|---|---|"
+    );
+    let h_rate = herald.and_then(|h| h.s1_small.as_ref().map(|r| r.connects_per_sec));
+    for p in &res.peers {
+        if let Some(r) = &p.s1_small {
+            let _ = writeln!(
+                o,
+                "| {} | {:.0} | {:.1} | {:.1} | {:.0} | {}{} | {} |",
+                p.label,
+                r.connects_per_sec,
+                r.connect_p50_ms,
+                r.connect_p99_ms,
+                r.server_cpu_us_per_connect,
+                r.connect_failed,
+                if r.connect_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", r.connect_errors)
+                },
+                ratio(r.connects_per_sec, h_rate)
+            );
+        }
+    }
+
+    // S3
+    for (i, size) in args.s3_sizes.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "\n### S3: broadcast fan-out, 1 channel × {} subscribers, {size} B payload\n\n\
+             Publish rates {} per second, {} s each, until p99 > 100 ms or any loss. \"Max\" \
+             is the passing step with the most deliveries/s; CPU is the server's (utime+stime) \
+             over that step and its drain.\n",
+            args.s3_subscribers,
+            rates(&args.s3_rates),
+            args.step_secs
+        );
+        let _ = writeln!(
+            o,
+            "| Gateway | max deliveries/s | at publish rate | server CPU µs/delivery | deliveries per CPU-second | p50 ms | p99 ms | p999 ms | p99 at ~half max | stopped at | load CPU % | max vs Herald | per-CPU-s vs Herald |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let hb = herald.and_then(|h| h.s3.get(i)).and_then(best);
+        for p in &res.peers {
+            let Some(rep) = p.s3.get(i) else { continue };
+            match best(rep) {
+                Some(b) => {
+                    let hf = half(rep);
+                    let _ = writeln!(
+                        o,
+                        "| {} | {:.0} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} | {} |",
+                        p.label,
+                        b.deliveries_per_sec,
+                        b.rate,
+                        b.cpu_us_per_delivery,
+                        1e6 / b.cpu_us_per_delivery.max(1e-9),
+                        b.latency.p50_ms,
+                        b.latency.p99_ms,
+                        b.latency.p999_ms,
+                        hf.map_or("–".into(), |s| format!(
+                            "{:.2} ms @ {}/s",
+                            s.latency.p99_ms, s.rate
+                        )),
+                        why_stopped(rep),
+                        b.client_cpu_pct,
+                        ratio(b.deliveries_per_sec, hb.map(|h| h.deliveries_per_sec)),
+                        ratio(
+                            1.0 / b.cpu_us_per_delivery.max(1e-9),
+                            hb.map(|h| 1.0 / h.cpu_us_per_delivery.max(1e-9))
+                        ),
+                    );
+                }
+                None => match rep.steps.first() {
+                    // Nothing passed: show the first (lowest) step, so the costs still compare.
+                    Some(f) => {
+                        let _ = writeln!(
+                            o,
+                            "| {} | none passed; first step: {:.0} ✗ | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | – | {} | {:.0} | – | {} |",
+                            p.label,
+                            f.deliveries_per_sec,
+                            f.rate,
+                            f.cpu_us_per_delivery,
+                            1e6 / f.cpu_us_per_delivery.max(1e-9),
+                            f.latency.p50_ms,
+                            f.latency.p99_ms,
+                            f.latency.p999_ms,
+                            why_stopped(rep),
+                            f.client_cpu_pct,
+                            ratio(
+                                1.0 / f.cpu_us_per_delivery.max(1e-9),
+                                herald
+                                    .and_then(|h| h.s3.get(i))
+                                    .and_then(|r| r.steps.first())
+                                    .map(|h| 1.0 / h.cpu_us_per_delivery.max(1e-9))
+                            ),
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(o, "| {} | no steps | | | | | | | | | | | |", p.label);
+                    }
+                },
+            }
+        }
+    }
+
+    // S4
+    let _ = writeln!(
+        o,
+        "\n### S4: per-user unicast, {} users\n\nOne message per publication to one user's own \
+         channel (Herald: the auto-subscribed `bench.user.{{userId}}`; peers: a room or map \
+         entry per user), round-robin over users, sent in batches of whatever is due (Herald: \
+         `POST /v1/publish/batch`). {} users rather than 20k: one server process cannot hold \
+         more sockets under the 20,000 fd hard limit.\n",
+        args.s4_users, args.s4_users
+    );
+    let _ = writeln!(
+        o,
+        "| Gateway | max messages/s | server CPU µs/message | p50 ms | p99 ms | p999 ms | p99 at ~half max | stopped at | load CPU % | max vs Herald |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let h4 = herald.and_then(|h| h.s4.as_ref()).and_then(best);
+    for p in &res.peers {
+        let Some(rep) = &p.s4 else { continue };
+        match best(rep) {
+            Some(b) => {
+                let _ = writeln!(
+                    o,
+                    "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} |",
+                    p.label,
+                    b.deliveries_per_sec,
+                    b.cpu_us_per_delivery,
+                    b.latency.p50_ms,
+                    b.latency.p99_ms,
+                    b.latency.p999_ms,
+                    half(rep).map_or("–".into(), |s| format!(
+                        "{:.2} ms @ {}/s",
+                        s.latency.p99_ms, s.rate
+                    )),
+                    why_stopped(rep),
+                    b.client_cpu_pct,
+                    ratio(b.deliveries_per_sec, h4.map(|h| h.deliveries_per_sec)),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "| {} | no step passed | | | | | | {} | | |",
+                    p.label,
+                    why_stopped(rep)
+                );
+            }
+        }
+    }
+
+    // S7
+    let _ = writeln!(
+        o,
+        "\n### S7: slow consumers\n\n{} subscribers, 1 KB broadcasts at {}/s for {} × {} s; \
+         5% of the connections stop reading when publishing starts. Healthy clients' latency \
+         and the server's RSS, first and last step.\n",
+        args.s7_subscribers, args.s7_rate, args.s7_steps, args.step_secs
+    );
+    let _ = writeln!(
+        o,
+        "| Gateway | healthy p99 first → last (ms) | healthy p999 last (ms) | healthy lost | healthy disconnects | server RSS first → last (MB) |\n|---|---|---|---|---|---|"
+    );
+    for p in &res.peers {
+        let Some(rep) = &p.s7 else { continue };
+        let (Some(first), Some(last)) = (rep.steps.first(), rep.steps.last()) else {
+            continue;
+        };
+        let lost: u64 = rep.steps.iter().map(|s| s.lost).sum();
+        let gone: u64 = rep.steps.iter().map(|s| s.healthy_disconnects).sum();
+        let _ = writeln!(
+            o,
+            "| {} | {:.2} → {:.2} | {:.2} | {} | {} | {:.0} → {:.0} |",
+            p.label,
+            first.latency.p99_ms,
+            last.latency.p99_ms,
+            last.latency.p999_ms,
+            lost,
+            gone,
+            first.server_rss_kb as f64 / 1024.0,
+            last.server_rss_kb as f64 / 1024.0
+        );
+    }
+
+    // Every step, for the record.
+    let _ = writeln!(
+        o,
+        "\n### Every step\n\n<details><summary>All rate steps of S3, S4 and S7</summary>\n"
+    );
+    let _ = writeln!(
+        o,
+        "| Gateway | scenario | rate/s | delivered | expected | lost | deliveries/s | server CPU % | µs/delivery | RSS MB | p50 | p99 | p999 | max | load CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in &res.peers {
+        let runs =
+            p.s3.iter()
+                .map(|r| {
+                    (
+                        format!("S3 {} B", r.steps.first().map_or(0, |s| s.payload_bytes)),
+                        r,
+                    )
+                })
+                .chain(p.s4.iter().map(|r| ("S4".to_string(), r)))
+                .chain(p.s7.iter().map(|r| ("S7".to_string(), r)));
+        for (name, rep) in runs {
+            for st in &rep.steps {
+                let _ = writeln!(
+                    o,
+                    "| {} | {name} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                    p.label,
+                    st.rate,
+                    st.received,
+                    st.expected,
+                    st.lost,
+                    st.deliveries_per_sec,
+                    st.server_cpu_pct,
+                    st.cpu_us_per_delivery,
+                    st.server_rss_kb as f64 / 1024.0,
+                    st.latency.p50_ms,
+                    st.latency.p99_ms,
+                    st.latency.p999_ms,
+                    st.latency.max_ms,
+                    st.client_cpu_pct
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "\n</details>\n");
+    let _ = writeln!(o, "### What the servers logged\n");
+    for p in &res.peers {
+        if p.server_log.is_empty() {
+            let _ = writeln!(o, "- {}: nothing", p.label);
+        } else {
+            let _ = writeln!(o, "- {}:", p.label);
+            for (line, n) in &p.server_log {
+                let _ = writeln!(o, "  - {n}× `{}`", line.replace('`', "'"));
+            }
+        }
+    }
+    o.push('\n');
+    o
+}

@@ -236,13 +236,22 @@ async fn bad_rows_are_dead_lettered() {
     let pubs = collect(&mut c, 2).await;
     assert_eq!(pubs[0]["data"]["title"], "first");
     assert_eq!(pubs[1]["data"]["title"], "after");
-    let dead = db
-        .query(
-            "SELECT channel, error FROM herald_outbox_dead ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap();
+    // Publishing happens inside the consumer's transaction; the dead letters become visible
+    // when it commits, a moment after the subscriber saw the good rows.
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead = db
+            .query(
+                "SELECT channel, error FROM herald_outbox_dead ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        if dead.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(dead.len(), 2);
     let e0: String = dead[0].get(1);
     let e1: String = dead[1].get(1);

@@ -142,6 +142,8 @@ struct Inner {
     pubsub_up: AtomicBool,
     /// Presence entries this node owns, refreshed so they outlive `presence_ttl`.
     local_presence: Mutex<HashMap<(String, String), ClientInfo>>,
+    /// `<prefix>:ch:`, stripped from every pub/sub message (computed once, not per message).
+    channel_prefix: String,
 }
 
 /// The Redis broker. Cheap to clone.
@@ -200,6 +202,7 @@ impl RedisBroker {
         let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| BrokerError::Internal(format!("redis: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let opts_prefix = opts.prefix.clone();
         let inner = Arc::new(Inner {
             cmd,
             sink,
@@ -210,6 +213,7 @@ impl RedisBroker {
             control: tx,
             pubsub_up: AtomicBool::new(false),
             local_presence: Mutex::new(HashMap::new()),
+            channel_prefix: pubsub_channel(&opts_prefix, ""),
         });
         tokio::spawn(pubsub_task(Arc::downgrade(&inner), client, rx));
         tokio::spawn(presence_task(Arc::downgrade(&inner)));
@@ -454,8 +458,7 @@ fn parse_history(channel: &str, values: Vec<Value>) -> Result<HistoryResult, Bro
 
 /// Parses one pub/sub message and hands it to the sink.
 fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
-    let prefix = format!("{}:ch:", inner.opts.prefix);
-    let Some(channel) = redis_channel.strip_prefix(&prefix) else {
+    let Some(channel) = redis_channel.strip_prefix(&inner.channel_prefix) else {
         return;
     };
     let Ok(text) = std::str::from_utf8(payload) else {

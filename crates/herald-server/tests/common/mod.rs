@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::Config;
 use herald_core::identity::mint_hs256;
-use herald_server::gateway::Gateway;
+use herald_node::Node;
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -67,7 +67,7 @@ pub fn config_toml(extra: &str) -> String {
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub gw: Arc<Gateway>,
+    pub gw: Arc<Node>,
     stop: Option<oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<()>,
 }

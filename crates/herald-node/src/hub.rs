@@ -270,3 +270,111 @@ impl PublicationSink for Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use serde_json::value::RawValue;
+
+    fn publication(offset: u64, epoch: &str) -> Publication {
+        Publication {
+            channel: Arc::from("c"),
+            offset,
+            epoch: Arc::from(epoch),
+            data: Arc::from(RawValue::from_string(offset.to_string()).unwrap()),
+        }
+    }
+
+    /// A hub with one active subscriber of `c` at offset 0 of epoch `e`.
+    fn subscribed() -> (Hub, Arc<SessionHandle>) {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let conn = Arc::new(SessionHandle::new(
+            Arc::from("n-1"),
+            None,
+            Outbox::new(1 << 20),
+        ));
+        let channel: Arc<str> = Arc::from("c");
+        assert!(hub.add(&channel, &conn));
+        let position = Position {
+            offset: 0,
+            epoch: Arc::from("e"),
+        };
+        hub.activate("c", &conn, &position, None);
+        (hub, conn)
+    }
+
+    async fn drained(conn: &SessionHandle) -> Vec<String> {
+        let mut out = Vec::new();
+        conn.outbox.next_batch(&mut out).await;
+        out.iter().map(|o| o.v1().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped() {
+        let (hub, conn) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(2, "e"));
+        let frames = drained(&conn).await;
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert!(frames[1].contains(r#""offset":2"#));
+    }
+
+    #[tokio::test]
+    async fn a_gap_makes_subscribers_resubscribe() {
+        let (hub, conn) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(3, "e"));
+        let frames = drained(&conn).await;
+        assert_eq!(
+            frames[1],
+            r#"{"type":"unsubscribed","channel":"c","reason":"resubscribe"}"#
+        );
+        assert_eq!(frames.len(), 2, "nothing after the hole: {frames:?}");
+        assert_eq!(conn.take_evicted(), [Arc::from("c")]);
+        hub.deliver(&publication(4, "e"));
+        assert_eq!(
+            conn.outbox.queued_bytes(),
+            0,
+            "an evicted subscriber gets nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_makes_subscribers_resubscribe() {
+        let (hub, conn) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(1, "f"));
+        let frames = drained(&conn).await;
+        assert_eq!(frames.len(), 2);
+        assert!(frames[1].contains("resubscribe"));
+    }
+
+    #[tokio::test]
+    async fn pending_subscribers_get_what_came_after_their_position_once() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let conn = Arc::new(SessionHandle::new(
+            Arc::from("n-1"),
+            None,
+            Outbox::new(1 << 20),
+        ));
+        let channel: Arc<str> = Arc::from("c");
+        hub.add(&channel, &conn);
+        // Live publications arrive while the session reads history…
+        for o in 1..=4 {
+            hub.deliver(&publication(o, "e"));
+        }
+        // …which said offset 2: the reply, then 3 and 4, exactly once.
+        let reply = Outgoing::own(herald_core::protocol::FrameKind::Reply, "R".into());
+        let position = Position {
+            offset: 2,
+            epoch: Arc::from("e"),
+        };
+        hub.activate("c", &conn, &position, Some(reply));
+        let frames = drained(&conn).await;
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0], "R");
+        assert!(frames[1].contains(r#""offset":3"#) && frames[2].contains(r#""offset":4"#));
+    }
+}

@@ -37,6 +37,9 @@ use herald_node::Node;
 use herald_node::hub::Hub;
 use herald_node::metrics::Metrics;
 
+/// hyper's per-connection buffer limit (see `serve`).
+const HTTP_BUFFER: usize = 64 * 1024;
+
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -125,7 +128,11 @@ pub async fn serve(
     }
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(gw.config.server.handshake_timeout);
+        .header_read_timeout(gw.config.server.handshake_timeout)
+        // Bounds what hyper buffers per connection, both ways: a request head at most this big,
+        // and at most this much of a streamed response (SSE) held beyond the session's outbox,
+        // whose byte limit is the slow-consumer policy. hyper's default is ~408 KiB.
+        .max_buf_size(HTTP_BUFFER);
     let http_conns = TaskTracker::new();
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {

@@ -44,8 +44,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Commands waiting for the session at most; more are refused with 429.
 const COMMAND_INBOX: usize = 64;
 
-/// Chunks between the session and the HTTP body at most (the outbox holds the rest).
-const BODY_CHUNKS: usize = 4;
+/// Chunks between the session and the HTTP body at most. One: while the client does not
+/// take it, the session blocks in `send` and publications pile up in the outbox, whose byte
+/// limit is the slow-consumer policy. A deeper channel would hold batches outside that limit.
+const BODY_CHUNKS: usize = 1;
 
 /// The two encodings of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

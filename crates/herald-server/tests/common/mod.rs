@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -321,5 +323,17 @@ impl Client {
                 false
             }
         }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics after 5 s.
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -105,6 +105,11 @@ pub enum Goodbye {
     NotJson,
     /// A binary frame where only text is spoken (4400).
     Binary,
+    /// A WebSocket protocol violation (1002, RFC 6455 §7.4.1): bad framing, reserved bits,
+    /// a fragmented control frame…
+    ProtocolError,
+    /// A text message that is not valid UTF-8 (1007, RFC 6455 §8.1).
+    InvalidText,
     /// Kicked by the server API (4403); do not reconnect.
     Kicked,
     /// The client stayed silent past `ping_interval + pong_timeout` (4408).
@@ -117,6 +122,8 @@ impl Goodbye {
         match self {
             Goodbye::GoingAway => 1001,
             Goodbye::Unavailable => 1013,
+            Goodbye::ProtocolError => 1002,
+            Goodbye::InvalidText => 1007,
             Goodbye::TokenExpired => 4001,
             Goodbye::SlowConsumer | Goodbye::SlowSubscription => 4008,
             Goodbye::FrameTooLarge => 4009,
@@ -132,6 +139,8 @@ impl Goodbye {
         match self {
             Goodbye::GoingAway => "server shutting down",
             Goodbye::Unavailable => "temporarily unavailable",
+            Goodbye::ProtocolError => "websocket protocol error",
+            Goodbye::InvalidText => "text frame is not valid UTF-8",
             Goodbye::TokenExpired => "token expired",
             Goodbye::SlowConsumer => "slow consumer: outbound queue full",
             Goodbye::SlowSubscription => "slow consumer: subscription could not catch up",
@@ -149,14 +158,21 @@ impl Goodbye {
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            Goodbye::FrameTooLarge | Goodbye::NotJson | Goodbye::Binary | Goodbye::Kicked
+            Goodbye::FrameTooLarge
+                | Goodbye::NotJson
+                | Goodbye::Binary
+                | Goodbye::Kicked
+                | Goodbye::ProtocolError
+                | Goodbye::InvalidText
         )
     }
 
     /// Every goodbye, for tables and tests.
-    pub const ALL: [Goodbye; 11] = [
+    pub const ALL: [Goodbye; 13] = [
         Goodbye::GoingAway,
         Goodbye::Unavailable,
+        Goodbye::ProtocolError,
+        Goodbye::InvalidText,
         Goodbye::TokenExpired,
         Goodbye::SlowConsumer,
         Goodbye::SlowSubscription,
@@ -561,6 +577,8 @@ mod tests {
             [
                 (1001, true),
                 (1013, true),
+                (1002, false),
+                (1007, false),
                 (4001, true),
                 (4008, true),
                 (4008, true),

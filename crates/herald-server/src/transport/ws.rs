@@ -16,14 +16,18 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use herald_core::protocol::{ErrorCode, Goodbye};
 use herald_node::{Ending, Inbound, Node, Opening, Outgoing, Session, Transport, Wire};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
 use super::{handshake, query_pairs, query_value, refused};
 use crate::api::ApiError;
@@ -41,50 +45,126 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server waits for the peer's close frame after sending its own.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// When the framing is lost (a frame over the limit, a protocol error), the rest of the
+/// client's bytes are read raw and dropped until it has been quiet this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+
+/// The socket of an upgraded connection.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
 /// Gate 1, then the upgrade (or the probe's answer).
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: Request,
 ) -> Response {
     let pairs = query_pairs(query.as_deref());
-    let h = handshake(&headers, query_value(&pairs, "token"));
-    let Ok(ws) = ws else {
-        return match node.authenticate(&h) {
-            Err(r) => refused(r),
-            Ok(_) => ApiError::new(
-                ErrorCode::UpgradeRequired,
-                "credentials accepted; this endpoint speaks WebSocket (send Upgrade: websocket)",
-            )
-            .into_response(),
-        };
+    let headers = req.headers();
+    let h = handshake(headers, query_value(&pairs, "token"));
+    let key = match upgrade_key(headers) {
+        Upgrade::No => {
+            return match node.authenticate(&h) {
+                Err(r) => refused(r),
+                Ok(_) => ApiError::new(
+                    ErrorCode::UpgradeRequired,
+                    "credentials accepted; this endpoint speaks WebSocket (send Upgrade: websocket)",
+                )
+                .into_response(),
+            };
+        }
+        Upgrade::Bad(response) => return response,
+        Upgrade::Key(key) => key,
     };
     let admitted = match node.admit(&h) {
         Ok(a) => a,
         Err(r) => return refused(r),
     };
     let max_frame = node.config.limits.max_frame_bytes;
-    ws.read_buffer_size(READ_BUFFER)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(usize::MAX)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            node.tasks.track_future(
-                Session::new(admitted).run(WsTransport::new(socket), Opening::default()),
-            )
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        // Dropping `admitted` (an upgrade that never completes) frees the user's slot.
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        Session::new(admitted)
+            .run(WsTransport::new(socket), Opening::default())
+            .await;
+    });
+    let mut res = Response::new(axum::body::Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&key) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    res
+}
+
+/// What a request's headers say about an upgrade (RFC 6455 §4.2.1).
+enum Upgrade {
+    /// A plain HTTP request: the probe.
+    No,
+    /// An upgrade request that cannot be honoured, with the answer.
+    Bad(Response),
+    /// A valid upgrade; the `Sec-WebSocket-Accept` value.
+    Key(String),
+}
+
+fn upgrade_key(headers: &HeaderMap) -> Upgrade {
+    let has_token = |name, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    if !(has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")) {
+        return Upgrade::No;
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        // §4.4: answer with the versions this server speaks.
+        let mut res = ApiError::new(
+            ErrorCode::UpgradeRequired,
+            "unsupported WebSocket version (this server speaks 13)",
+        )
+        .into_response();
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Upgrade::Bad(res);
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if !key.is_empty() => {
+            Upgrade::Key(tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        }
+        _ => Upgrade::Bad(
+            ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response(),
+        ),
+    }
 }
 
 /// The WebSocket wire of one session.
 pub struct WsTransport {
-    socket: WebSocket,
+    socket: Socket,
 }
 
 impl WsTransport {
     /// Wraps an upgraded socket.
-    pub fn new(socket: WebSocket) -> Self {
+    pub fn new(socket: Socket) -> Self {
         Self { socket }
     }
 }
@@ -95,14 +175,15 @@ impl Transport for WsTransport {
     }
 
     async fn recv(&mut self) -> Inbound {
-        match self.socket.recv().await {
+        match self.socket.next().await {
             None => Inbound::Gone,
-            Some(Err(e)) if is_capacity_error(&e) => Inbound::Violation(Goodbye::FrameTooLarge),
-            Some(Err(_)) => Inbound::Gone,
+            Some(Err(e)) => inbound_error(&e),
             Some(Ok(Message::Text(text))) => Inbound::from_v1_text(&text),
             Some(Ok(Message::Binary(_))) => Inbound::Violation(Goodbye::Binary),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
             Some(Ok(Message::Close(_))) => Inbound::Closed,
+            // Only produced when writing raw frames; never read.
+            Some(Ok(Message::Frame(_))) => Inbound::Alive,
         }
     }
 
@@ -133,29 +214,42 @@ impl Transport for WsTransport {
         match ending {
             Ending::Gone => {}
             // The library queued the echo of the peer's close frame (RFC 6455 §5.5.1); it
-            // leaves with the next flush.
+            // leaves with the next flush, and then the server closes TCP (§7.1.1).
             Ending::PeerClosed => {
                 let _ = tokio::time::timeout(CLOSE_LINGER, socket.flush()).await;
             }
             Ending::Goodbye(g) => {
                 let bye = async {
-                    socket
-                        .feed(Message::Text(Utf8Bytes::from(g.frame())))
-                        .await?;
-                    socket
+                    let _ = socket.feed(Message::Text(Utf8Bytes::from(g.frame()))).await;
+                    let _ = socket
                         .send(Message::Close(Some(CloseFrame {
-                            code: g.code(),
+                            code: g.code().into(),
                             reason: Utf8Bytes::from_static(g.reason()),
                         })))
-                        .await?;
+                        .await;
                     // §7.1.1: having sent a close frame, read (and discard) until the peer's
-                    // close arrives, so the peer sees a clean close, not a reset.
-                    while let Some(msg) = socket.recv().await {
-                        if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
+                    // close, so the peer sees a clean close, not a reset.
+                    loop {
+                        match socket.next().await {
+                            Some(Ok(Message::Close(_))) => return,
+                            Some(Ok(_)) => {}
+                            // After an error the library may also just end the stream.
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                    // The framing is lost (a frame over the limit, a protocol error): drain
+                    // what the client still sends, raw, so that closing the socket with
+                    // unread data does not make the kernel reset the connection (and the
+                    // client lose our close frame).
+                    let raw = socket.get_mut();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(DRAIN_QUIET, raw.read(&mut buf)).await
+                    {
+                        if n == 0 {
                             break;
                         }
                     }
-                    Ok::<(), axum::Error>(())
                 };
                 let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
             }
@@ -163,9 +257,13 @@ impl Transport for WsTransport {
     }
 }
 
-/// True when tungstenite refused a frame or message over `max_frame_bytes`.
-fn is_capacity_error(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+/// What a read error means for the session.
+fn inbound_error(e: &tungstenite::Error) -> Inbound {
+    use tungstenite::Error;
+    match e {
+        Error::Capacity(_) => Inbound::Violation(Goodbye::FrameTooLarge),
+        Error::Protocol(_) => Inbound::Violation(Goodbye::ProtocolError),
+        Error::Utf8(_) => Inbound::Violation(Goodbye::InvalidText),
+        _ => Inbound::Gone,
+    }
 }

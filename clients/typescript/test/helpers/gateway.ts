@@ -6,7 +6,7 @@ import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
-import { mintToken } from "./jwt.js";
+import { mintToken, realNow } from "./jwt.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = resolve(here, "../../../..");
@@ -154,8 +154,8 @@ ${CHANNELS}`,
     await this.spawn(this.port);
   }
 
-  token(user: string, opts: { roles?: string[]; ttlSeconds?: number } = {}): string {
-    return mintToken(SECRET, user, opts.roles ?? [], opts.ttlSeconds ?? 3600);
+  token(user: string, opts: { roles?: string[]; ttlSeconds?: number; noIat?: boolean; secret?: string } = {}): string {
+    return mintToken(opts.secret ?? SECRET, user, opts.roles ?? [], opts.ttlSeconds ?? 3600, { noIat: opts.noIat ?? false });
   }
 
   async publish(channel: string, data: unknown): Promise<{ offset: number; epoch: string }> {
@@ -172,9 +172,9 @@ ${CHANNELS}`,
 
 /** Polls `check` until it returns true (or throws after `ms`). */
 export async function until(check: () => boolean, ms = 10_000, what = "condition"): Promise<void> {
-  const deadline = Date.now() + ms;
+  const deadline = realNow() + ms;
   while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (realNow() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
   }
 }

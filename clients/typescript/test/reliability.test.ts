@@ -134,6 +134,25 @@ describe("class 7: refused is not unreachable", () => {
     expect(unauthorized.message).toMatch(/token/i);
   });
 
+  it("over SSE alone, a refused token is surfaced the same way (the stream's 401 is visible)", async () => {
+    const gw = await gateway();
+    let calls = 0;
+    const h = client(gw.ws, {
+      transports: ["sse"],
+      getToken: () => {
+        calls++;
+        return gw.token("alice", { secret: "not-the-gateway-secret" });
+      },
+    });
+    const errors: HeraldError[] = [];
+    h.on("error", (e) => errors.push(e));
+    h.connect();
+    await until(() => errors.some((e) => e.code === "unauthorized"), 10_000, "unauthorized to be surfaced");
+    await sleep(500);
+    expect(calls).toBe(2);
+    expect(h.state).toBe("disconnected");
+  });
+
   it("an expired token is refused the same way", async () => {
     const gw = await gateway();
     const h = client(gw.ws, { getToken: () => gw.token("alice", { ttlSeconds: -60 }) });

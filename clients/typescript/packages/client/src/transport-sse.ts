@@ -187,6 +187,7 @@ export class SseParser {
   private event = "";
   private id: string | undefined;
   private started = false;
+  private afterCR = false;
 
   constructor(
     private readonly onEvent: (ev: SseEvent) => void,
@@ -201,18 +202,20 @@ export class SseParser {
       if (buf.charCodeAt(0) === 0xfeff) buf = buf.slice(1);
     }
     let i = 0;
+    // A CR ended the previous line; an LF right after it (maybe in this chunk) belongs to it.
+    if (this.afterCR && buf.charCodeAt(0) === 10) i = 1;
+    this.afterCR = false;
     for (;;) {
       const lf = buf.indexOf("\n", i);
       const cr = buf.indexOf("\r", i);
       const end = cr >= 0 && (lf < 0 || cr < lf) ? cr : lf;
       if (end < 0) break;
-      let next = end + 1;
-      if (end === cr) {
-        if (end + 1 === buf.length) break; // a CR at the end may be half of a CRLF
-        if (buf.charCodeAt(end + 1) === 10) next++;
-      }
       this.line(buf.slice(i, end));
-      i = next;
+      i = end + 1;
+      if (end === cr) {
+        if (i === buf.length) this.afterCR = true;
+        else if (buf.charCodeAt(i) === 10) i++;
+      }
     }
     this.buffer = buf.slice(i);
   }

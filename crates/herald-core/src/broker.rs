@@ -18,10 +18,16 @@ use crate::registry::HistoryPolicy;
 /// A fresh random epoch (10 alphanumerics: about 60 bits, so two histories of one channel
 /// never share a name). Every broker names new histories with it.
 pub fn new_epoch() -> String {
+    random_id(10)
+}
+
+/// `len` random alphanumerics (62 symbols, about 5.95 bits each) from the thread's CSPRNG:
+/// epochs, node ids, and the unguessable session ids of request-routed transports.
+pub fn random_id(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = rand::rng();
-    (0..10)
+    (0..len)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
 }

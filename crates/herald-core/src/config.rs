@@ -15,6 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::identity::Authenticator;
 use crate::registry::{Registry, Scope};
 
 /// Config sections `HERALD_<SECTION>__<KEY>` may set. Other `HERALD_*` variables (the CLI's
@@ -34,6 +35,9 @@ pub struct Config {
     pub limits: Limits,
     pub sources: SourcesConfig,
     pub registry: Arc<Registry>,
+    /// Gate 1's verifier, built from `[auth]` while validating (key files read, JWKS parsed),
+    /// so a bad key is a config error like any other and is never built twice.
+    pub authenticator: Arc<Authenticator>,
 }
 
 /// `[[source.postgres]]` tables.
@@ -117,6 +121,10 @@ pub struct ServerConfig {
     /// several MB per socket on Linux). Setting it bounds kernel memory per connection and
     /// makes a stalled client hit the outbound queue limit sooner.
     pub tcp_send_buffer: Option<usize>,
+    /// The reconnection delay Server-Sent Events streams announce (`retry:`), which
+    /// `EventSource` waits before reconnecting.
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +138,7 @@ impl Default for ServerConfig {
             shutdown_spread: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             demo: false,
+            sse_retry: Duration::from_secs(2),
             tcp_send_buffer: None,
         }
     }
@@ -473,8 +482,16 @@ impl Config {
             }
         }
         let registry = Registry::build(&channels, base, &mut problems);
-        if problems.0.is_empty() {
+        let authenticator = match Authenticator::from_config(&auth) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(None, e.field, e.message);
+                None
+            }
+        };
+        if let (true, Some(authenticator)) = (problems.0.is_empty(), authenticator) {
             Ok(Config {
+                authenticator: Arc::new(authenticator),
                 file,
                 server,
                 auth,

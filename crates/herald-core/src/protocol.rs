@@ -32,6 +32,9 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     NotFound,
+    /// A plain HTTP request reached a WebSocket endpoint: the credentials would be accepted,
+    /// but the request did not ask for an upgrade (RFC 9110 §15.5.22, status 426).
+    UpgradeRequired,
     Internal,
 }
 
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::Internal => "internal",
         }
     }
@@ -76,16 +80,136 @@ impl ErrorBody {
     }
 }
 
-/// WebSocket close codes used by the gateway.
-pub mod close {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    pub const SLOW_CONSUMER: u16 = 4008;
-    pub const FRAME_TOO_LARGE: u16 = 4009;
-    pub const RATE_LIMITED: u16 = 4029;
-    pub const BAD_FRAME: u16 = 4400;
-    pub const KICKED: u16 = 4403;
-    pub const PING_TIMEOUT: u16 = 4408;
+/// Why the server ends a connection: one value per path, each knowing its code, its text and
+/// whether the client should reconnect. Every transport says it its own way (a v1 `disconnect`
+/// frame and the WebSocket close frame, an SSE `disconnect` event, a Socket.IO DISCONNECT), with
+/// the same code and reason. The codes are the WebSocket close codes of `docs/protocol.md`:
+/// 1001 and 1013 from RFC 6455 §7.4.1 / the IANA registry, the 4xxx range is Herald's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Goodbye {
+    /// The node is shutting down (1001); reconnect elsewhere.
+    GoingAway,
+    /// The broker could not take the connection's subscriptions (1013); try again later.
+    Unavailable,
+    /// The identity's token expired and was not refreshed (4001).
+    TokenExpired,
+    /// The outbound queue overflowed its byte limit (4008).
+    SlowConsumer,
+    /// A pending subscription fell too far behind the live stream (4008).
+    SlowSubscription,
+    /// A frame or message over `limits.max_frame_bytes` (4009); do not reconnect unchanged.
+    FrameTooLarge,
+    /// More frames than `limits.frame_rate` allows (4029).
+    RateLimited,
+    /// A text frame that is not a JSON object (4400).
+    NotJson,
+    /// A binary frame where only text is spoken (4400).
+    Binary,
+    /// Kicked by the server API (4403); do not reconnect.
+    Kicked,
+    /// The client stayed silent past `ping_interval + pong_timeout` (4408).
+    PingTimeout,
+}
+
+impl Goodbye {
+    /// The close code (RFC 6455 §7.4 for 1xxx; 4000–4999 are Herald's own).
+    pub fn code(self) -> u16 {
+        match self {
+            Goodbye::GoingAway => 1001,
+            Goodbye::Unavailable => 1013,
+            Goodbye::TokenExpired => 4001,
+            Goodbye::SlowConsumer | Goodbye::SlowSubscription => 4008,
+            Goodbye::FrameTooLarge => 4009,
+            Goodbye::RateLimited => 4029,
+            Goodbye::NotJson | Goodbye::Binary => 4400,
+            Goodbye::Kicked => 4403,
+            Goodbye::PingTimeout => 4408,
+        }
+    }
+
+    /// The human-readable reason (also the WebSocket close frame's reason, ≤ 123 bytes).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Goodbye::GoingAway => "server shutting down",
+            Goodbye::Unavailable => "temporarily unavailable",
+            Goodbye::TokenExpired => "token expired",
+            Goodbye::SlowConsumer => "slow consumer: outbound queue full",
+            Goodbye::SlowSubscription => "slow consumer: subscription could not catch up",
+            Goodbye::FrameTooLarge => "frame too large",
+            Goodbye::RateLimited => "too many frames",
+            Goodbye::NotJson => "frame is not a JSON object",
+            Goodbye::Binary => "binary frames are not supported",
+            Goodbye::Kicked => "disconnected by the server",
+            Goodbye::PingTimeout => "no pong from client",
+        }
+    }
+
+    /// Whether the client should reconnect (with backoff). False for input that would be
+    /// refused again unchanged, and for kicks.
+    pub fn reconnect(self) -> bool {
+        !matches!(
+            self,
+            Goodbye::FrameTooLarge | Goodbye::NotJson | Goodbye::Binary | Goodbye::Kicked
+        )
+    }
+
+    /// Every goodbye, for tables and tests.
+    pub const ALL: [Goodbye; 11] = [
+        Goodbye::GoingAway,
+        Goodbye::Unavailable,
+        Goodbye::TokenExpired,
+        Goodbye::SlowConsumer,
+        Goodbye::SlowSubscription,
+        Goodbye::FrameTooLarge,
+        Goodbye::RateLimited,
+        Goodbye::NotJson,
+        Goodbye::Binary,
+        Goodbye::Kicked,
+        Goodbye::PingTimeout,
+    ];
+
+    /// The v1 `disconnect` frame that announces this goodbye.
+    pub fn frame(self) -> String {
+        ServerFrame::Disconnect {
+            code: self.code(),
+            reason: self.reason(),
+            reconnect: self.reconnect(),
+        }
+        .encode()
+    }
+}
+
+/// The type of a server frame: the v1 `type` field, and the SSE `event:` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    Welcome,
+    Reply,
+    Pub,
+    Join,
+    Leave,
+    Unsubscribed,
+    Error,
+    Ping,
+    Pong,
+    Disconnect,
+}
+
+impl FrameKind {
+    /// The frame's `type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Welcome => "welcome",
+            FrameKind::Reply => "reply",
+            FrameKind::Pub => "pub",
+            FrameKind::Join => "join",
+            FrameKind::Leave => "leave",
+            FrameKind::Unsubscribed => "unsubscribed",
+            FrameKind::Error => "error",
+            FrameKind::Ping => "ping",
+            FrameKind::Pong => "pong",
+            FrameKind::Disconnect => "disconnect",
+        }
+    }
 }
 
 /// `since` in a subscribe frame.
@@ -167,6 +291,10 @@ pub struct ChannelPosition<'a> {
     pub channel: &'a str,
     pub offset: u64,
     pub epoch: &'a str,
+    /// Only when the connection resumed this channel (SSE `Last-Event-ID` / `since`): whether
+    /// every missed publication follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
 }
 
 /// A publication inside a subscribe reply or a history response.
@@ -201,6 +329,9 @@ pub enum ServerFrame<'a> {
         user: Option<&'a str>,
         ping_interval_ms: u64,
         subscriptions: Vec<ChannelPosition<'a>>,
+        /// Request-routed transports only (SSE): the id commands are posted to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<&'a str>,
     },
     Reply {
         id: u64,
@@ -287,14 +418,23 @@ pub fn reply_err(id: u64, error: &ErrorBody) -> String {
 
 /// An error about a frame that carried no `id` (so no reply can name it): an `error` frame.
 pub fn error_frame(error: &ErrorBody) -> String {
+    channel_error_frame(None, error)
+}
+
+/// An `error` frame about one channel that no request named (a channel asked for at connect
+/// through a transport's URL, refused by gate 2): `{"type":"error","channel":…,"error":…}`.
+pub fn channel_error_frame(channel: Option<&str>, error: &ErrorBody) -> String {
     #[derive(Serialize)]
     struct ErrorFrame<'a> {
         #[serde(rename = "type")]
         kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
         error: &'a ErrorBody,
     }
     serde_json::to_string(&ErrorFrame {
         kind: "error",
+        channel,
         error,
     })
     .unwrap_or_default()
@@ -332,6 +472,7 @@ pub fn channel_position<'a>(channel: &'a str, pos: &'a Position) -> ChannelPosit
         channel,
         offset: pos.offset,
         epoch: &pos.epoch,
+        recovered: None,
     }
 }
 
@@ -406,6 +547,40 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"type":"pub","channel":"a.b","offset":42,"data":{"x":"y\"z"}})
+        );
+    }
+
+    #[test]
+    fn goodbyes_keep_their_documented_codes() {
+        let table: Vec<(u16, bool)> = Goodbye::ALL
+            .iter()
+            .map(|g| (g.code(), g.reconnect()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (1001, true),
+                (1013, true),
+                (4001, true),
+                (4008, true),
+                (4008, true),
+                (4009, false),
+                (4029, true),
+                (4400, false),
+                (4400, false),
+                (4403, false),
+                (4408, true)
+            ]
+        );
+        for g in Goodbye::ALL {
+            assert!(
+                g.reason().len() <= 123,
+                "RFC 6455 §5.5: control payload ≤ 125"
+            );
+        }
+        assert_eq!(
+            Goodbye::Kicked.frame(),
+            r#"{"type":"disconnect","code":4403,"reason":"disconnected by the server","reconnect":false}"#
         );
     }
 

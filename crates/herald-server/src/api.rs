@@ -12,14 +12,13 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use herald_core::broker::HistoryQuery;
-use herald_core::protocol::{ErrorBody, ErrorCode, PublicationView, close};
+use herald_core::protocol::{ErrorBody, ErrorCode, PublicationView};
+use herald_node::Node;
+use herald_node::admission::bearer_token;
+use herald_node::metrics::Source;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-
-use crate::gateway::Gateway;
-use crate::metrics::Source;
-use crate::outbox::Closed;
 
 /// Most items one batch may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -35,11 +34,13 @@ impl From<ErrorBody> for ApiError {
 }
 
 impl ApiError {
+    /// An error with this code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self(ErrorBody::new(code, message))
     }
 }
 
+/// The HTTP status of each stable error code.
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
@@ -53,6 +54,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::NotSubscribed
         | ErrorCode::TooManySubscriptions => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -70,7 +72,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Gw = State<Arc<Gateway>>;
+type Gw = State<Arc<Node>>;
 
 /// Middleware: `Authorization: Bearer <api key>`, compared in constant time.
 pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Response {
@@ -78,7 +80,7 @@ pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Respons
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     let ok = match (&gw.config.api.key, presented) {
         (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
         _ => false,
@@ -87,7 +89,7 @@ pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Respons
         next.run(req).await
     } else {
         gw.metrics
-            .reject(crate::metrics::Gate::publish, ErrorCode::Unauthorized);
+            .reject(herald_node::metrics::Gate::publish, ErrorCode::Unauthorized);
         let message = if gw.config.api.key.is_none() {
             "the server API is disabled: no api.key configured"
         } else {
@@ -126,7 +128,7 @@ struct Published {
     epoch: Arc<str>,
 }
 
-fn single_body_limit(gw: &Gateway) -> usize {
+fn single_body_limit(gw: &Node) -> usize {
     // The envelope and JSON escaping may add to `data`; its exact size is checked after parsing.
     gw.config.limits.max_payload_bytes * 2 + 4096
 }
@@ -135,7 +137,7 @@ pub async fn publish(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, single_body_limit(&gw)).await?;
     let req: PublishBody = parse(&bytes)?;
     let pos = gw
-        .publish(
+        .publish_as(
             Source::api,
             &req.channel,
             &req.data,
@@ -174,7 +176,7 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
         let result = match serde_json::from_value::<PublishBody>(item) {
             Err(e) => Err(ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
             Ok(p) => {
-                gw.publish(Source::api, &p.channel, &p.data, p.idempotency_key, None)
+                gw.publish_as(Source::api, &p.channel, &p.data, p.idempotency_key, None)
                     .await
             }
         };
@@ -244,15 +246,7 @@ pub async fn presence(State(gw): Gw, Path(channel): Path<String>) -> Result<Json
 }
 
 pub async fn disconnect_user(State(gw): Gw, Path(user): Path<String>) -> Json<Value> {
-    let conns = gw.hub.user_connections(&user);
-    for c in &conns {
-        c.outbox.close(Closed {
-            code: close::KICKED,
-            reason: "disconnected by the server",
-            reconnect: false,
-        });
-    }
-    Json(json!({ "disconnected": conns.len() }))
+    Json(json!({ "disconnected": gw.kick(&user) }))
 }
 
 pub async fn healthz() -> Json<Value> {

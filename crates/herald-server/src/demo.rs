@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
@@ -20,12 +21,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::ApiError;
-use crate::gateway::Gateway;
+use herald_node::Node;
 
 const PAGE: &str = include_str!("../assets/demo/index.html");
 const APP_JS: &str = include_str!("../assets/demo/app.js");
 
-pub fn routes() -> Router<Arc<Gateway>> {
+pub fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/", get(page))
         .route("/demo/app.js", get(app_js))
@@ -54,9 +55,11 @@ struct TokenParams {
 }
 
 async fn token(
-    State(gw): State<Arc<Gateway>>,
-    Query(p): Query<TokenParams>,
+    State(gw): State<Arc<Node>>,
+    query: Result<Query<TokenParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // Errors keep the API's JSON shape, even the extractor's.
+    let Query(p) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     if !herald_core::name::is_valid_segment(&p.user) {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -65,7 +68,7 @@ async fn token(
     }
     let roles: Vec<String> = p.role.into_iter().filter(|r| !r.is_empty()).collect();
     let token = gw
-        .auth
+        .auth()
         .mint(&p.user, &roles, Duration::from_secs(3600))
         .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
     Ok(Json(json!({ "token": token })))

@@ -1,12 +1,14 @@
-//! Herald's gateway server.
+//! Herald's gateway server: the HTTP side of a node.
 //!
 //! [`run`] takes an already bound listener and a shutdown future, so tests bind port 0 and only
 //! `main` touches real ports and signals. Inside:
-//! - [`ws`]: protocol v1 over WebSocket (gate 1 on the upgrade, then one task per connection);
+//! - [`transport`]: the doors into the session core of `herald-node`: protocol v1 over
+//!   WebSocket and Server-Sent Events, each a thin adapter (admit, translate, write);
 //! - [`api`]: the server API for backends, health, readiness, metrics, the OpenAPI document;
-//! - [`hub`]: the node-local subscription table and the encode-once fan-out;
-//! - [`outbox`]: each connection's byte-bounded queue (the slow-consumer policy);
-//! - [`gateway`]: the shared state and the publish path every source goes through.
+//! - `demo`: the demo page (development only).
+//!
+//! Everything protocol-level (gates, sessions, the hub, outboxes, metrics) is in
+//! `herald-node`, which has no HTTP dependency.
 //!
 //! Shutdown runs in phases: stop accepting and report not ready, tell every client to
 //! reconnect (spread over `shutdown_spread`), then wait for connections to drain, at most
@@ -14,11 +16,7 @@
 
 pub mod api;
 mod demo;
-pub mod gateway;
-pub mod hub;
-pub mod metrics;
-pub mod outbox;
-pub mod ws;
+pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,8 +25,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
-use herald_core::identity::KeyError;
-use herald_core::{Authenticator, Broker, Config};
+use herald_core::{Broker, Config};
 use herald_memory::MemoryBroker;
 use herald_redis::{RedisBroker, RedisOptions};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -36,22 +33,23 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::gateway::Gateway;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
+use herald_node::Node;
+use herald_node::hub::Hub;
+use herald_node::metrics::Metrics;
+
+/// hyper's per-connection buffer limit (see `serve`).
+const HTTP_BUFFER: usize = 64 * 1024;
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("auth key: {0}")]
-    Key(#[from] KeyError),
+    /// The broker could not be set up (a bad Redis URL…).
     #[error("broker: {0}")]
     Broker(#[from] herald_core::BrokerError),
 }
 
-/// Builds the gateway state: authenticator, hub, broker. Must run inside a Tokio runtime.
-pub fn build(config: Config) -> Result<Arc<Gateway>, ServerError> {
-    let auth = Authenticator::from_config(&config.auth)?;
+/// Builds a node: hub, broker, metrics. Must run inside a Tokio runtime.
+pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let broker: Arc<dyn Broker> = match config.broker.kind {
@@ -70,11 +68,11 @@ pub fn build(config: Config) -> Result<Arc<Gateway>, ServerError> {
             hub.clone(),
         )?),
     };
-    Ok(Arc::new(Gateway::new(config, auth, hub, broker, metrics)))
+    Ok(Arc::new(Node::new(config, hub, broker, metrics)))
 }
 
 /// The HTTP routes.
-pub fn router(gw: Arc<Gateway>) -> Router {
+pub fn router(gw: Arc<Node>) -> Router {
     let server_api = Router::new()
         .route("/v1/publish", post(api::publish))
         .route("/v1/publish/batch", post(api::publish_batch))
@@ -84,7 +82,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/users/{user}/disconnect", post(api::disconnect_user))
         .route_layer(from_fn_with_state(gw.clone(), api::require_api_key));
     let mut app = Router::new()
-        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/ws", get(transport::ws::upgrade))
+        .route("/v1/sse", get(transport::sse::stream))
+        .route("/v1/sse/{session}", post(transport::sse::command))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -107,10 +107,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves an already built gateway (tests use this to reach into the state).
+/// Serves an already built node (tests use this to reach into the state).
 pub async fn serve(
     listener: TcpListener,
-    gw: Arc<Gateway>,
+    gw: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let app = router(gw.clone());
@@ -118,7 +118,8 @@ pub async fn serve(
         let name = format!("postgres source #{} ({})", i + 1, source.outbox_table);
         let ready = gw.readiness_flag(&name);
         let publisher: Arc<dyn herald_core::source::Publisher> = gw.clone();
-        tokio::spawn(herald_postgres::run(
+        // Tracked, so shutdown waits for the consumer to finish its batch and commit.
+        gw.tasks.spawn(herald_postgres::run(
             source.clone(),
             publisher,
             ready,
@@ -127,7 +128,11 @@ pub async fn serve(
     }
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(gw.config.server.handshake_timeout);
+        .header_read_timeout(gw.config.server.handshake_timeout)
+        // Bounds what hyper buffers per connection, both ways: a request head at most this big,
+        // and at most this much of a streamed response (SSE) held beyond the session's outbox,
+        // whose byte limit is the slow-consumer policy. hyper's default is ~408 KiB.
+        .max_buf_size(HTTP_BUFFER);
     let http_conns = TaskTracker::new();
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
@@ -171,18 +176,18 @@ pub async fn serve(
     gw.set_draining();
     drop(listener);
     gw.shutdown.cancel();
-    gw.connections.close();
+    gw.tasks.close();
     let grace = gw.config.server.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         http_conns.close();
         http_conns.wait().await;
-        gw.connections.wait().await;
+        gw.tasks.wait().await;
     })
     .await;
     match drained {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!(
-            remaining = gw.connections.len(),
+            remaining = gw.tasks.len(),
             "grace period over; dropping remaining connections"
         ),
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use herald_core::{Authenticator, Config};
+use herald_core::Config;
 
 /// The example configuration, used by `herald serve` when no config file is found.
 const EXAMPLE_CONFIG: &str = include_str!("../../../herald.toml");
@@ -143,7 +143,6 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
             Config::from_toml_str(EXAMPLE_CONFIG, Path::new("."))?
         }
     };
-    Authenticator::from_config(&config.auth).context("auth")?;
     Ok(config)
 }
 
@@ -162,8 +161,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { sub, roles, ttl } => {
             let config = load(cli.config.as_deref())?;
-            let auth = Authenticator::from_config(&config.auth)?;
-            println!("{}", auth.mint(&sub, &roles, ttl)?);
+            println!("{}", config.authenticator.mint(&sub, &roles, ttl)?);
             Ok(())
         }
         Command::Postgres {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::Config;
 use herald_core::identity::mint_hs256;
-use herald_server::gateway::Gateway;
+use herald_node::Node;
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -67,7 +69,7 @@ pub fn config_toml(extra: &str) -> String {
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub gw: Arc<Gateway>,
+    pub gw: Arc<Node>,
     stop: Option<oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<()>,
 }
@@ -321,5 +323,17 @@ impl Client {
                 false
             }
         }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics after 5 s.
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -29,29 +29,42 @@ pub enum Source {
     notify,
 }
 
+/// Labels of `herald_rejects_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
+    /// The gate that refused.
     pub gate: Gate,
+    /// The stable error code.
     pub code: &'static str,
 }
 
+/// Labels of `herald_publications_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
+    /// Where the publication came from.
     pub source: Source,
 }
 
+/// The node's metrics. Every field is registered under the `herald_` prefix.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Open client sessions, every transport.
     pub connections: Gauge,
+    /// Channel subscriptions held by sessions on this node.
     pub subscriptions: Gauge,
+    /// Publications accepted, by source.
     pub publications: Family<SourceLabels, Counter>,
+    /// Frames queued to subscribers (the fan-out's output).
     pub deliveries: Counter,
+    /// Sessions closed because their outbound queue overflowed.
     pub slow_consumers: Counter,
+    /// Requests refused, by gate and code.
     pub rejects: Family<RejectLabels, Counter>,
     registry: Registry,
 }
 
 impl Metrics {
+    /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("herald");
         let m = Self {
@@ -96,6 +109,7 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Counts one refusal.
     pub fn reject(&self, gate: Gate, code: herald_core::protocol::ErrorCode) {
         self.rejects
             .get_or_create(&RejectLabels {
@@ -105,6 +119,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one accepted publication.
     pub fn published(&self, source: Source) {
         self.publications
             .get_or_create(&SourceLabels { source })

@@ -1,16 +1,15 @@
-//! The state one gateway process shares between its transports, and the operations every
-//! transport goes through (the same gates whatever the door).
+//! [`Node`]: the state one gateway process shares between its transports, and the operations
+//! every transport and source goes through (the same gates whatever the door).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use herald_core::source::{Publisher, SourceKind};
-
-use herald_core::broker::{HistoryQuery, HistoryResult};
+use herald_core::broker::{HistoryQuery, HistoryResult, random_id};
 use herald_core::name::Params;
-use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, raw_json};
+use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, Goodbye, raw_json};
 use herald_core::registry::ResolveError;
+use herald_core::source::{Publisher, SourceKind};
 use herald_core::{
     Authenticator, Broker, BrokerError, Config, Descriptor, Identity, Position, PublishRequest,
 };
@@ -18,32 +17,38 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Sessions;
 use crate::hub::Hub;
+use crate::lock;
 use crate::metrics::{Gate, Metrics, Source};
 
-/// Everything a request handler or connection task needs.
-pub struct Gateway {
+/// One gateway node: everything a request handler, a session or a source needs.
+pub struct Node {
+    /// The validated configuration (registry and authenticator included).
     pub config: Config,
-    pub auth: Authenticator,
+    /// This node's subscription table and fan-out.
     pub hub: Arc<Hub>,
+    /// Offsets, history, presence and the fan-out between nodes.
     pub broker: Arc<dyn Broker>,
+    /// What `/metrics` exports.
     pub metrics: Arc<Metrics>,
-    /// Cancelled when shutdown begins.
+    /// Live sessions by user (kicks, the per-user limit) and by session id (request-routed
+    /// transports).
+    pub sessions: Sessions,
+    /// Cancelled when shutdown begins: sessions then say goodbye, spread over
+    /// `server.shutdown_spread`.
     pub shutdown: CancellationToken,
-    /// Every connection task, so shutdown can wait for them to drain.
-    pub connections: TaskTracker,
+    /// Every session task and source task, so shutdown can wait for them to drain.
+    pub tasks: TaskTracker,
     draining: AtomicBool,
     next_conn: AtomicU64,
-    node: String,
+    /// A random name for this process; client ids are `<node>-<n>`, unique across nodes.
+    id: String,
     readiness: Mutex<Vec<(String, Arc<AtomicBool>)>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[async_trait]
-impl Publisher for Gateway {
+impl Publisher for Node {
     async fn publish(
         &self,
         source: SourceKind,
@@ -55,7 +60,8 @@ impl Publisher for Gateway {
             SourceKind::Outbox => Source::outbox,
             SourceKind::Notify => Source::notify,
         };
-        Gateway::publish(self, source, channel, data, idempotency_key, None).await
+        self.publish_as(source, channel, data, idempotency_key, None)
+            .await
     }
 
     fn rejected(&self, _source: SourceKind, code: ErrorCode) {
@@ -67,39 +73,54 @@ impl Publisher for Gateway {
     }
 }
 
-impl Gateway {
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node over `broker`, whose sink must be `hub`.
     pub fn new(
         config: Config,
-        auth: Authenticator,
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             config,
-            auth,
             hub,
             broker,
             metrics,
+            sessions: Sessions::default(),
             shutdown: CancellationToken::new(),
-            connections: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
-            node: random_id(8),
+            id: random_id(8).to_ascii_lowercase(),
             readiness: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Gate 1's verifier.
+    pub fn auth(&self) -> &Authenticator {
+        &self.config.authenticator
     }
 
     /// A connection id unique across nodes and restarts.
     pub fn next_client_id(&self) -> Arc<str> {
         let n = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!("{}-{n}", self.node))
+        Arc::from(format!("{}-{n}", self.id))
     }
 
+    /// Marks the node as shutting down: `/readyz` fails and new sessions are refused.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -117,9 +138,24 @@ impl Gateway {
         })
     }
 
+    /// Gate 2: the channel exists and `identity` may subscribe to it (and so see its presence).
+    /// Errors: `unknown_channel`, `forbidden`.
+    pub fn authorize_subscribe(
+        &self,
+        channel: &str,
+        identity: &Identity,
+    ) -> Result<&Descriptor, ErrorBody> {
+        let (descriptor, params) = self.resolve(channel)?;
+        descriptor
+            .authorize_subscribe(&params, identity)
+            .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
+        Ok(descriptor)
+    }
+
     /// Gate 3 and the publish itself, for every source. `identity` is `None` for the server
-    /// API (trusted: only the schema applies), `Some` for clients (the descriptor must allow it).
-    pub async fn publish(
+    /// API and the event sources (trusted: only the schema applies), `Some` for clients (the
+    /// descriptor must allow it). Counts the publication or the refusal under `source`.
+    pub async fn publish_as(
         &self,
         source: Source,
         channel: &str,
@@ -137,7 +173,7 @@ impl Gateway {
         result
     }
 
-    /// A readiness flag; `/readyz` is 503 while any flag is false.
+    /// A readiness flag, initially down; `/readyz` is 503 while any flag is false.
     pub fn readiness_flag(&self, name: &str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
         lock(&self.readiness).push((name.to_owned(), flag.clone()));
@@ -199,7 +235,8 @@ impl Gateway {
             .map_err(broker_error)
     }
 
-    /// The clients present on a presence channel.
+    /// The clients present on a presence channel. Errors: `bad_request` when the channel has
+    /// no presence, `unavailable` when the broker is down.
     pub async fn presence(
         &self,
         channel: &str,
@@ -225,21 +262,21 @@ impl Gateway {
             .await
             .map_err(broker_error)
     }
+
+    /// Closes every session of `user` on this node with 4403; returns how many.
+    pub fn kick(&self, user: &str) -> usize {
+        let sessions = self.sessions.of_user(user);
+        for s in &sessions {
+            s.outbox.close(Goodbye::Kicked);
+        }
+        sessions.len()
+    }
 }
 
+/// The error body a broker failure becomes: `unavailable` (503) or `internal` (500).
 pub fn broker_error(e: BrokerError) -> ErrorBody {
     match e {
         BrokerError::Unavailable(m) => ErrorBody::new(ErrorCode::Unavailable, m),
         BrokerError::Internal(m) => ErrorBody::new(ErrorCode::Internal, m),
     }
-}
-
-/// A random alphanumeric string (ids, not secrets).
-pub fn random_id(len: usize) -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }

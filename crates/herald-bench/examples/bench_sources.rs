@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p herald
-//! taskset -c 1 cargo run --release -p herald-server --example bench_sources -- all
+//! taskset -c 1 cargo run --release -p herald-bench --example bench_sources -- all
 //! ```
 //! Gateways run under `taskset -c 0` (set HERALD_BENCH_NO_PIN=1 to skip pinning).
 

@@ -1,7 +1,8 @@
 //! The node-local subscription table and fan-out.
 //!
 //! The hub is this node's [`PublicationSink`]: the broker hands it each publication once, the
-//! hub encodes the `pub` frame once and pushes the same bytes into every subscriber's outbox.
+//! hub wraps it in one [`Prepared`] (the v1 `pub` frame encoded once, other wire formats on
+//! demand) and pushes the same `Arc` into every subscriber's outbox.
 //! Channels are spread over shards so fan-outs on different channels do not contend.
 //!
 //! A new subscription starts *pending*: live publications are buffered for it while the
@@ -19,13 +20,17 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use herald_core::protocol::{ServerFrame, encode_pub};
+use herald_core::protocol::Goodbye;
 use herald_core::{Position, PresenceEvent, Publication, PublicationSink};
 
+use crate::lock;
 use crate::metrics::Metrics;
-use crate::outbox::{Closed, Frame, Outbox, Pushed};
+use crate::outbox::Pushed;
+use crate::prepared::Prepared;
+use crate::session::SessionHandle;
+use crate::session::transport::Outgoing;
 
 const SHARDS: usize = 64;
 
@@ -35,41 +40,15 @@ const MAX_PENDING: usize = 10_000;
 /// The reason sent with `unsubscribed` when a subscriber must resubscribe to recover.
 pub const RESUBSCRIBE: &str = "resubscribe";
 
-/// The parts of a connection other tasks may touch.
-#[derive(Debug)]
-pub struct ConnHandle {
-    pub id: Arc<str>,
-    pub user: Option<Arc<str>>,
-    pub outbox: Outbox,
-    /// Channels the hub took away (continuity lost); the connection task forgets them.
-    pub evicted: Mutex<Vec<Arc<str>>>,
-}
-
-impl ConnHandle {
-    pub fn new(id: Arc<str>, user: Option<Arc<str>>, outbox: Outbox) -> Self {
-        Self {
-            id,
-            user,
-            outbox,
-            evicted: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Takes the channels evicted since the last call.
-    pub fn take_evicted(&self) -> Vec<Arc<str>> {
-        std::mem::take(&mut *lock(&self.evicted))
-    }
-}
-
 enum State {
-    Pending(Vec<Publication>),
+    Pending(Vec<Arc<Prepared>>),
     Active,
-    /// Told to resubscribe; receives nothing until its connection removes it.
+    /// Told to resubscribe; receives nothing until its session removes it.
     Evicted,
 }
 
 struct Sub {
-    conn: Arc<ConnHandle>,
+    conn: Arc<SessionHandle>,
     state: State,
 }
 
@@ -82,27 +61,19 @@ struct Channel {
 
 type Shard = Mutex<HashMap<Arc<str>, Channel>>;
 
-/// Why a connection was refused a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManyConnections;
-
+/// The node's subscription table: channel → subscribers, sharded by channel name.
 pub struct Hub {
     shards: Box<[Shard]>,
     hasher: RandomState,
-    users: Mutex<HashMap<Arc<str>, Vec<Arc<ConnHandle>>>>,
     metrics: Arc<Metrics>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Hub {
+    /// An empty hub counting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
-            users: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -114,7 +85,7 @@ impl Hub {
 
     /// Adds a pending subscription. Returns true when it is the node's first subscriber of
     /// the channel (the caller then asks the broker for the channel).
-    pub fn add(&self, channel: &Arc<str>, conn: &Arc<ConnHandle>) -> bool {
+    pub fn add(&self, channel: &Arc<str>, conn: &Arc<SessionHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
         let (ch, first) = match shard.entry(channel.clone()) {
             Entry::Occupied(e) => (e.into_mut(), false),
@@ -133,9 +104,9 @@ impl Hub {
     pub fn activate(
         &self,
         channel: &str,
-        conn: &Arc<ConnHandle>,
+        conn: &Arc<SessionHandle>,
         position: &Position,
-        reply: Option<Frame>,
+        reply: Option<Outgoing>,
     ) {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.get_mut(channel) else {
@@ -154,16 +125,16 @@ impl Hub {
             self.push(conn, reply);
         }
         for p in pending
-            .iter()
+            .into_iter()
             .filter(|p| p.epoch == position.epoch && p.offset > position.offset)
         {
-            self.push(conn, Frame::from(encode_pub(p)));
+            self.push(conn, Outgoing::Shared(p));
         }
     }
 
     /// Removes a subscription. Returns true when the channel has no subscriber left on this
     /// node (the caller then tells the broker).
-    pub fn remove(&self, channel: &str, conn: &Arc<ConnHandle>) -> bool {
+    pub fn remove(&self, channel: &str, conn: &Arc<SessionHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.get_mut(channel) else {
             return false;
@@ -197,42 +168,8 @@ impl Hub {
         out
     }
 
-    /// Takes a per-user connection slot (anonymous connections are not counted).
-    pub fn register(
-        &self,
-        conn: &Arc<ConnHandle>,
-        max_per_user: usize,
-    ) -> Result<(), TooManyConnections> {
-        let Some(user) = &conn.user else {
-            return Ok(());
-        };
-        let mut users = lock(&self.users);
-        let conns = users.entry(user.clone()).or_default();
-        if conns.len() >= max_per_user {
-            return Err(TooManyConnections);
-        }
-        conns.push(conn.clone());
-        Ok(())
-    }
-
-    pub fn unregister(&self, conn: &Arc<ConnHandle>) {
-        let Some(user) = &conn.user else { return };
-        let mut users = lock(&self.users);
-        if let Some(conns) = users.get_mut(user) {
-            conns.retain(|c| !Arc::ptr_eq(c, conn));
-            if conns.is_empty() {
-                users.remove(user);
-            }
-        }
-    }
-
-    /// Connections of one user on this node.
-    pub fn user_connections(&self, user: &str) -> Vec<Arc<ConnHandle>> {
-        lock(&self.users).get(user).cloned().unwrap_or_default()
-    }
-
-    fn push(&self, conn: &ConnHandle, frame: Frame) -> bool {
-        match conn.outbox.push(frame) {
+    fn push(&self, conn: &SessionHandle, item: Outgoing) -> bool {
+        match conn.outbox.push(item) {
             Pushed::Queued => true,
             Pushed::Closed => false,
             Pushed::Overflowed => {
@@ -245,13 +182,7 @@ impl Hub {
 
     /// Tells every active subscriber of `ch` to resubscribe (continuity was lost).
     fn evict_active(&self, name: &str, ch: &mut Channel) {
-        let frame = Frame::from(
-            ServerFrame::Unsubscribed {
-                channel: name,
-                reason: RESUBSCRIBE,
-            }
-            .encode(),
-        );
+        let frame = Prepared::unsubscribed(name, RESUBSCRIBE);
         let mut n = 0;
         for sub in ch
             .subs
@@ -259,8 +190,8 @@ impl Hub {
             .filter(|s| matches!(s.state, State::Active))
         {
             sub.state = State::Evicted;
-            lock(&sub.conn.evicted).push(Arc::from(name));
-            self.push(&sub.conn, frame.clone());
+            sub.conn.evict(Arc::from(name));
+            self.push(&sub.conn, Outgoing::Shared(frame.clone()));
             n += 1;
         }
         if n > 0 {
@@ -287,22 +218,18 @@ impl PublicationSink for Hub {
             _ => {}
         }
         ch.last = Some((p.offset, p.epoch.clone()));
-        // Encoded once; every outbox gets a reference-counted view of the same bytes.
-        let frame = Frame::from(encode_pub(p));
+        // Encoded once; every outbox gets a reference to the same prepared frame.
+        let frame = Prepared::publication(p);
         let mut delivered = 0u64;
         for sub in ch.subs.iter_mut() {
             match &mut sub.state {
                 State::Active => {
-                    if self.push(&sub.conn, frame.clone()) {
+                    if self.push(&sub.conn, Outgoing::Shared(frame.clone())) {
                         delivered += 1;
                     }
                 }
-                State::Pending(buffer) if buffer.len() < MAX_PENDING => buffer.push(p.clone()),
-                State::Pending(_) => sub.conn.outbox.close(Closed {
-                    code: herald_core::protocol::close::SLOW_CONSUMER,
-                    reason: "slow consumer: subscription could not catch up",
-                    reconnect: true,
-                }),
+                State::Pending(buffer) if buffer.len() < MAX_PENDING => buffer.push(frame.clone()),
+                State::Pending(_) => sub.conn.outbox.close(Goodbye::SlowSubscription),
                 State::Evicted => {}
             }
         }
@@ -310,25 +237,10 @@ impl PublicationSink for Hub {
     }
 
     fn presence(&self, channel: &str, event: &PresenceEvent) {
-        let (info, frame) = match event {
-            PresenceEvent::Join(info) => (
-                info,
-                ServerFrame::Join {
-                    channel,
-                    user: info.user.as_deref(),
-                    client: &info.client,
-                },
-            ),
-            PresenceEvent::Leave(info) => (
-                info,
-                ServerFrame::Leave {
-                    channel,
-                    user: info.user.as_deref(),
-                    client: &info.client,
-                },
-            ),
+        let info = match event {
+            PresenceEvent::Join(info) | PresenceEvent::Leave(info) => info,
         };
-        let frame = Frame::from(frame.encode());
+        let frame = Prepared::presence(channel, event);
         let shard = lock(self.shard(channel));
         for sub in shard
             .get(channel)
@@ -338,7 +250,7 @@ impl PublicationSink for Hub {
             // The client itself knows it joined; pending subscribers learn the members from
             // a presence request after their subscribe.
             if matches!(sub.state, State::Active) && *sub.conn.id != *info.client {
-                self.push(&sub.conn, frame.clone());
+                self.push(&sub.conn, Outgoing::Shared(frame.clone()));
             }
         }
     }
@@ -356,5 +268,113 @@ impl PublicationSink for Hub {
             self.evict_active(channel, ch);
             ch.last = Some((position.offset, position.epoch.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use serde_json::value::RawValue;
+
+    fn publication(offset: u64, epoch: &str) -> Publication {
+        Publication {
+            channel: Arc::from("c"),
+            offset,
+            epoch: Arc::from(epoch),
+            data: Arc::from(RawValue::from_string(offset.to_string()).unwrap()),
+        }
+    }
+
+    /// A hub with one active subscriber of `c` at offset 0 of epoch `e`.
+    fn subscribed() -> (Hub, Arc<SessionHandle>) {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let conn = Arc::new(SessionHandle::new(
+            Arc::from("n-1"),
+            None,
+            Outbox::new(1 << 20),
+        ));
+        let channel: Arc<str> = Arc::from("c");
+        assert!(hub.add(&channel, &conn));
+        let position = Position {
+            offset: 0,
+            epoch: Arc::from("e"),
+        };
+        hub.activate("c", &conn, &position, None);
+        (hub, conn)
+    }
+
+    async fn drained(conn: &SessionHandle) -> Vec<String> {
+        let mut out = Vec::new();
+        conn.outbox.next_batch(&mut out).await;
+        out.iter().map(|o| o.v1().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped() {
+        let (hub, conn) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(2, "e"));
+        let frames = drained(&conn).await;
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert!(frames[1].contains(r#""offset":2"#));
+    }
+
+    #[tokio::test]
+    async fn a_gap_makes_subscribers_resubscribe() {
+        let (hub, conn) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(3, "e"));
+        let frames = drained(&conn).await;
+        assert_eq!(
+            frames[1],
+            r#"{"type":"unsubscribed","channel":"c","reason":"resubscribe"}"#
+        );
+        assert_eq!(frames.len(), 2, "nothing after the hole: {frames:?}");
+        assert_eq!(conn.take_evicted(), [Arc::from("c")]);
+        hub.deliver(&publication(4, "e"));
+        assert_eq!(
+            conn.outbox.queued_bytes(),
+            0,
+            "an evicted subscriber gets nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_makes_subscribers_resubscribe() {
+        let (hub, conn) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        hub.deliver(&publication(1, "f"));
+        let frames = drained(&conn).await;
+        assert_eq!(frames.len(), 2);
+        assert!(frames[1].contains("resubscribe"));
+    }
+
+    #[tokio::test]
+    async fn pending_subscribers_get_what_came_after_their_position_once() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let conn = Arc::new(SessionHandle::new(
+            Arc::from("n-1"),
+            None,
+            Outbox::new(1 << 20),
+        ));
+        let channel: Arc<str> = Arc::from("c");
+        hub.add(&channel, &conn);
+        // Live publications arrive while the session reads history…
+        for o in 1..=4 {
+            hub.deliver(&publication(o, "e"));
+        }
+        // …which said offset 2: the reply, then 3 and 4, exactly once.
+        let reply = Outgoing::own(herald_core::protocol::FrameKind::Reply, "R".into());
+        let position = Position {
+            offset: 2,
+            epoch: Arc::from("e"),
+        };
+        hub.activate("c", &conn, &position, Some(reply));
+        let frames = drained(&conn).await;
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0], "R");
+        assert!(frames[1].contains(r#""offset":3"#) && frames[2].contains(r#""offset":4"#));
     }
 }

@@ -1,0 +1,366 @@
+//! Gate 1 for every door: `/v1/ws`, `/v1/sse`, and the Socket.IO handshake all turn their
+//! request into a [`Handshake`] and call [`Node::admit`], which answers [`Admitted`] or a
+//! [`Refusal`] (a stable error code the transport renders its own way: an HTTP status and JSON
+//! body, or a Socket.IO `CONNECT_ERROR`).
+//!
+//! Credentials, in this order: an `Authorization: Bearer` header (the scheme matched
+//! case-insensitively, RFC 9110 §11.1), a token the transport's own handshake carries
+//! (Socket.IO `auth`), `?token=` (browsers cannot set headers on a WebSocket), the configured
+//! cookie. A cookie is sent by the browser on its own, so a cookie-authenticated request must
+//! pass the origin check (CSRF).
+//!
+//! [`Sessions`] is the node's table of live sessions: by user (kicks, the per-user connection
+//! limit) and, for transports whose commands arrive on separate HTTP requests (SSE), by an
+//! unguessable session id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use herald_core::Identity;
+use herald_core::broker::random_id;
+use herald_core::protocol::{ErrorBody, ErrorCode};
+use tokio::sync::mpsc;
+
+use crate::lock;
+use crate::metrics::Gate;
+use crate::node::Node;
+use crate::outbox::Outbox;
+use crate::session::SessionHandle;
+use crate::session::transport::Inbound;
+
+/// What gate 1 needs from a request, whatever the transport. Header values are passed raw
+/// (every value of a repeated header), so the rules that read them live here, once.
+#[derive(Debug, Default, Clone)]
+pub struct Handshake<'a> {
+    /// Every `Authorization` header value.
+    pub authorization: Vec<&'a str>,
+    /// A token carried by the transport's own handshake (Socket.IO CONNECT `auth.token`).
+    pub auth_token: Option<&'a str>,
+    /// The `token` query parameter.
+    pub query_token: Option<&'a str>,
+    /// Every `Cookie` header value.
+    pub cookies: Vec<&'a str>,
+    /// The `Origin` header.
+    pub origin: Option<&'a str>,
+    /// The `Host` header (the same-origin check for cookie credentials).
+    pub host: Option<&'a str>,
+}
+
+/// Why gate 1 refused a request: the code decides the HTTP status (401, 403, 429, 503).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub ErrorBody);
+
+/// A request that passed gate 1: its identity and its place in the node's session table.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Who the client is.
+    pub identity: Identity,
+    /// The per-user slot, held for the session's lifetime.
+    pub slot: Slot,
+}
+
+/// Where the credentials came from; cookie-borne ones need an origin check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Header,
+    Handshake,
+    Query,
+    Cookie,
+    None,
+}
+
+/// The token of an `Authorization` value using the Bearer scheme (RFC 6750 §2.1): the scheme
+/// name is case-insensitive (RFC 9110 §11.1) and separated from the token by one or more
+/// spaces; surrounding whitespace is ignored. `None` for another scheme or an empty token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = value.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(|c| c == ' ' || c == '\t');
+    (!token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
+}
+
+/// The value of cookie `name` in `Cookie` header values (RFC 6265 §5.4: `name=value` pairs
+/// separated by `; `); the first non-empty match wins.
+pub fn cookie_value<'a>(cookies: &[&'a str], name: &str) -> Option<&'a str> {
+    cookies
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Compares two origins (`scheme://host[:port]`) as RFC 6454 §5 does for the serialised form:
+/// scheme and host case-insensitively, with default ports made explicit.
+pub fn same_origin(a: &str, b: &str) -> bool {
+    fn norm(o: &str) -> Option<(String, String, u16)> {
+        let (scheme, rest) = o.trim().split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let rest = rest.trim_end_matches('/');
+        let default = match scheme.as_str() {
+            "http" | "ws" => 80,
+            "https" | "wss" => 443,
+            _ => 0,
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => match p.parse::<u16>() {
+                Ok(port) => (h, port),
+                Err(_) => (rest, default),
+            },
+            _ => (rest, default),
+        };
+        Some((scheme, host.to_ascii_lowercase(), port))
+    }
+    matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
+}
+
+impl Handshake<'_> {
+    fn credentials(&self, cookie: Option<&str>) -> Result<(Option<&str>, Via), Refusal> {
+        if self.authorization.len() > 1 {
+            return Err(Refusal(ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "more than one Authorization header",
+            )));
+        }
+        if let Some(t) = self.authorization.first().and_then(|v| bearer_token(v)) {
+            return Ok((Some(t), Via::Header));
+        }
+        if let Some(t) = self.auth_token.filter(|t| !t.is_empty()) {
+            return Ok((Some(t), Via::Handshake));
+        }
+        if let Some(t) = self.query_token.filter(|t| !t.is_empty()) {
+            return Ok((Some(t), Via::Query));
+        }
+        if let Some(t) = cookie.and_then(|name| cookie_value(&self.cookies, name)) {
+            return Ok((Some(t), Via::Cookie));
+        }
+        Ok((None, Via::None))
+    }
+}
+
+impl Node {
+    /// Browser safety: an explicit allow-list applies to every request that names an origin;
+    /// without one, only cookie-authenticated requests are checked (same origin required).
+    fn origin_allowed(&self, h: &Handshake<'_>, via: Via) -> bool {
+        let allowed = &self.config.server.allowed_origins;
+        match h.origin {
+            Some(o) if !allowed.is_empty() => allowed.iter().any(|a| a == "*" || same_origin(a, o)),
+            Some(o) if via == Via::Cookie => {
+                let authority = o
+                    .split_once("://")
+                    .map(|(_, rest)| rest.trim_end_matches('/'));
+                matches!((h.host, authority), (Some(host), Some(a)) if a.eq_ignore_ascii_case(host))
+            }
+            _ => true,
+        }
+    }
+
+    /// Gate 1 without taking a slot: draining, origin, credentials. Used by [`Node::admit`],
+    /// by command requests of request-routed transports, and by the plain-HTTP probe of a
+    /// WebSocket endpoint (which tells a client why its upgrade would be refused).
+    pub fn authenticate(&self, h: &Handshake<'_>) -> Result<Identity, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal(ErrorBody::new(
+                ErrorCode::Unavailable,
+                "server is shutting down",
+            )));
+        }
+        let (token, via) = h
+            .credentials(self.config.auth.cookie.as_deref())
+            .inspect_err(|_| self.metrics.reject(Gate::connect, ErrorCode::Unauthorized))?;
+        if !self.origin_allowed(h, via) {
+            self.metrics.reject(Gate::connect, ErrorCode::Forbidden);
+            return Err(Refusal(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "origin not allowed",
+            )));
+        }
+        self.auth().authenticate(token).map_err(|e| {
+            self.metrics.reject(Gate::connect, ErrorCode::Unauthorized);
+            tracing::debug!(reason = %e, "connection refused");
+            Refusal(ErrorBody::new(ErrorCode::Unauthorized, e.to_string()))
+        })
+    }
+
+    /// Gate 1: credentials, origin, and a per-user connection slot
+    /// (`limits.max_connections_per_user`; anonymous connections are not counted).
+    pub fn admit(self: &Arc<Self>, h: &Handshake<'_>) -> Result<Admitted, Refusal> {
+        let identity = self.authenticate(h)?;
+        let handle = Arc::new(SessionHandle::new(
+            self.next_client_id(),
+            identity.user.clone(),
+            Outbox::new(self.config.limits.outbound_queue_bytes),
+        ));
+        let max = self.config.limits.max_connections_per_user;
+        if !self.sessions.register(&handle, max) {
+            self.metrics
+                .reject(Gate::connect, ErrorCode::TooManyConnections);
+            return Err(Refusal(ErrorBody::new(
+                ErrorCode::TooManyConnections,
+                format!("at most {max} connections per user"),
+            )));
+        }
+        Ok(Admitted {
+            identity,
+            slot: Slot {
+                node: self.clone(),
+                handle,
+                route: None,
+            },
+        })
+    }
+}
+
+/// A session's place in the node's tables; dropping it (also when an upgrade never
+/// completes) frees the per-user slot and the session id.
+#[derive(Debug)]
+pub struct Slot {
+    node: Arc<Node>,
+    handle: Arc<SessionHandle>,
+    route: Option<Arc<str>>,
+}
+
+impl Slot {
+    /// The node the session lives on.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The part of the session other tasks touch.
+    pub fn handle(&self) -> &Arc<SessionHandle> {
+        &self.handle
+    }
+
+    /// Gives the session an unguessable id (22 alphanumerics, about 131 bits) under which
+    /// command requests reach it, and the inbox they are delivered to (`capacity` commands
+    /// waiting at most; more are refused with 429).
+    pub fn open_route(&mut self, capacity: usize) -> (Arc<str>, mpsc::Receiver<Inbound>) {
+        let key: Arc<str> = Arc::from(random_id(22));
+        let (tx, rx) = mpsc::channel(capacity);
+        lock(&self.node.sessions.routes).insert(
+            key.clone(),
+            Route {
+                handle: self.handle.clone(),
+                inbox: tx,
+            },
+        );
+        self.route = Some(key.clone());
+        (key, rx)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.node.sessions.unregister(&self.handle);
+        if let Some(key) = &self.route {
+            lock(&self.node.sessions.routes).remove(key);
+        }
+    }
+}
+
+/// Where the commands of one request-routed session go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The session they are for (its user decides who may post).
+    pub handle: Arc<SessionHandle>,
+    /// The session's inbox.
+    pub inbox: mpsc::Sender<Inbound>,
+}
+
+/// The node's live sessions, by user and by session id.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    users: Mutex<HashMap<Arc<str>, Vec<Arc<SessionHandle>>>>,
+    routes: Mutex<HashMap<Arc<str>, Route>>,
+}
+
+impl Sessions {
+    /// Takes a per-user slot; false when the user already has `max`.
+    fn register(&self, handle: &Arc<SessionHandle>, max: usize) -> bool {
+        let Some(user) = &handle.user else {
+            return true;
+        };
+        let mut users = lock(&self.users);
+        let conns = users.entry(user.clone()).or_default();
+        if conns.len() >= max {
+            return false;
+        }
+        conns.push(handle.clone());
+        true
+    }
+
+    fn unregister(&self, handle: &Arc<SessionHandle>) {
+        let Some(user) = &handle.user else { return };
+        let mut users = lock(&self.users);
+        if let Some(conns) = users.get_mut(user) {
+            conns.retain(|c| !Arc::ptr_eq(c, handle));
+            if conns.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// The sessions of one user on this node.
+    pub fn of_user(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+        lock(&self.users).get(user).cloned().unwrap_or_default()
+    }
+
+    /// The session with this id, if it is live and request-routed.
+    pub fn route(&self, key: &str) -> Option<Route> {
+        lock(&self.routes).get(key).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_whitespace_tolerant() {
+        for v in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "Bearer   abc  ",
+            " Bearer\tabc",
+        ] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v:?}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Bearer a b"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_found_among_pairs() {
+        assert_eq!(
+            cookie_value(&["a=1; herald=tok; b=2"], "herald"),
+            Some("tok")
+        );
+        assert_eq!(cookie_value(&["a=1", "herald=tok"], "herald"), Some("tok"));
+        assert_eq!(cookie_value(&["herald="], "herald"), None);
+        assert_eq!(cookie_value(&["xherald=1"], "herald"), None);
+    }
+
+    #[test]
+    fn origins_compare_by_rfc_6454() {
+        assert!(same_origin("https://App.example", "https://app.example"));
+        assert!(same_origin(
+            "https://app.example:443",
+            "https://app.example"
+        ));
+        assert!(same_origin("HTTP://app.example", "http://app.example:80/"));
+        assert!(!same_origin("https://app.example", "http://app.example"));
+        assert!(!same_origin(
+            "https://app.example:8443",
+            "https://app.example"
+        ));
+        assert!(!same_origin(
+            "https://app.example.evil",
+            "https://app.example"
+        ));
+    }
+}

@@ -1,0 +1,154 @@
+//! The per-session outbound queue, bounded in bytes.
+//!
+//! Producers (the hub's fan-out, the session's own replies, a kick from the API) never wait: a
+//! push that would take the queue past its byte limit closes the outbox instead, dropping what
+//! it held, and the session then says goodbye with 4008. That is the slow-consumer policy: one
+//! client that stops reading costs at most `limit` bytes and never slows anybody else down.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use herald_core::protocol::Goodbye;
+use tokio::sync::Notify;
+
+use crate::lock;
+use crate::session::transport::Outgoing;
+
+#[derive(Debug, Default)]
+struct Inner {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: Option<Goodbye>,
+}
+
+/// A byte-bounded, multi-producer, single-consumer queue of [`Outgoing`] frames.
+#[derive(Debug)]
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    limit: usize,
+}
+
+/// What [`Outbox::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the session's next write.
+    Queued,
+    /// The outbox was already closed; the frame was dropped.
+    Closed,
+    /// This push overflowed the limit: the outbox is now closed as a slow consumer.
+    Overflowed,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `limit` bytes (v1 sizes) at a time.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            notify: Notify::new(),
+            limit,
+        }
+    }
+
+    /// Queues a frame without waiting.
+    pub fn push(&self, item: Outgoing) -> Pushed {
+        let mut inner = lock(&self.inner);
+        if inner.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let len = item.len();
+        if inner.bytes + len > self.limit {
+            inner.items = VecDeque::new();
+            inner.bytes = 0;
+            inner.closed = Some(Goodbye::SlowConsumer);
+            drop(inner);
+            self.notify.notify_one();
+            return Pushed::Overflowed;
+        }
+        let was_empty = inner.items.is_empty();
+        inner.bytes += len;
+        inner.items.push_back(item);
+        drop(inner);
+        // The consumer drains everything per wake-up, so only the empty→non-empty edge needs
+        // a notification; this keeps fan-out at one wake per connection per burst.
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Closes the outbox (kick, token expiry, shutdown). Frames already queued are still
+    /// delivered before the goodbye; later pushes are dropped. The first reason wins.
+    pub fn close(&self, goodbye: Goodbye) {
+        let mut inner = lock(&self.inner);
+        if inner.closed.is_none() {
+            inner.closed = Some(goodbye);
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Waits until there are frames or the outbox is closed; moves the frames into `out`.
+    /// Returns the goodbye once the queue is closed (and, for a graceful close, empty).
+    /// Cancel-safe: nothing is taken until the wait completes.
+    pub async fn next_batch(&self, out: &mut Vec<Outgoing>) -> Option<Goodbye> {
+        loop {
+            {
+                let mut inner = lock(&self.inner);
+                if !inner.items.is_empty() {
+                    out.extend(inner.items.drain(..));
+                    inner.bytes = 0;
+                    // Give back the ring's memory after a burst: idle connections stay small.
+                    if inner.items.capacity() > 64 {
+                        inner.items = VecDeque::new();
+                    }
+                    return None;
+                }
+                if let Some(g) = inner.closed {
+                    return Some(g);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Bytes queued right now.
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.inner).bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::protocol::FrameKind;
+
+    fn frame(s: &str) -> Outgoing {
+        Outgoing::own(FrameKind::Pong, s.to_owned())
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_and_frees() {
+        let o = Outbox::new(10);
+        assert_eq!(o.push(frame("12345")), Pushed::Queued);
+        assert_eq!(o.push(frame("12345")), Pushed::Queued);
+        assert_eq!(o.push(frame("1")), Pushed::Overflowed);
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.push(frame("1")), Pushed::Closed);
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out).await, Some(Goodbye::SlowConsumer));
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn graceful_close_delivers_queued_frames_first() {
+        let o = Outbox::new(100);
+        o.push(frame("a"));
+        o.close(Goodbye::GoingAway);
+        o.close(Goodbye::Kicked);
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out).await, None);
+        assert_eq!(out.iter().map(Outgoing::v1).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(o.next_batch(&mut out).await, Some(Goodbye::GoingAway));
+    }
+}

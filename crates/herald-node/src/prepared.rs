@@ -1,0 +1,160 @@
+//! A frame shared by every subscriber on the node, encoded once per wire format.
+//!
+//! The hub builds one [`Prepared`] per publication (or presence event, or resubscribe notice)
+//! and queues the same `Arc` to every subscriber. The protocol v1 JSON is encoded eagerly: it
+//! is what WebSocket and SSE carry and what the outbox counts. Any other representation (the
+//! WebSocket library's own text type, a Socket.IO event) is made lazily by the first
+//! transport that needs it and cached in a per-format slot, so it is built once per
+//! publication, not once per subscriber, and outside the hub's shard lock. This is the model
+//! of Centrifugo's `preparedData` keyed by protocol.
+
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+
+use herald_core::protocol::{FrameKind, ServerFrame, encode_pub};
+use herald_core::{PresenceEvent, Publication};
+use serde_json::value::RawValue;
+
+/// The lazily filled representations a [`Prepared`] can cache, one slot each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The WebSocket library's text message type (validated once, shared after).
+    WebSocket = 0,
+    /// A Socket.IO / Engine.IO packet.
+    SocketIo = 1,
+    /// A second slot for a transport's own use (e.g. SSE framing with multi-line data).
+    Sse = 2,
+}
+
+const SLOTS: usize = 3;
+
+/// One shared frame: its kind, what it is about, its v1 text and the lazily built others.
+pub struct Prepared {
+    /// `pub`, `join`, `leave` or `unsubscribed`.
+    pub kind: FrameKind,
+    /// The channel it concerns.
+    pub channel: Arc<str>,
+    /// For `pub`: the publication's offset (0 otherwise).
+    pub offset: u64,
+    /// For `pub`: the publication's epoch (empty otherwise).
+    pub epoch: Arc<str>,
+    /// For `pub`: the payload bytes as accepted.
+    pub data: Option<Arc<RawValue>>,
+    v1: String,
+    lazy: [OnceLock<Box<dyn Any + Send + Sync>>; SLOTS],
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("kind", &self.kind)
+            .field("channel", &self.channel)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    fn new(kind: FrameKind, channel: Arc<str>, v1: String) -> Self {
+        Self {
+            kind,
+            channel,
+            offset: 0,
+            epoch: Arc::from(""),
+            data: None,
+            v1,
+            lazy: Default::default(),
+        }
+    }
+
+    /// A `pub` frame for `p`.
+    pub fn publication(p: &Publication) -> Arc<Self> {
+        Arc::new(Self {
+            offset: p.offset,
+            epoch: p.epoch.clone(),
+            data: Some(p.data.clone()),
+            ..Self::new(FrameKind::Pub, p.channel.clone(), encode_pub(p))
+        })
+    }
+
+    /// A `join` or `leave` frame.
+    pub fn presence(channel: &str, event: &PresenceEvent) -> Arc<Self> {
+        let (kind, frame) = match event {
+            PresenceEvent::Join(info) => (
+                FrameKind::Join,
+                ServerFrame::Join {
+                    channel,
+                    user: info.user.as_deref(),
+                    client: &info.client,
+                },
+            ),
+            PresenceEvent::Leave(info) => (
+                FrameKind::Leave,
+                ServerFrame::Leave {
+                    channel,
+                    user: info.user.as_deref(),
+                    client: &info.client,
+                },
+            ),
+        };
+        Arc::new(Self::new(kind, Arc::from(channel), frame.encode()))
+    }
+
+    /// An `unsubscribed` frame (server-side removal, e.g. `resubscribe`).
+    pub fn unsubscribed(channel: &str, reason: &str) -> Arc<Self> {
+        let v1 = ServerFrame::Unsubscribed { channel, reason }.encode();
+        Arc::new(Self::new(FrameKind::Unsubscribed, Arc::from(channel), v1))
+    }
+
+    /// The protocol v1 JSON text.
+    pub fn v1(&self) -> &str {
+        &self.v1
+    }
+
+    /// This frame in the representation `wire`, built by `make` the first time any subscriber
+    /// asks and shared after. A transport must always use the same `T` for its slot.
+    pub fn cached<T>(&self, wire: Wire, make: impl FnOnce(&Prepared) -> T) -> T
+    where
+        T: Any + Clone + Send + Sync,
+    {
+        let slot = &self.lazy[wire as usize];
+        if let Some(v) = slot.get().and_then(|v| v.downcast_ref::<T>()) {
+            return v.clone();
+        }
+        let value = make(self);
+        // A lost race (two first subscribers at once) or a slot used with another type just
+        // builds once more; the value is the same either way.
+        let _ = slot.set(Box::new(value.clone()));
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn other_formats_are_built_once_per_publication() {
+        let p = Publication {
+            channel: Arc::from("a.b"),
+            offset: 7,
+            epoch: Arc::from("e"),
+            data: Arc::from(RawValue::from_string("{\"x\":1}".into()).unwrap()),
+        };
+        let prepared = Prepared::publication(&p);
+        assert_eq!(
+            prepared.v1(),
+            r#"{"type":"pub","channel":"a.b","offset":7,"data":{"x":1}}"#
+        );
+        let calls = AtomicUsize::new(0);
+        for _ in 0..100 {
+            let s: Arc<str> = prepared.cached(Wire::SocketIo, |p| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Arc::from(format!("42[\"{}\"]", p.channel))
+            });
+            assert_eq!(&*s, "42[\"a.b\"]");
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,341 @@
+//! [`Session`]: one client, whatever the transport.
+//!
+//! A session owns the client's identity, its subscriptions, its rate buckets, its token
+//! deadline and its outbox, and speaks protocol terms: [`Inbound`] commands in, [`Outgoing`]
+//! frames out. [`Session::run`] is the one `select!` loop for every transport: the outbox (so
+//! replies and publications leave in the order they were queued), the transport's next input,
+//! the ping/silence timer, the token deadline and the shutdown drain.
+//!
+//! - `subscribe.rs`: the welcome and its subscriptions, subscribe/unsubscribe, presence
+//!   join/leave, evictions (gate 2 is called from here).
+//! - `commands.rs`: publish (the publish rate, then gate 3), presence, refresh.
+//! - `recover.rs`: the recovery rule.
+//! - `limits.rs`: token buckets and the expiry deadline.
+//! - `transport.rs`: the seam.
+
+mod commands;
+pub(crate) mod limits;
+pub mod recover;
+mod subscribe;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_core::Identity;
+use herald_core::protocol::{
+    ClientFrame, ErrorBody, ErrorCode, FrameKind, Goodbye, ReplyBody, ServerFrame, Since,
+    error_frame, reply_err, reply_ok,
+};
+use rand::Rng;
+use tokio::time::{Instant, sleep_until};
+
+use crate::admission::{Admitted, Slot};
+use crate::lock;
+use crate::metrics::Gate;
+use crate::node::Node;
+use crate::outbox::Outbox;
+use limits::{Bucket, deadline_of};
+use transport::{Ending, Inbound, Outgoing, Transport};
+
+/// The parts of a session other tasks touch: the hub (fan-out, evictions), kicks, routing.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// The client id (`welcome.client`, presence entries), unique across nodes.
+    pub id: Arc<str>,
+    /// The authenticated user, `None` when anonymous.
+    pub user: Option<Arc<str>>,
+    /// The session's outbound queue.
+    pub outbox: Outbox,
+    /// Channels the hub took away (continuity lost); the session forgets them.
+    evicted: Mutex<Vec<Arc<str>>>,
+}
+
+impl SessionHandle {
+    /// A handle with an empty outbox.
+    pub fn new(id: Arc<str>, user: Option<Arc<str>>, outbox: Outbox) -> Self {
+        Self {
+            id,
+            user,
+            outbox,
+            evicted: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records that the hub evicted this session from `channel`.
+    pub(crate) fn evict(&self, channel: Arc<str>) {
+        lock(&self.evicted).push(channel);
+    }
+
+    /// Takes the channels evicted since the last call.
+    pub(crate) fn take_evicted(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *lock(&self.evicted))
+    }
+}
+
+/// What a transport asks for beyond the auto-subscriptions, before the welcome (SSE takes
+/// these from its URL; the WebSocket transport asks for nothing).
+#[derive(Debug, Default)]
+pub struct Opening {
+    /// Channels to subscribe at connect (each through gate 2; a refused one is an `error`
+    /// frame after the welcome, the others still work).
+    pub channels: Vec<String>,
+    /// Channels to resume from a position (a resume cursor): replayed like a v1 subscribe with
+    /// `since`; the welcome says per channel whether it `recovered`.
+    pub resume: Vec<(String, Since)>,
+    /// The session id of a request-routed transport, announced in the welcome.
+    pub session: Option<Arc<str>>,
+}
+
+/// One client's session.
+pub struct Session {
+    slot: Slot,
+    identity: Identity,
+    /// Channel → whether it is a presence channel (to leave on unsubscribe).
+    subscriptions: HashMap<Arc<str>, bool>,
+    frames: Bucket,
+    publishes: Bucket,
+    last_seen: Instant,
+    expires: Option<Instant>,
+}
+
+/// What the loop does after an event.
+enum Flow {
+    Continue,
+    End(Ending),
+}
+
+impl Session {
+    /// A session for a request that passed gate 1.
+    pub fn new(admitted: Admitted) -> Self {
+        let Admitted { identity, slot } = admitted;
+        let limits = &slot.node().config.limits;
+        Self {
+            frames: Bucket::new(limits.frame_rate),
+            publishes: Bucket::new(limits.publish_rate),
+            expires: deadline_of(identity.expires_at),
+            slot,
+            identity,
+            subscriptions: HashMap::new(),
+            last_seen: Instant::now(),
+        }
+    }
+
+    fn node(&self) -> &Arc<Node> {
+        self.slot.node()
+    }
+
+    fn handle(&self) -> &Arc<crate::SessionHandle> {
+        self.slot.handle()
+    }
+
+    /// Queues one of this session's own frames.
+    fn send(&self, kind: FrameKind, json: String) {
+        self.handle().outbox.push(Outgoing::own(kind, json));
+    }
+
+    /// Runs the session over `transport` until it ends, then says goodbye the transport's way
+    /// and releases every subscription, presence entry and slot.
+    pub async fn run<T: Transport>(mut self, mut transport: T, opening: Opening) {
+        let node = self.node().clone();
+        node.metrics.connections.inc();
+        let ending = match self.welcome(opening).await {
+            Ok(()) => self.serve(&mut transport).await,
+            Err(e) => {
+                tracing::warn!(client = %self.handle().id, error = %e.message, "auto-subscribe failed");
+                Ending::Goodbye(Goodbye::Unavailable)
+            }
+        };
+        // Release first: once the client sees the goodbye, its subscriptions, presence and
+        // slot are gone (a reconnect is not refused for a slot still held by a closing socket).
+        self.cleanup().await;
+        node.metrics.connections.dec();
+        let Session { slot, .. } = self;
+        drop(slot);
+        transport.close(ending).await;
+    }
+
+    async fn serve<T: Transport>(&mut self, transport: &mut T) -> Ending {
+        let server = &self.node().config.server;
+        let ping_interval = server.ping_interval;
+        let silence_limit = ping_interval + server.pong_timeout;
+        let spread = server.shutdown_spread;
+        let answers_pings = transport.answers_pings();
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.node().shutdown.clone();
+        let mut draining_at: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let mut batch: Vec<Outgoing> = Vec::new();
+        let handle = self.handle().clone();
+
+        loop {
+            let expiry = sleep_until(self.expires.unwrap_or(far));
+            let drain = sleep_until(draining_at.unwrap_or(far));
+            let flow = tokio::select! {
+                biased;
+                closed = handle.outbox.next_batch(&mut batch) => {
+                    if !batch.is_empty() && transport.send(&mut batch).await.is_err() {
+                        batch.clear();
+                        return Ending::Gone;
+                    }
+                    self.forget_evicted().await;
+                    match closed {
+                        Some(g) => Flow::End(Ending::Goodbye(g)),
+                        None => Flow::Continue,
+                    }
+                }
+                inbound = transport.recv() => self.on_inbound(inbound).await,
+                _ = ping.tick() => {
+                    if answers_pings && self.last_seen.elapsed() > silence_limit {
+                        Flow::End(Ending::Goodbye(Goodbye::PingTimeout))
+                    } else {
+                        self.send(FrameKind::Ping, ServerFrame::Ping.encode());
+                        Flow::Continue
+                    }
+                }
+                _ = expiry, if self.expires.is_some() => {
+                    Flow::End(Ending::Goodbye(Goodbye::TokenExpired))
+                }
+                _ = shutdown.cancelled(), if draining_at.is_none() => {
+                    // Spread reconnects over the window so the other nodes are not stampeded.
+                    let delay = rand::rng().random_range(0.0..=1.0) * spread.as_secs_f64();
+                    draining_at = Some(Instant::now() + Duration::from_secs_f64(delay));
+                    Flow::Continue
+                }
+                _ = drain, if draining_at.is_some() => {
+                    handle.outbox.close(Goodbye::GoingAway);
+                    Flow::Continue
+                }
+            };
+            if let Flow::End(ending) = flow {
+                return ending;
+            }
+        }
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Flow {
+        let node = self.node().clone();
+        match inbound {
+            Inbound::Gone => return Flow::End(Ending::Gone),
+            Inbound::Closed => return Flow::End(Ending::PeerClosed),
+            Inbound::Violation(g) => {
+                let code = if g == Goodbye::FrameTooLarge {
+                    ErrorCode::PayloadTooLarge
+                } else {
+                    ErrorCode::BadRequest
+                };
+                node.metrics.reject(Gate::frame, code);
+                return Flow::End(Ending::Goodbye(g));
+            }
+            _ => {}
+        }
+        self.last_seen = Instant::now();
+        // Every frame counts, whatever it carries (control frames included): a flood of
+        // anything is a flood.
+        if !self.frames.take() {
+            node.metrics.reject(Gate::frame, ErrorCode::RateLimited);
+            return Flow::End(Ending::Goodbye(Goodbye::RateLimited));
+        }
+        match inbound {
+            Inbound::Frame(frame) => self.dispatch(frame).await,
+            Inbound::BadRequest { id, message } => {
+                node.metrics.reject(Gate::frame, ErrorCode::BadRequest);
+                self.fail(id, ErrorBody::new(ErrorCode::BadRequest, message));
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Subscribe { id, channel, since } => {
+                if let Err(e) = self.subscribe(id, channel, since).await {
+                    self.node().metrics.reject(Gate::subscribe, e.code);
+                    self.fail(id, e);
+                }
+            }
+            ClientFrame::Unsubscribe { id, channel } => match self.unsubscribe(&channel).await {
+                Ok(()) => {
+                    if let Some(id) = id {
+                        self.handle().outbox.push(Outgoing::Own(transport::Own {
+                            kind: FrameKind::Reply,
+                            json: reply_ok(id, ReplyBody::Empty {}),
+                            cursor: transport::CursorUpdate::Forget(Arc::from(channel)),
+                        }));
+                    }
+                }
+                Err(e) => self.fail(id, e),
+            },
+            ClientFrame::Publish { id, channel, data } => {
+                let r = self.publish(&channel, &data).await;
+                self.answer(
+                    id,
+                    r.map(|pos| {
+                        move |id| {
+                            reply_ok(
+                                id,
+                                ReplyBody::Published {
+                                    offset: pos.offset,
+                                    epoch: &pos.epoch,
+                                },
+                            )
+                        }
+                    }),
+                );
+            }
+            ClientFrame::Presence { id, channel } => {
+                let r = self.presence(&channel).await;
+                self.answer(
+                    id,
+                    r.map(|clients| {
+                        move |id| {
+                            reply_ok(
+                                id,
+                                ReplyBody::Presence {
+                                    channel: &channel,
+                                    clients: &clients,
+                                },
+                            )
+                        }
+                    }),
+                );
+            }
+            ClientFrame::Refresh { id, token } => {
+                let r = self.refresh(&token);
+                self.answer(id, r.map(|()| |id| reply_ok(id, ReplyBody::Empty {})));
+            }
+            ClientFrame::Ping { id } => match id {
+                Some(id) => self.send(FrameKind::Reply, reply_ok(id, ReplyBody::Empty {})),
+                None => self.send(FrameKind::Pong, ServerFrame::Pong.encode()),
+            },
+            ClientFrame::Pong { .. } => {}
+        }
+    }
+
+    /// Replies when the frame had an id; errors on id-less frames become `error` frames.
+    fn answer<F: FnOnce(u64) -> String>(&self, id: Option<u64>, result: Result<F, ErrorBody>) {
+        match (id, result) {
+            (Some(id), Ok(make)) => self.send(FrameKind::Reply, make(id)),
+            (Some(id), Err(e)) => self.send(FrameKind::Reply, reply_err(id, &e)),
+            (None, Ok(_)) => {}
+            (None, Err(e)) => self.send(FrameKind::Error, error_frame(&e)),
+        }
+    }
+
+    fn fail(&self, id: Option<u64>, e: ErrorBody) {
+        self.answer(id, Err::<fn(u64) -> String, _>(e));
+    }
+
+    async fn cleanup(&mut self) {
+        let channels: Vec<Arc<str>> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.detach(&channel).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,316 @@
+//! Subscriptions: the welcome (auto-subscriptions and what the transport asked for at
+//! connect), subscribe with recovery, unsubscribe, presence join/leave, and evictions.
+//!
+//! Every subscription goes pending in the hub before the broker is read, then is activated at
+//! the position the client is told: see `hub.rs` for why that gives no gap and no duplicate.
+
+use std::sync::Arc;
+
+use herald_core::broker::{HistoryQuery, HistoryResult};
+use herald_core::protocol::{
+    ChannelPosition, ClientInfo, ErrorBody, ErrorCode, FrameKind, PublicationView, ReplyBody,
+    ServerFrame, Since, channel_error_frame, reply_ok,
+};
+use herald_core::{Position, Publication};
+
+use super::recover::recover;
+use super::transport::{CursorUpdate, Outgoing, Own};
+use super::{Opening, Session};
+use crate::metrics::Gate;
+use crate::node::broker_error;
+use crate::prepared::Prepared;
+
+/// One subscription made at connect, between its history read and its activation.
+struct Opened {
+    channel: Arc<str>,
+    result: HistoryResult,
+    since: Option<Since>,
+}
+
+impl Session {
+    /// Subscribes to the auto-subscribed channels and what `opening` asks for, and queues
+    /// `welcome` before anything else. Fails (the session ends with 1013) only when an
+    /// auto-subscription cannot be made; a refused or failed requested channel is an `error`
+    /// frame after the welcome.
+    pub(super) async fn welcome(&mut self, opening: Opening) -> Result<(), ErrorBody> {
+        let node = self.node().clone();
+        // (channel, since, auto)
+        let mut wanted: Vec<(Arc<str>, Option<Since>, bool)> = Vec::new();
+        if let Some(user) = self.identity.user.clone() {
+            for d in node
+                .config
+                .registry
+                .descriptors()
+                .iter()
+                .filter(|d| d.auto_subscribe)
+            {
+                match d.auto_channel_for(&user) {
+                    Some(name) => wanted.push((Arc::from(name), None, true)),
+                    None => {
+                        tracing::debug!(channel = %d.pattern, "user id is not a valid segment; no auto-subscribe")
+                    }
+                }
+            }
+        }
+        for channel in opening.channels {
+            if !wanted.iter().any(|(c, ..)| **c == *channel) {
+                wanted.push((Arc::from(channel), None, false));
+            }
+        }
+        for (channel, since) in opening.resume {
+            match wanted.iter_mut().find(|(c, ..)| **c == *channel) {
+                Some(w) => w.1 = Some(since),
+                None => wanted.push((Arc::from(channel), Some(since), false)),
+            }
+        }
+
+        let mut opened: Vec<Opened> = Vec::new();
+        let mut refused: Vec<(Arc<str>, ErrorBody)> = Vec::new();
+        for (channel, since, auto) in wanted {
+            match self.open(&channel, since.as_ref(), auto).await {
+                Ok(result) => opened.push(Opened {
+                    channel,
+                    result,
+                    since,
+                }),
+                Err(e) if auto => return Err(e),
+                Err(e) => {
+                    node.metrics.reject(Gate::subscribe, e.code);
+                    refused.push((channel, e));
+                }
+            }
+        }
+
+        let max = node.config.limits.max_recovery;
+        let decided: Vec<(bool, &[Publication])> = opened
+            .iter()
+            .map(|o| recover(o.since.as_ref(), &o.result, max))
+            .collect();
+        let welcome = ServerFrame::Welcome {
+            client: &self.handle().id,
+            user: self.identity.user.as_deref(),
+            ping_interval_ms: node.config.server.ping_interval.as_millis() as u64,
+            subscriptions: opened
+                .iter()
+                .zip(&decided)
+                .map(|(o, (recovered, _))| ChannelPosition {
+                    channel: &o.channel,
+                    offset: o.result.position.offset,
+                    epoch: &o.result.position.epoch,
+                    recovered: o.since.as_ref().map(|_| *recovered),
+                })
+                .collect(),
+            session: opening.session.as_deref(),
+        }
+        .encode();
+        // The cursor a resuming transport keeps: where the client stands once the welcome is
+        // written; replayed `pub` frames then move it forward one by one.
+        let cursor = opened
+            .iter()
+            .zip(&decided)
+            .map(|(o, (recovered, _))| {
+                let position = match (&o.since, recovered) {
+                    (Some(s), true) => Position {
+                        offset: s.offset,
+                        epoch: o.result.position.epoch.clone(),
+                    },
+                    _ => o.result.position.clone(),
+                };
+                (o.channel.clone(), position)
+            })
+            .collect();
+        let outbox = &self.handle().outbox;
+        outbox.push(Outgoing::Own(Own {
+            kind: FrameKind::Welcome,
+            json: welcome,
+            cursor: CursorUpdate::Set(cursor),
+        }));
+        for (channel, e) in &refused {
+            outbox.push(Outgoing::own(
+                FrameKind::Error,
+                channel_error_frame(Some(channel), e),
+            ));
+        }
+        for (o, (_, replay)) in opened.iter().zip(&decided) {
+            for p in replay.iter() {
+                outbox.push(Outgoing::Shared(Prepared::publication(p)));
+            }
+            node.hub
+                .activate(&o.channel, self.handle(), &o.result.position, None);
+        }
+        for o in &opened {
+            self.join(&o.channel).await;
+        }
+        Ok(())
+    }
+
+    /// Gate 2 (for requested channels), the limits, the pending hub entry and the history
+    /// read of one subscription made at connect.
+    async fn open(
+        &mut self,
+        channel: &Arc<str>,
+        since: Option<&Since>,
+        auto: bool,
+    ) -> Result<HistoryResult, ErrorBody> {
+        let node = self.node().clone();
+        let presence = match node.authorize_subscribe(channel, &self.identity) {
+            Ok(d) => d.presence,
+            Err(e) => return Err(e),
+        };
+        if !auto {
+            self.check_limit(channel)?;
+        }
+        self.attach(channel, presence).await?;
+        match node.history(channel, history_query(since, &node)).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.detach(channel).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn check_limit(&self, channel: &str) -> Result<(), ErrorBody> {
+        if self.subscriptions.contains_key(channel) {
+            return Err(ErrorBody::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel:?}"),
+            ));
+        }
+        let max = self.node().config.limits.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max} subscriptions per connection"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds a pending hub subscription (and node interest at the broker when first).
+    async fn attach(&mut self, channel: &Arc<str>, presence: bool) -> Result<(), ErrorBody> {
+        let node = self.node().clone();
+        let first = node.hub.add(channel, self.handle());
+        self.subscriptions.insert(channel.clone(), presence);
+        if first && let Err(e) = node.broker.subscribe(channel).await {
+            self.detach(channel).await;
+            return Err(broker_error(e));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn detach(&mut self, channel: &str) {
+        let node = self.node().clone();
+        if self.subscriptions.remove(channel) == Some(true)
+            && let Err(e) = node
+                .broker
+                .presence_remove(channel, self.client_info())
+                .await
+        {
+            tracing::warn!(channel, error = %e, "presence remove failed");
+        }
+        if node.hub.remove(channel, self.handle())
+            && let Err(e) = node.broker.unsubscribe(channel).await
+        {
+            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+        }
+    }
+
+    /// Drops the subscriptions the hub took away (the client was told to resubscribe).
+    pub(super) async fn forget_evicted(&mut self) {
+        for channel in self.handle().take_evicted() {
+            if self.subscriptions.contains_key(&channel) {
+                self.detach(&channel).await;
+            }
+        }
+    }
+
+    /// `subscribe`: gate 2, limits, history (and recovery with `since`), then activation.
+    pub(super) async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: String,
+        since: Option<Since>,
+    ) -> Result<(), ErrorBody> {
+        self.forget_evicted().await;
+        let node = self.node().clone();
+        let presence = node.authorize_subscribe(&channel, &self.identity)?.presence;
+        self.check_limit(&channel)?;
+        let channel: Arc<str> = Arc::from(channel);
+        self.attach(&channel, presence).await?;
+        let result = match node
+            .history(&channel, history_query(since.as_ref(), &node))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.detach(&channel).await;
+                return Err(e);
+            }
+        };
+        let (recovered, replay) = recover(since.as_ref(), &result, node.config.limits.max_recovery);
+        let reply = id.map(|id| {
+            Outgoing::Own(Own {
+                kind: FrameKind::Reply,
+                json: reply_ok(
+                    id,
+                    ReplyBody::Subscribed {
+                        channel: &channel,
+                        offset: result.position.offset,
+                        epoch: &result.position.epoch,
+                        recovered,
+                        publications: replay.iter().map(PublicationView::from).collect(),
+                    },
+                ),
+                cursor: CursorUpdate::Set(vec![(channel.clone(), result.position.clone())]),
+            })
+        });
+        node.hub
+            .activate(&channel, self.handle(), &result.position, reply);
+        self.join(&channel).await;
+        Ok(())
+    }
+
+    pub(super) fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            client: self.handle().id.to_string(),
+            user: self.identity.user.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// Announces this session on a presence channel it just subscribed to.
+    async fn join(&mut self, channel: &str) {
+        if self.subscriptions.get(channel) != Some(&true) {
+            return;
+        }
+        let node = self.node().clone();
+        if let Err(e) = node.broker.presence_add(channel, self.client_info()).await {
+            tracing::warn!(channel, error = %e, "presence add failed");
+        }
+    }
+
+    /// `unsubscribe`. Errors: `not_subscribed`.
+    pub(super) async fn unsubscribe(&mut self, channel: &str) -> Result<(), ErrorBody> {
+        self.forget_evicted().await;
+        if !self.subscriptions.contains_key(channel) {
+            return Err(ErrorBody::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {channel:?}"),
+            ));
+        }
+        self.detach(channel).await;
+        Ok(())
+    }
+}
+
+/// What to read from history: only the position, or everything after `since` (one more than
+/// the recovery cap, so an over-long gap is recognised as such).
+fn history_query(since: Option<&Since>, node: &crate::Node) -> HistoryQuery {
+    match since {
+        Some(s) => HistoryQuery {
+            after: Some(s.offset),
+            limit: node.config.limits.max_recovery + 1,
+        },
+        None => HistoryQuery::default(),
+    }
+}

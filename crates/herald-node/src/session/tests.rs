@@ -1,0 +1,390 @@
+//! Unit tests of the session core: an in-memory [`Transport`] (two channels) and the real
+//! in-memory broker, under Tokio's paused clock, so timers are exact and instant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::Config;
+use herald_core::identity::mint_hs256;
+use herald_core::protocol::{ClientFrame, Goodbye, Since};
+use herald_memory::MemoryBroker;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::transport::{Ending, Inbound, Outgoing, Transport};
+use super::{Opening, Session};
+use crate::admission::Handshake;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+const SECRET: &str = "unit-secret";
+
+/// The client's side of an in-memory transport.
+struct Peer {
+    to_session: mpsc::UnboundedSender<Inbound>,
+    from_session: mpsc::UnboundedReceiver<String>,
+    ended: oneshot::Receiver<Ending>,
+    next_id: u64,
+}
+
+struct MemTransport {
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+    outbound: mpsc::UnboundedSender<String>,
+    ended: Option<oneshot::Sender<Ending>>,
+    answers_pings: bool,
+}
+
+impl Transport for MemTransport {
+    fn answers_pings(&self) -> bool {
+        self.answers_pings
+    }
+
+    async fn recv(&mut self) -> Inbound {
+        self.inbound.recv().await.unwrap_or(Inbound::Gone)
+    }
+
+    async fn send(&mut self, batch: &mut Vec<Outgoing>) -> std::io::Result<()> {
+        for item in batch.drain(..) {
+            let _ = self.outbound.send(item.v1().to_owned());
+        }
+        Ok(())
+    }
+
+    async fn close(mut self, ending: Ending) {
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(ending);
+        }
+    }
+}
+
+fn node(extra: &str) -> Arc<Node> {
+    node_with("", extra)
+}
+
+/// A node with `auth` lines added to `[auth]` and `extra` sections.
+fn node_with(auth: &str, extra: &str) -> Arc<Node> {
+    let toml = format!(
+        r#"
+[auth]
+hs256_secret = "{SECRET}"
+{auth}
+{extra}
+
+[[channel]]
+name = "notifications.user.{{userId}}"
+scope = "user"
+auto_subscribe = true
+schema = {{ type = "object" }}
+
+[[channel]]
+name = "chat.room.{{roomId}}"
+scope = "authenticated"
+publish = "authenticated"
+history = {{ size = 100, ttl = "10m" }}
+schema = {{ type = "object", required = ["text"] }}
+"#
+    );
+    let config = Config::from_toml_str(&toml, std::path::Path::new(".")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let broker = MemoryBroker::new(hub.clone(), Duration::from_secs(60));
+    Arc::new(Node::new(config, hub, broker, metrics))
+}
+
+/// Admits `user` with a token living `ttl` and runs a session over an in-memory transport.
+fn connect(node: &Arc<Node>, user: &str, ttl: Duration, answers_pings: bool) -> Peer {
+    let token = mint_hs256(SECRET, user, &[], "roles", ttl).unwrap();
+    let bearer = format!("Bearer {token}");
+    let admitted = node
+        .admit(&Handshake {
+            authorization: vec![&bearer],
+            ..Handshake::default()
+        })
+        .unwrap();
+    let (to_session, inbound) = mpsc::unbounded_channel();
+    let (outbound, from_session) = mpsc::unbounded_channel();
+    let (ended_tx, ended) = oneshot::channel();
+    let transport = MemTransport {
+        inbound,
+        outbound,
+        ended: Some(ended_tx),
+        answers_pings,
+    };
+    tokio::spawn(Session::new(admitted).run(transport, Opening::default()));
+    Peer {
+        to_session,
+        from_session,
+        ended,
+        next_id: 1,
+    }
+}
+
+impl Peer {
+    async fn frame(&mut self) -> Value {
+        let text = self.from_session.recv().await.expect("a frame");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The next frame that is not a ping.
+    async fn next(&mut self) -> Value {
+        loop {
+            let v = self.frame().await;
+            if v["type"] != "ping" {
+                return v;
+            }
+        }
+    }
+
+    fn send(&self, frame: ClientFrame) {
+        self.to_session.send(Inbound::Frame(frame)).unwrap();
+    }
+
+    async fn request(&mut self, make: impl FnOnce(Option<u64>) -> ClientFrame) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(make(Some(id)));
+        loop {
+            let v = self.next().await;
+            if v["type"] == "reply" && v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Value {
+        self.request(|id| ClientFrame::Subscribe {
+            id,
+            channel: channel.into(),
+            since: None,
+        })
+        .await
+    }
+
+    async fn ended(self) -> Ending {
+        self.ended.await.expect("the session ends")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_closed_after_ping_interval_plus_pong_timeout() {
+    let node = node("[server]\nping_interval = \"10s\"\npong_timeout = \"5s\"");
+    let start = Instant::now();
+    let mut peer = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(peer.frame().await["type"], "welcome");
+    assert_eq!(peer.frame().await["type"], "ping", "pinged at the interval");
+    let ending = peer.ended().await;
+    assert_eq!(ending, Ending::Goodbye(Goodbye::PingTimeout));
+    // Silence is checked at each tick: the first tick past 15 s of silence is at 20 s.
+    assert_eq!(start.elapsed(), Duration::from_secs(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_answers_stays() {
+    let node = node("[server]\nping_interval = \"10s\"\npong_timeout = \"5s\"");
+    let mut peer = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(peer.frame().await["type"], "welcome");
+    for _ in 0..10 {
+        assert_eq!(peer.frame().await["type"], "ping");
+        peer.send(ClientFrame::Pong { id: None });
+    }
+    assert!(peer.ended.try_recv().is_err(), "still open after 100 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_way_transports_are_not_closed_for_silence() {
+    let node = node("[server]\nping_interval = \"10s\"\npong_timeout = \"5s\"");
+    let mut peer = connect(&node, "alice", Duration::from_secs(3600), false);
+    assert_eq!(peer.frame().await["type"], "welcome");
+    for _ in 0..10 {
+        assert_eq!(peer.frame().await["type"], "ping", "keep-alives still flow");
+    }
+    assert!(peer.ended.try_recv().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_expiry_ends_the_session_unless_refreshed() {
+    // Pings far apart: this test is about expiry, not silence.
+    let node = node_with("leeway = \"0s\"", "[server]\nping_interval = \"1h\"");
+    let start = Instant::now();
+    let peer = connect(&node, "alice", Duration::from_secs(30), true);
+    assert_eq!(peer.ended().await, Ending::Goodbye(Goodbye::TokenExpired));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(29) && took <= Duration::from_secs(30),
+        "{took:?}"
+    );
+
+    let start = Instant::now();
+    let mut peer = connect(&node, "alice", Duration::from_secs(30), true);
+    assert_eq!(peer.next().await["type"], "welcome");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let fresh = mint_hs256(SECRET, "alice", &[], "roles", Duration::from_secs(3600)).unwrap();
+    let r = peer
+        .request(|id| ClientFrame::Refresh { id, token: fresh })
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let other = mint_hs256(SECRET, "bob", &[], "roles", Duration::from_secs(3600)).unwrap();
+    let r = peer
+        .request(|id| ClientFrame::Refresh { id, token: other })
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        peer.ended.try_recv().is_err(),
+        "alive {:?} in",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_frame_counts_against_the_frame_rate_control_frames_included() {
+    let node = node("[limits]\nframe_rate = 10");
+    let mut peer = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(peer.next().await["type"], "welcome");
+    // A burst of twice the rate is allowed…
+    for _ in 0..20 {
+        peer.to_session.send(Inbound::Alive).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(peer.ended.try_recv().is_err());
+    // …refilled at the rate…
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        peer.to_session.send(Inbound::Alive).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(peer.ended.try_recv().is_err());
+    // …and one more is over it.
+    peer.to_session.send(Inbound::Alive).unwrap();
+    assert_eq!(peer.ended().await, Ending::Goodbye(Goodbye::RateLimited));
+    let m = node.metrics.render();
+    assert!(
+        m.contains(r#"herald_rejects_total{gate="frame",code="rate_limited"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_publish_rate_refuses_without_closing() {
+    let node = node("[limits]\npublish_rate = 2");
+    let mut peer = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(peer.next().await["type"], "welcome");
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let r = peer
+            .request(|id| ClientFrame::Publish {
+                id,
+                channel: "chat.room.1".into(),
+                data: json!({"text": "x"}),
+            })
+            .await;
+        codes.push(r["error"]["code"].as_str().unwrap_or("ok").to_owned());
+    }
+    assert_eq!(codes, ["ok", "ok", "ok", "ok", "rate_limited"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = peer
+        .request(|id| ClientFrame::Publish {
+            id,
+            channel: "chat.room.1".into(),
+            data: json!({"text": "x"}),
+        })
+        .await;
+    assert_eq!(r["ok"], true, "refilled after a second: {r}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscription_limits() {
+    // The auto-subscribed notifications channel counts too.
+    let node = node("[limits]\nmax_subscriptions = 3");
+    let mut peer = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(peer.next().await["type"], "welcome");
+    assert_eq!(peer.subscribe("chat.room.1").await["ok"], true);
+    assert_eq!(
+        peer.subscribe("chat.room.1").await["error"]["code"],
+        "already_subscribed"
+    );
+    assert_eq!(peer.subscribe("chat.room.2").await["ok"], true);
+    assert_eq!(
+        peer.subscribe("chat.room.3").await["error"]["code"],
+        "too_many_subscriptions"
+    );
+    let r = peer
+        .request(|id| ClientFrame::Unsubscribe {
+            id,
+            channel: "chat.room.1".into(),
+        })
+        .await;
+    assert_eq!(r["ok"], true);
+    assert_eq!(peer.subscribe("chat.room.3").await["ok"], true);
+    assert_eq!(
+        peer.subscribe("notifications.user.bob").await["error"]["code"],
+        "forbidden"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_at_connect_replays_then_goes_live() {
+    let node = node("");
+    let mut first = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(first.next().await["type"], "welcome");
+    let r = first.subscribe("chat.room.1").await;
+    let epoch = r["epoch"].as_str().unwrap().to_owned();
+    for n in 0..3 {
+        let r = first
+            .request(|id| ClientFrame::Publish {
+                id,
+                channel: "chat.room.1".into(),
+                data: json!({"text": n.to_string()}),
+            })
+            .await;
+        assert_eq!(r["ok"], true);
+    }
+    // A second session resumes from offset 1 at connect (what SSE does with Last-Event-ID).
+    let token = mint_hs256(SECRET, "alice", &[], "roles", Duration::from_secs(3600)).unwrap();
+    let bearer = format!("Bearer {token}");
+    let admitted = node
+        .admit(&Handshake {
+            authorization: vec![&bearer],
+            ..Handshake::default()
+        })
+        .unwrap();
+    let (to_session, inbound) = mpsc::unbounded_channel();
+    let (outbound, mut from_session) = mpsc::unbounded_channel();
+    let transport = MemTransport {
+        inbound,
+        outbound,
+        ended: None,
+        answers_pings: true,
+    };
+    let opening = Opening {
+        resume: vec![(
+            "chat.room.1".into(),
+            Since {
+                offset: 1,
+                epoch: epoch.clone(),
+            },
+        )],
+        ..Opening::default()
+    };
+    tokio::spawn(Session::new(admitted).run(transport, opening));
+    let welcome: Value = serde_json::from_str(&from_session.recv().await.unwrap()).unwrap();
+    let sub = welcome["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["channel"] == "chat.room.1")
+        .cloned()
+        .unwrap();
+    assert_eq!(sub["recovered"], true);
+    assert_eq!(sub["offset"], 3);
+    for offset in [2, 3] {
+        let p: Value = serde_json::from_str(&from_session.recv().await.unwrap()).unwrap();
+        assert_eq!(
+            (p["type"].clone(), p["offset"].clone()),
+            (json!("pub"), json!(offset))
+        );
+    }
+    drop(to_session);
+}

@@ -1,0 +1,564 @@
+//! The transport conformance suite: one list of user-visible behaviours, run against every
+//! transport over real sockets (the counterpart of the broker conformance suite). Each
+//! transport implements [`Conn`]; `transport_conformance!` instantiates every test for it.
+//! The Socket.IO transport joins by implementing `Conn` for a Socket.IO client.
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use common::sse::SseClient;
+use common::{Client, TestServer, config_toml, token};
+use serde_json::{Value, json};
+
+/// A client connection of one transport, as the suite drives it.
+trait Conn: Sized {
+    /// Connects with `token` and reads the welcome.
+    async fn open(s: &TestServer, token: &str) -> Self;
+    /// The welcome frame.
+    fn welcome(&self) -> &Value;
+    /// The next frame (pings skipped), or `None` after `limit` or at the end.
+    async fn next_within(&mut self, limit: Duration) -> Option<Value>;
+    /// Sends a command with a fresh id and returns its reply.
+    async fn request(&mut self, frame: Value) -> Value;
+    /// Where this connection stands on `channel`, as the transport resumes from it (a v1
+    /// `since`, an SSE `Last-Event-ID`).
+    fn position(&self, channel: &str) -> String;
+    /// A new connection resuming `channel` from `position`. Returns it and whether it
+    /// recovered; replayed publications come next from `next_within`.
+    async fn reopen(s: &TestServer, token: &str, channel: &str, position: &str) -> (Self, bool);
+    /// Reads until the server ends the connection: its `disconnect` frame (if any) and the
+    /// publications before it.
+    async fn goodbye(&mut self, limit: Duration) -> (Option<Value>, Vec<Value>);
+
+    async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(5))
+            .await
+            .expect("a frame within 5 s")
+    }
+
+    /// The next `pub` frame (other frames skipped).
+    async fn next_pub(&mut self) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == "pub" {
+                return v;
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Value {
+        self.request(json!({"type": "subscribe", "channel": channel}))
+            .await
+    }
+}
+
+/// Protocol v1 over WebSocket; tracks positions to resubscribe with `since`.
+struct Ws {
+    c: Client,
+    positions: HashMap<String, (u64, String)>,
+    queued: VecDeque<Value>,
+}
+
+impl Ws {
+    fn track(&mut self, v: &Value) {
+        if v["type"] == "pub" {
+            let ch = v["channel"].as_str().unwrap().to_owned();
+            if let Some(p) = self.positions.get_mut(&ch) {
+                p.0 = v["offset"].as_u64().unwrap();
+            }
+        } else if v["type"] == "reply" && v["epoch"].is_string() && v["channel"].is_string() {
+            self.positions.insert(
+                v["channel"].as_str().unwrap().to_owned(),
+                (
+                    v["offset"].as_u64().unwrap(),
+                    v["epoch"].as_str().unwrap().to_owned(),
+                ),
+            );
+        }
+    }
+}
+
+impl Conn for Ws {
+    async fn open(s: &TestServer, token: &str) -> Self {
+        let mut c = Client::connect(&s.ws_url(), Some(token)).await.unwrap();
+        c.welcome = c.next().await;
+        assert_eq!(c.welcome["type"], "welcome");
+        let mut positions = HashMap::new();
+        for sub in c.welcome["subscriptions"].as_array().unwrap() {
+            positions.insert(
+                sub["channel"].as_str().unwrap().to_owned(),
+                (
+                    sub["offset"].as_u64().unwrap(),
+                    sub["epoch"].as_str().unwrap().to_owned(),
+                ),
+            );
+        }
+        Ws {
+            c,
+            positions,
+            queued: VecDeque::new(),
+        }
+    }
+
+    fn welcome(&self) -> &Value {
+        &self.c.welcome
+    }
+
+    async fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        if let Some(v) = self.queued.pop_front() {
+            return Some(v);
+        }
+        let v = self.c.next_within(limit).await?;
+        self.track(&v);
+        Some(v)
+    }
+
+    async fn request(&mut self, frame: Value) -> Value {
+        let reply = self.c.request(frame).await;
+        self.track(&reply);
+        reply
+    }
+
+    fn position(&self, channel: &str) -> String {
+        let (offset, epoch) = &self.positions[channel];
+        format!("{offset}:{epoch}")
+    }
+
+    async fn reopen(s: &TestServer, token: &str, channel: &str, position: &str) -> (Self, bool) {
+        let (offset, epoch) = position.split_once(':').unwrap();
+        let offset: u64 = offset.parse().unwrap();
+        let mut next = Ws::open(s, token).await;
+        let reply = next
+            .request(json!({"type": "subscribe", "channel": channel,
+                            "since": {"offset": offset, "epoch": epoch}}))
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        for p in reply["publications"].as_array().unwrap() {
+            next.queued
+                .push_back(json!({"type": "pub", "channel": channel,
+                                         "offset": p["offset"], "data": p["data"]}));
+        }
+        (next, reply["recovered"] == true)
+    }
+
+    async fn goodbye(&mut self, limit: Duration) -> (Option<Value>, Vec<Value>) {
+        let bye = self.c.goodbye(limit).await;
+        if let Some(d) = &bye.disconnect {
+            // The close frame carries the same code (RFC 6455 close handshake).
+            let close = bye.close.as_ref().expect("a close frame after disconnect");
+            assert_eq!(
+                u64::from(u16::from(close.code)),
+                d["code"].as_u64().unwrap()
+            );
+        }
+        (bye.disconnect, bye.pubs)
+    }
+}
+
+/// Server-Sent Events; resumes with `Last-Event-ID`.
+struct Sse(SseClient);
+
+impl Conn for Sse {
+    async fn open(s: &TestServer, token: &str) -> Self {
+        Sse(SseClient::connect(&s.url(""), Some(token), "", None)
+            .await
+            .expect("stream opens"))
+    }
+
+    fn welcome(&self) -> &Value {
+        &self.0.welcome
+    }
+
+    async fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        self.0.next_within(limit).await
+    }
+
+    async fn request(&mut self, frame: Value) -> Value {
+        self.0.request(frame).await
+    }
+
+    fn position(&self, _channel: &str) -> String {
+        self.0.last_id.clone().expect("an id was seen")
+    }
+
+    async fn reopen(s: &TestServer, token: &str, channel: &str, position: &str) -> (Self, bool) {
+        let next = SseClient::connect(&s.url(""), Some(token), "", Some(position))
+            .await
+            .expect("stream resumes");
+        let sub = next.welcome["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["channel"] == channel)
+            .cloned()
+            .expect("the resumed channel is in the welcome");
+        (Sse(next), sub["recovered"] == true)
+    }
+
+    async fn goodbye(&mut self, limit: Duration) -> (Option<Value>, Vec<Value>) {
+        let mut pubs = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while let Some(v) = self
+            .0
+            .next_within(deadline - tokio::time::Instant::now())
+            .await
+        {
+            match v["type"].as_str() {
+                Some("pub") => pubs.push(v),
+                Some("disconnect") => {
+                    // The stream ends right after the disconnect event.
+                    assert!(self.0.next_within(Duration::from_secs(2)).await.is_none());
+                    return (Some(v), pubs);
+                }
+                _ => {}
+            }
+        }
+        (None, pubs)
+    }
+}
+
+fn tok(user: &str) -> String {
+    token(user, &[], Duration::from_secs(600))
+}
+
+/// Each user receives their own notifications and nobody else's.
+async fn per_user_isolation<C: Conn>() {
+    let s = TestServer::start().await;
+    let mut alice = C::open(&s, &tok("alice")).await;
+    let mut bob = C::open(&s, &tok("bob")).await;
+    for (user, n) in [("alice", 1), ("bob", 2), ("alice", 3)] {
+        let (status, _) = s
+            .publish(
+                &format!("notifications.user.{user}"),
+                json!({"type": "mention", "text": format!("n{n}")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let a1 = alice.next_pub().await;
+    let a2 = alice.next_pub().await;
+    assert_eq!(
+        (a1["data"]["text"].clone(), a2["data"]["text"].clone()),
+        (json!("n1"), json!("n3"))
+    );
+    assert_eq!(bob.next_pub().await["data"]["text"], "n2");
+    assert!(bob.next_within(Duration::from_millis(300)).await.is_none());
+}
+
+/// The welcome lists the auto-subscribed per-user channel, and it delivers with no subscribe.
+async fn auto_subscribe<C: Conn>() {
+    let s = TestServer::start().await;
+    let mut c = C::open(&s, &tok("carol")).await;
+    let subs = c.welcome()["subscriptions"].as_array().unwrap().clone();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0]["channel"], "notifications.user.carol");
+    assert_eq!(c.welcome()["user"], "carol");
+    s.publish("notifications.user.carol", json!({"type": "system"}))
+        .await;
+    let p = c.next_pub().await;
+    assert_eq!(p["channel"], "notifications.user.carol");
+    assert_eq!(p["offset"], 1);
+}
+
+/// Explicit subscribe works; other users' channels, role channels and unknown names are refused
+/// with their codes, and the connection keeps working.
+async fn explicit_and_refused_channels<C: Conn>() {
+    let s = TestServer::start().await;
+    let mut c = C::open(&s, &tok("dave")).await;
+    let ok = c.subscribe("blog.article.feed").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    for (channel, code) in [
+        ("notifications.user.erin", "forbidden"),
+        ("ops.alerts", "forbidden"),
+        ("no.such.channel", "unknown_channel"),
+        ("blog..feed", "unknown_channel"),
+    ] {
+        let r = c.subscribe(channel).await;
+        assert_eq!(r["ok"], false, "{channel}");
+        assert_eq!(r["error"]["code"], code, "{channel}: {r}");
+    }
+    assert_eq!(
+        c.subscribe("blog.article.feed").await["error"]["code"],
+        "already_subscribed"
+    );
+    s.publish("blog.article.feed", json!({"id": "1", "title": "t"}))
+        .await;
+    assert_eq!(c.next_pub().await["data"]["id"], "1");
+}
+
+/// Gate 3: a client publishes where the descriptor allows it and the schema accepts it.
+async fn client_publish_through_gate_3<C: Conn>() {
+    let s = TestServer::start().await;
+    let mut a = C::open(&s, &tok("alice")).await;
+    let mut b = C::open(&s, &tok("bob")).await;
+    assert_eq!(b.subscribe("chat.room.5").await["ok"], true);
+    let r = a
+        .request(json!({"type": "publish", "channel": "chat.room.5", "data": {"text": "hi"}}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["offset"], 1);
+    assert_eq!(b.next_pub().await["data"]["text"], "hi");
+    let r = a
+        .request(json!({"type": "publish", "channel": "chat.room.5", "data": {"text": 7}}))
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
+    assert_eq!(r["error"]["pointer"], "/text");
+    let r = a
+        .request(json!({"type": "publish", "channel": "blog.article.feed",
+                        "data": {"id": "1", "title": "t"}}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+}
+
+/// Presence: members are listed and others see joins and leaves.
+async fn presence<C: Conn>() {
+    let s = TestServer::start().await;
+    let mut a = C::open(&s, &tok("alice")).await;
+    assert_eq!(a.subscribe("chat.room.9").await["ok"], true);
+    let mut b = C::open(&s, &tok("bob")).await;
+    assert_eq!(b.subscribe("chat.room.9").await["ok"], true);
+    let join = a.next().await;
+    assert_eq!(
+        (join["type"].clone(), join["user"].clone()),
+        (json!("join"), json!("bob"))
+    );
+    let r = a
+        .request(json!({"type": "presence", "channel": "chat.room.9"}))
+        .await;
+    let users: Vec<&str> = r["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["user"].as_str().unwrap())
+        .collect();
+    let mut users = users;
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+    drop(b);
+    let leave = a.next().await;
+    assert_eq!(
+        (leave["type"].clone(), leave["user"].clone()),
+        (json!("leave"), json!("bob"))
+    );
+}
+
+/// A dropped connection resumes with every missed publication, in order, exactly once, and
+/// then continues live.
+async fn recovery_without_gap_or_duplicate<C: Conn>() {
+    let s = TestServer::start().await;
+    let t = tok("alice");
+    let channel = "blog.article.feed";
+    let publish = async |n: u64| {
+        let (status, body) = s
+            .publish(channel, json!({"id": n.to_string(), "title": "t"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let mut c = C::open(&s, &t).await;
+    assert_eq!(c.subscribe(channel).await["ok"], true);
+    for n in 1..=3 {
+        publish(n).await;
+        assert_eq!(c.next_pub().await["offset"], n);
+    }
+    // The connection drops (no goodbye); three publications happen while it is away.
+    let position = c.position(channel);
+    drop(c);
+    for n in 4..=6 {
+        publish(n).await;
+    }
+    let (mut c, recovered) = C::reopen(&s, &t, channel, &position).await;
+    assert!(recovered);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(c.next_pub().await["offset"].as_u64().unwrap());
+    }
+    assert_eq!(seen, [4, 5, 6], "replayed in order, no gap");
+    publish(7).await;
+    assert_eq!(c.next_pub().await["offset"], 7, "then live, no duplicate");
+    assert!(c.next_within(Duration::from_millis(300)).await.is_none());
+
+    // Nothing missed: resuming from the latest position recovers with no replay.
+    let position = c.position(channel);
+    drop(c);
+    let (mut c, recovered) = C::reopen(&s, &t, channel, &position).await;
+    assert!(recovered);
+    publish(8).await;
+    assert_eq!(c.next_pub().await["offset"], 8);
+}
+
+/// After a restart of the in-memory broker (a new epoch), resuming says `recovered:false`.
+async fn not_recovered_after_restart<C: Conn>() {
+    let t = tok("alice");
+    let first = TestServer::start().await;
+    let mut c = C::open(&first, &t).await;
+    assert_eq!(c.subscribe("blog.article.feed").await["ok"], true);
+    first
+        .publish("blog.article.feed", json!({"id": "1", "title": "t"}))
+        .await;
+    c.next_pub().await;
+    let second = TestServer::start().await;
+    let position = c.position("blog.article.feed");
+    drop(c);
+    let (_c, recovered) = C::reopen(&second, &t, "blog.article.feed", &position).await;
+    assert!(!recovered);
+}
+
+/// A client that stops reading is cut off with 4008; the others get everything.
+async fn slow_consumer_is_cut_off<C: Conn>(slow: impl AsyncFnOnce(&TestServer) -> C) {
+    let s = TestServer::with_config(&config_toml(
+        "[server]\ntcp_send_buffer = 8192\n[limits]\noutbound_queue_bytes = 65536",
+    ))
+    .await;
+    let mut healthy = Vec::new();
+    for i in 0..5 {
+        let mut c = C::open(&s, &tok(&format!("h{i}"))).await;
+        assert_eq!(c.subscribe("bench.feed").await["ok"], true);
+        healthy.push(c);
+    }
+    let mut slow = slow(&s).await;
+    const N: u64 = 600;
+    let pad = "p".repeat(1000);
+    let publisher = async {
+        for chunk in (1..=N).collect::<Vec<_>>().chunks(50) {
+            let items: Vec<Value> = chunk
+                .iter()
+                .map(|n| json!({"channel": "bench.feed", "data": {"n": n, "pad": pad}}))
+                .collect();
+            let (status, _) = s
+                .post("/v1/publish/batch", json!({"publications": items}))
+                .await;
+            assert_eq!(status, 200);
+        }
+    };
+    let readers = futures_util::future::join_all(healthy.iter_mut().map(|c| async move {
+        for expected in 1..=N {
+            assert_eq!(c.next_pub().await["offset"], expected);
+        }
+    }));
+    tokio::join!(publisher, readers);
+    let (disconnect, pubs) = slow.goodbye(Duration::from_secs(30)).await;
+    let d = disconnect.expect("the slow consumer is told why");
+    assert_eq!(d["code"], 4008, "{d}");
+    assert_eq!(d["reconnect"], true);
+    assert!((pubs.len() as u64) < N, "got {} of {N}", pubs.len());
+    for (i, p) in pubs.iter().enumerate() {
+        assert_eq!(p["offset"], i as u64 + 1, "a prefix of the stream");
+    }
+}
+
+/// The token's `exp` ends the connection with 4001 (reconnect: true).
+async fn token_expiry<C: Conn>() {
+    let s = TestServer::start().await;
+    let mut c = C::open(&s, &token("alice", &[], Duration::from_secs(2))).await;
+    let (d, _) = c.goodbye(Duration::from_secs(6)).await;
+    let d = d.expect("disconnect on expiry");
+    assert_eq!(
+        (d["code"].clone(), d["reconnect"].clone()),
+        (json!(4001), json!(true))
+    );
+}
+
+/// `POST /v1/users/{user}/disconnect` closes that user's connections with 4403, no reconnect.
+async fn kick<C: Conn>() {
+    let s = TestServer::start().await;
+    let mut a = C::open(&s, &tok("alice")).await;
+    let mut b = C::open(&s, &tok("bob")).await;
+    let (status, body) = s.post("/v1/users/alice/disconnect", json!({})).await;
+    assert_eq!((status, body["disconnected"].clone()), (200, json!(1)));
+    let (d, _) = a.goodbye(Duration::from_secs(5)).await;
+    let d = d.expect("disconnect on kick");
+    assert_eq!(
+        (d["code"].clone(), d["reconnect"].clone()),
+        (json!(4403), json!(false))
+    );
+    s.publish("notifications.user.bob", json!({"type": "system"}))
+        .await;
+    assert_eq!(b.next_pub().await["channel"], "notifications.user.bob");
+}
+
+/// Shutdown tells every client to reconnect (1001) and the server stops within its grace.
+async fn shutdown<C: Conn>() {
+    let mut s =
+        TestServer::with_config(&config_toml("[server]\nshutdown_spread = \"100ms\"")).await;
+    let mut a = C::open(&s, &tok("alice")).await;
+    s.shutdown();
+    let (d, _) = a.goodbye(Duration::from_secs(5)).await;
+    let d = d.expect("disconnect on shutdown");
+    assert_eq!(
+        (d["code"].clone(), d["reconnect"].clone()),
+        (json!(1001), json!(true))
+    );
+    tokio::time::timeout(Duration::from_secs(5), &mut s.done)
+        .await
+        .expect("the server stops within its grace period")
+        .unwrap();
+}
+
+macro_rules! transport_conformance {
+    ($name:ident, $conn:ty, $slow:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn per_user_isolation() {
+                super::per_user_isolation::<$conn>().await
+            }
+            #[tokio::test]
+            async fn auto_subscribe() {
+                super::auto_subscribe::<$conn>().await
+            }
+            #[tokio::test]
+            async fn explicit_and_refused_channels() {
+                super::explicit_and_refused_channels::<$conn>().await
+            }
+            #[tokio::test]
+            async fn client_publish_through_gate_3() {
+                super::client_publish_through_gate_3::<$conn>().await
+            }
+            #[tokio::test]
+            async fn presence() {
+                super::presence::<$conn>().await
+            }
+            #[tokio::test]
+            async fn recovery_without_gap_or_duplicate() {
+                super::recovery_without_gap_or_duplicate::<$conn>().await
+            }
+            #[tokio::test]
+            async fn not_recovered_after_restart() {
+                super::not_recovered_after_restart::<$conn>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn slow_consumer_is_cut_off() {
+                super::slow_consumer_is_cut_off::<$conn>($slow).await
+            }
+            #[tokio::test]
+            async fn token_expiry() {
+                super::token_expiry::<$conn>().await
+            }
+            #[tokio::test]
+            async fn kick() {
+                super::kick::<$conn>().await
+            }
+            #[tokio::test]
+            async fn shutdown() {
+                super::shutdown::<$conn>().await
+            }
+        }
+    };
+}
+
+transport_conformance!(websocket, Ws, async |s: &TestServer| {
+    let mut c = Client::connect_small_rcvbuf(s.addr, &tok("slow")).await;
+    assert_eq!(c.subscribe("bench.feed").await["ok"], true);
+    Ws {
+        c,
+        positions: HashMap::new(),
+        queued: VecDeque::new(),
+    }
+});
+
+transport_conformance!(sse, Sse, async |s: &TestServer| {
+    Sse(SseClient::connect_small_rcvbuf(s.addr, &tok("slow"), "channel=bench.feed").await)
+});

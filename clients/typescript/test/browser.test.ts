@@ -166,11 +166,18 @@ describe("demo page in Chromium", () => {
     await shot(bob, "sse-forced-bob");
 
     // Recovery over SSE too: a restart is noticed, reported and recovered from.
+    await gw.kill();
+    await expectState(alice, "reconnecting (attempt ", 10_000, true);
+    await expectState(bob, "reconnecting (attempt ", 10_000, true);
     await gw.restart();
     await expectState(alice, "connected", 20_000);
+    await expectState(bob, "connected", 20_000);
+    expect(await text(alice, "#transport")).toBe("via SSE");
     await expectText(alice, "main", "older notifications may be missing");
+    await expectText(alice, "#presence", "bob");
     await say(bob, "still here over SSE");
     await expectText(alice, "#chat", "bob: still here over SSE");
+    await shot(alice, "sse-forced-alice-after-restart");
   });
 
   it("falls back to SSE by itself behind a proxy that refuses WebSocket upgrades", async () => {

@@ -1,5 +1,5 @@
 // codes.ts is hand-mirrored from the gateway; this keeps it true: every close code of the
-// "Closing" table in docs/protocol.md (and every close constant in herald-core) is in
+// "Closing" table in docs/protocol.md and every `Goodbye` code of herald-core is in
 // `CloseCode` with the same reconnect rule, and the error codes match the documented list.
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -18,21 +18,37 @@ function documentedCloseCodes(): Map<number, boolean> {
   return rows;
 }
 
-/** `pub const NAME: u16 = 4001;` anywhere in herald-core's sources (wherever the refactor puts them). */
-function rustCloseConstants(): number[] {
-  const found: number[] = [];
+/**
+ * The gateway's own table: `Goodbye::X => 4001` arms of `Goodbye::code` and the variants
+ * `Goodbye::reconnect` excludes, read from herald-core's sources (wherever they live there).
+ * Returns code → reconnect.
+ */
+function rustGoodbyes(): Map<number, boolean> {
+  let source = "";
   const walk = (dir: string) => {
     for (const name of readdirSync(dir)) {
       const path = join(dir, name);
       if (statSync(path).isDirectory()) walk(path);
       else if (name.endsWith(".rs")) {
-        for (const m of readFileSync(path, "utf8").matchAll(/pub const [A-Z_]+: u16 = (\d{4});/g)) found.push(Number(m[1]));
+        const text = readFileSync(path, "utf8");
+        if (text.includes("enum Goodbye")) source += text;
       }
     }
   };
   const core = join(repoRoot, "crates/herald-core/src");
   if (existsSync(core)) walk(core);
-  return found;
+  const body = (fn: string) => {
+    const start = source.indexOf(`fn ${fn}(self)`);
+    return start < 0 ? "" : source.slice(start, source.indexOf("\n    }\n", start));
+  };
+  const codeOf = new Map<string, number>();
+  for (const m of body("code").matchAll(/((?:Goodbye::\w+\s*\|?\s*)+)=>\s*(\d{4})/g)) {
+    for (const v of m[1]!.matchAll(/Goodbye::(\w+)/g)) codeOf.set(v[1]!, Number(m[2]));
+  }
+  const noReconnect = new Set([...body("reconnect").matchAll(/Goodbye::(\w+)/g)].map((v) => v[1]!));
+  const table = new Map<number, boolean>();
+  for (const [variant, code] of codeOf) table.set(code, (table.get(code) ?? true) && !noReconnect.has(variant));
+  return table;
 }
 
 describe("codes.ts against the gateway", () => {
@@ -47,11 +63,14 @@ describe("codes.ts against the gateway", () => {
     for (const code of ours) expect(documented.has(code), `CloseCode ${code} is not in docs/protocol.md`).toBe(true);
   });
 
-  it("knows every close constant of herald-core", () => {
-    const constants = rustCloseConstants();
-    expect(constants.length).toBeGreaterThanOrEqual(5);
+  it("has every close code of herald-core's Goodbye with the same reconnect rule", () => {
+    const goodbyes = rustGoodbyes();
+    expect(goodbyes.size).toBeGreaterThanOrEqual(8);
     const ours = new Set<number>(Object.values(CloseCode));
-    for (const c of constants) expect(ours.has(c), `herald-core close code ${c} is missing from CloseCode`).toBe(true);
+    for (const [code, reconnect] of goodbyes) {
+      expect(ours.has(code), `herald-core close code ${code} is missing from CloseCode`).toBe(true);
+      expect(!NO_RECONNECT_CODES.has(code), `reconnect rule of ${code}`).toBe(reconnect);
+    }
   });
 
   it("has the documented error codes", () => {

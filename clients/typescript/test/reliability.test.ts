@@ -177,6 +177,48 @@ describe("class 7: refused is not unreachable", () => {
     expect(errors.filter((e) => e.code === "unauthorized")).toEqual([]);
   });
 
+  it("a refused origin stops with forbidden (no retry loop)", async () => {
+    const gw = await gateway({ server: 'allowed_origins = ["https://app.example"]' });
+    let streams = 0;
+    const fromElsewhere = (input: string, init?: RequestInit) => {
+      if ((init?.method ?? "GET") === "GET") streams++;
+      return fetch(input, { ...init, headers: { ...(init?.headers as Record<string, string>), origin: "https://evil.example" } });
+    };
+    const h = client(gw.ws, { transports: ["sse"], getToken: () => gw.token("alice"), fetch: fromElsewhere });
+    const disconnects: DisconnectedEvent[] = [];
+    h.on("disconnected", (e) => disconnects.push(e));
+    h.connect();
+    await until(() => disconnects.length > 0, 10_000, "the refusal");
+    await sleep(500);
+    expect(disconnects).toHaveLength(1);
+    expect(disconnects[0]).toMatchObject({ reconnect: false, error: { code: "forbidden" } });
+    expect(streams).toBe(1);
+    expect(h.state).toBe("disconnected");
+  });
+
+  it("too many connections is reported and retried, not taken for a refused token", async () => {
+    const gw = await gateway({ sections: "[limits]\nmax_connections_per_user = 1" });
+    const first = client(gw.ws, { token: gw.token("alice") });
+    first.connect();
+    await until(() => first.connected);
+    let calls = 0;
+    const second = client(gw.ws, {
+      getToken: () => {
+        calls++;
+        return gw.token("alice");
+      },
+    });
+    const errors: HeraldError[] = [];
+    second.on("error", (e) => errors.push(e));
+    second.connect();
+    await until(() => errors.some((e) => e.code === "too_many_connections"), 10_000, "too_many_connections to be reported");
+    await until(() => calls >= 3, 10_000, "retries");
+    expect(errors.filter((e) => e.code === "unauthorized")).toEqual([]);
+    // It keeps trying, and gets in once the first connection leaves.
+    first.disconnect();
+    await until(() => second.connected, 10_000, "the second connection once there is room");
+  });
+
   it("an unreachable gateway is retried with backoff and never called unauthorized", async () => {
     const gw = await gateway();
     const port = gw.port;

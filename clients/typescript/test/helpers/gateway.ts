@@ -107,6 +107,8 @@ schema = { type = "object" }
 export interface GatewayOptions {
   /** Extra lines for the `[server]` section, e.g. `ping_interval = "300ms"`. */
   server?: string;
+  /** Extra sections, e.g. `[limits]\nmax_connections_per_user = 1`. */
+  sections?: string;
   /** Bind this port (to restart a gateway where clients expect it); default: a free one. */
   port?: number;
 }
@@ -156,6 +158,7 @@ hs256_secret = "${SECRET}"
 
 [api]
 key = "${API_KEY}"
+${this.opts.sections ?? ""}
 ${CHANNELS}`,
     );
     this.port = await startHerald(located, ["serve", "--config", config], (child) => (this.child = child));

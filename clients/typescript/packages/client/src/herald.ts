@@ -1,16 +1,17 @@
 // `Herald`: one logical connection to a gateway over whichever transport works. Owns the
 // connection state machine, transport choice and fallback, reconnect with backoff, the
-// watchdog, request/reply matching, telling a refused connection from an unreachable one, and
-// token refresh. Per-channel state lives in subscriptions.ts; the wires in transport-*.ts.
+// watchdog, request/reply matching, and telling a refused connection from an unreachable one.
+// Per-channel state lives in subscriptions.ts, token renewal in refresh.ts, the wires in
+// transport-*.ts.
 import { fullJitter } from "./backoff.js";
 import { ClientCloseCode, NO_RECONNECT_CODES } from "./codes.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
 import type { ClientFrame, PresenceClient, PublishReply, ReplyFrame, ServerFrame, WelcomeFrame } from "./protocol.js";
 import { Subscriptions } from "./subscriptions.js";
-import { refreshDelay, tokenLifetime, tokenValidity } from "./token.js";
+import { TokenKeeper } from "./refresh.js";
 import { withScheme, type Refusal, type Transport, type TransportClose, type TransportName, type TransportOptions } from "./transport.js";
-import { SseTransport, sseSupported } from "./transport-sse.js";
+import { SseTransport, defaultSseUrl, sseSupported } from "./transport-sse.js";
 import { WebSocketTransport, type WebSocketConstructor } from "./transport-websocket.js";
 import type {
   AnyChannels,
@@ -32,11 +33,6 @@ interface Pending {
   reject: (error: HeraldError) => void;
   timer: ReturnType<typeof setTimeout>;
 }
-
-/** Refreshes never follow each other faster than this, whatever the token says. */
-const MIN_REFRESH_MS = 1_000;
-/** Ceiling of the pause between refreshes that come due at once, and between failed refreshes. */
-const MAX_REFRESH_BACKOFF_MS = 30_000;
 
 /**
  * A connection to a Herald gateway (protocol v1 over WebSocket or Server-Sent Events).
@@ -72,17 +68,10 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
   private pingIntervalMs = 25_000;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private watchdogTimer: ReturnType<typeof setTimeout> | undefined;
-  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private clientId: string | null = null;
   private userId: string | null = null;
-  // The token and its lifetime, measured from when it was received (monotonic clock).
-  private token: string | undefined;
-  private tokenReceivedAt = 0;
-  private tokenValidMs: number | undefined;
-  private tokenRefreshMs: number | undefined;
-  /** Refreshes that came due at once in a row (each doubles the pause before the next). */
-  private quickRefreshes = 0;
-  private refreshFailures = 0;
+  /** The token in use, and its renewal. */
+  private readonly keeper = new TokenKeeper();
 
   constructor(url: string, opts: HeraldOptions = {}) {
     super();
@@ -99,7 +88,7 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
       );
     }
     this.wsUrl = withScheme(url, "ws");
-    this.sseUrl = opts.sseUrl ?? deriveSseUrl(url);
+    this.sseUrl = opts.sseUrl ?? defaultSseUrl(url);
     const connected = () => this.connected;
     this.subs = new Subscriptions({
       get connected() {
@@ -224,7 +213,7 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
       this.setState("disconnected");
       return;
     }
-    this.received(token);
+    this.keeper.received(token);
     this.tried = 0;
     this.start();
   }
@@ -235,7 +224,7 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
     this.lastDisconnect = null;
     let wire: Transport | null = null;
     const options: TransportOptions = {
-      token: () => this.token,
+      token: () => this.keeper.token,
       events: {
         open: () => {
           if (this.wire === wire) this.armWatchdog(this.pingIntervalMs);
@@ -282,7 +271,7 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
   private onClose(info: TransportClose): void {
     this.wire = null;
     clearTimeout(this.watchdogTimer);
-    clearTimeout(this.refreshTimer);
+    this.keeper.stop();
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(new HeraldError("disconnected", "the connection closed before the reply"));
@@ -398,7 +387,14 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
     if (w.ping_interval_ms > 0) this.pingIntervalMs = w.ping_interval_ms;
     this.armWatchdog(this.pingIntervalMs);
     this.setState("connected");
-    this.scheduleRefresh();
+    const getToken = this.opts.getToken;
+    if (getToken && this.opts.refreshToken !== false) {
+      this.keeper.start({
+        getToken,
+        refresh: (token) => this.request({ type: "refresh", token }),
+        failed: (err) => this.emit("error", err),
+      });
+    }
     this.subs.welcome(w.subscriptions);
     this.emit("connected", { client: w.client, user: w.user, transport: this.wire?.name ?? "websocket" });
   }
@@ -428,79 +424,5 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
     clearTimeout(p.timer);
     if (reply.ok) p.resolve(reply);
     else p.reject(HeraldError.from(reply.error ?? { code: "internal", message: "reply without error" }));
-  }
-
-  // ---- token refresh ----------------------------------------------------------------------
-
-  /** Takes a new token; its lifetime is measured from now on the monotonic clock. */
-  private received(token: string | undefined): void {
-    this.token = token;
-    this.tokenReceivedAt = monotonic();
-    const lifetime = token === undefined ? undefined : tokenLifetime(token);
-    this.tokenValidMs = lifetime ? tokenValidity(lifetime) : undefined;
-    this.tokenRefreshMs = lifetime ? refreshDelay(lifetime) : undefined;
-  }
-
-  /**
-   * Schedules the next `refresh` from the token's own lifetime (`exp − iat`, see token.ts),
-   * never from `Date.now()` against `exp`. Bounded: refreshes that come due at once are spaced
-   * 1 s, 2 s, 4 s … apart, and failed ones are retried with backoff while the token lasts.
-   */
-  private scheduleRefresh(retryInMs?: number): void {
-    clearTimeout(this.refreshTimer);
-    const getToken = this.opts.getToken;
-    if (!getToken || this.opts.refreshToken === false || this.tokenRefreshMs === undefined) return;
-    let delay: number;
-    if (retryInMs !== undefined) {
-      delay = retryInMs;
-    } else {
-      delay = this.tokenReceivedAt + this.tokenRefreshMs - monotonic();
-      if (delay < MIN_REFRESH_MS) {
-        delay = Math.min(MAX_REFRESH_BACKOFF_MS, MIN_REFRESH_MS * 2 ** Math.min(this.quickRefreshes, 10));
-        this.quickRefreshes++;
-      } else {
-        this.quickRefreshes = 0;
-      }
-    }
-    const wire = this.wire;
-    this.refreshTimer = setTimeout(() => {
-      void (async () => {
-        try {
-          const token = await getToken();
-          if (this.wire !== wire) return;
-          await this.request({ type: "refresh", token });
-          if (this.wire !== wire) return;
-          this.received(token);
-          this.refreshFailures = 0;
-          this.scheduleRefresh();
-        } catch (e) {
-          if (this.wire !== wire) return;
-          this.emit("error", e instanceof HeraldError ? e : new HeraldError("token", `token refresh failed: ${String(e)}`));
-          // Try again, with backoff, while the token lasts; when it runs out the server closes
-          // with 4001 and the reconnect fetches a fresh token anyway.
-          const step = Math.min(MAX_REFRESH_BACKOFF_MS, MIN_REFRESH_MS * 2 ** Math.min(this.refreshFailures++, 10));
-          const wait = step / 2 + Math.random() * (step / 2);
-          const left = this.tokenReceivedAt + (this.tokenValidMs ?? 0) - monotonic();
-          if (left - wait > MIN_REFRESH_MS) this.scheduleRefresh(wait);
-        }
-      })();
-    }, delay);
-  }
-}
-
-/** A clock that only moves forward: durations, never dates. */
-function monotonic(): number {
-  return typeof performance !== "undefined" ? performance.now() : Date.now();
-}
-
-/** `ws(s)://host/v1/ws` → `http(s)://host/v1/sse` (the last path segment `ws` becomes `sse`). */
-function deriveSseUrl(url: string): string {
-  const http = withScheme(url, "http");
-  try {
-    const u = new URL(http);
-    u.pathname = u.pathname.replace(/\/ws\/?$/, "/sse");
-    return u.toString();
-  } catch {
-    return http.replace(/\/ws(\/?)(?=$|\?)/, "/sse$1");
   }
 }

@@ -6,8 +6,20 @@
 // browsers and Node ≥ 20. `EventSource`'s own reconnect and `Last-Event-ID` resume are not
 // used: `Herald` reconnects and resubscribes with `since` for every transport alike.
 import type { ClientFrame } from "./protocol.js";
-import { authHeaders, readRefusal, type Transport, type TransportClose, type TransportOptions } from "./transport.js";
+import { authHeaders, readRefusal, withScheme, type Transport, type TransportClose, type TransportOptions } from "./transport.js";
 import type { FetchLike } from "./types.js";
+
+/** `ws(s)://host/v1/ws` → `http(s)://host/v1/sse` (the last path segment `ws` becomes `sse`). */
+export function defaultSseUrl(url: string): string {
+  const http = withScheme(url, "http");
+  try {
+    const u = new URL(http);
+    u.pathname = u.pathname.replace(/\/ws\/?$/, "/sse");
+    return u.toString();
+  } catch {
+    return http.replace(/\/ws(\/?)(?=$|\?)/, "/sse$1");
+  }
+}
 
 /** True where the SSE transport can run (a `fetch` whose responses have a readable body). */
 export function sseSupported(fetchImpl: FetchLike | undefined): boolean {

@@ -600,6 +600,8 @@ async fn openapi_matches_routes() {
         ("/metrics", "get"),
         ("/v1/openapi.json", "get"),
         ("/v1/ws", "get"),
+        ("/v1/sse", "get"),
+        ("/v1/sse/{session}", "post"),
     ];
     assert_eq!(
         paths.len(),

@@ -5,7 +5,7 @@ import WS from "ws";
 import { Herald, HeraldError, type SubscribedInfo, type TransportName, type WebSocketConstructor, type DisconnectedEvent } from "@herald/client";
 
 import { Gateway, sleep, until } from "./helpers/gateway.js";
-import { CuttableProxy } from "./helpers/proxy.js";
+import { CuttableProxy, NoWebSocketProxy } from "./helpers/proxy.js";
 
 // Node 20 has no global WebSocket: inject `ws` (the browser build uses the global one).
 const WebSocket = WS as unknown as WebSocketConstructor;
@@ -302,5 +302,37 @@ describe.each<TransportName>(["websocket", "sse"])("@herald/client against the g
     expect(disconnects[0]).toMatchObject({ code: 4403, reconnect: false });
     await sleep(500);
     expect(h.state).toBe("disconnected");
+  });
+});
+
+describe("@herald/client transport fallback", () => {
+  it("falls back to SSE behind a proxy that refuses WebSocket, recovers over SSE, and keeps SSE first", async () => {
+    const gw = await gateway();
+    const proxy = await NoWebSocketProxy.start(gw.port);
+    cleanup.push(() => proxy.close());
+    const h = new Herald(proxy.ws, { WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 300, getToken: () => gw.token("alice") });
+    cleanup.push(() => h.disconnect());
+    const connectedVia: string[] = [];
+    h.on("connected", (e) => connectedVia.push(e.transport));
+    h.connect();
+    await until(() => h.connected, 10_000, "connected");
+    expect(h.transport).toBe("sse");
+    expect(proxy.refusedUpgrades).toBe(1);
+
+    const feed: string[] = [];
+    await h.subscribe("blog.article.feed", (d) => feed.push((d as { id: string }).id)).ready;
+    await gw.publish("blog.article.feed", { id: "1", title: "1" });
+    await until(() => feed.length === 1);
+
+    proxy.cut();
+    await until(() => !h.connected, 5_000, "the drop");
+    await gw.publish("blog.article.feed", { id: "2", title: "2" });
+    await until(() => h.connected, 10_000, "reconnect");
+    await gw.publish("blog.article.feed", { id: "3", title: "3" });
+    await until(() => feed.length >= 3, 5_000, "replay and live");
+    expect(feed).toEqual(["1", "2", "3"]);
+    // The transport that worked is tried first: no second WebSocket attempt.
+    expect(proxy.refusedUpgrades).toBe(1);
+    expect(connectedVia).toEqual(["sse", "sse"]);
   });
 });

@@ -107,8 +107,13 @@ export class NoWebSocketProxy {
     return `ws://127.0.0.1:${this.port}/v1/ws`;
   }
 
-  async close(): Promise<void> {
+  /** Drops every open connection (the proxy keeps accepting new ones). */
+  cut(): void {
     for (const s of this.sockets) s.destroy();
+  }
+
+  async close(): Promise<void> {
+    this.cut();
     await new Promise<void>((ok) => this.server.close(() => ok()));
   }
 }

@@ -13,7 +13,8 @@ const ROOM = "chat.room.lobby";
 function transportsFromQuery(): TransportName[] | undefined {
   const raw = new URLSearchParams(location.search).get("transports");
   if (!raw) return undefined;
-  return raw.split(",").filter((t): t is TransportName => t === "websocket" || t === "sse");
+  const names = raw.split(",").filter((t): t is TransportName => t === "websocket" || t === "sse");
+  return names.length > 0 ? names : undefined;
 }
 
 async function devToken(user: string, admin: boolean): Promise<string> {
@@ -33,10 +34,11 @@ function App() {
     const name = user.trim();
     if (!name) return;
     const proto = location.protocol === "https:" ? "wss" : "ws";
+    const transports = transportsFromQuery();
     const herald = new Herald<HeraldChannels>(`${proto}://${location.host}/v1/ws`, {
       getToken: () => devToken(name, admin),
       maxReconnectDelayMs: 3_000,
-      ...(transportsFromQuery() ? { transports: transportsFromQuery()! } : {}),
+      ...(transports ? { transports } : {}),
     });
     setSession((s) => ({ id: (s?.id ?? 0) + 1, user: name, herald }));
   };

@@ -31,4 +31,6 @@ echo "==> npm ci + build (clients/typescript: @herald/client, @herald/react, the
 echo "==> cargo build -p herald"
 cargo build -p herald
 echo "==> TypeScript client, React, codegen and browser tests"
-(cd clients/typescript && TEST_HERALD_BIN="$PWD/../../target/debug/herald" npm test)
+# The tests find the binary the way cargo does (cargo metadata's target_directory, so a
+# CARGO_TARGET_DIR is honoured); TEST_HERALD_BIN or HERALD_BIN overrides it.
+(cd clients/typescript && npm test)

@@ -1,16 +1,23 @@
-// The demo page served by `herald serve`, in headless Chromium (Debian's, via playwright-core).
+// The demo page served by `herald serve`, in headless Chromium (Debian's, via playwright-core):
+// two users over WebSocket (and through a gateway restart), the same with SSE forced
+// (`?transports=sse`), and the automatic fallback to SSE behind a proxy that refuses WebSocket.
+// Screenshots of each go to `test-results/` (look at them when the page changes).
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chromium, type Browser, type Page } from "playwright-core";
 
-import { Gateway } from "./helpers/gateway.js";
+import { Gateway, repoRoot } from "./helpers/gateway.js";
+import { NoWebSocketProxy } from "./helpers/proxy.js";
 
 const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
+const SHOTS = join(repoRoot, "clients/typescript/test-results");
 
-let gw: Gateway;
 let browser: Browser;
+const cleanup: (() => unknown)[] = [];
 
 beforeAll(async () => {
-  gw = await Gateway.start();
+  mkdirSync(SHOTS, { recursive: true });
   // launch() gives every run a fresh temporary profile (user data dir) and two isolated
   // contexts below: two users with separate storage.
   browser = await chromium.launch({
@@ -28,15 +35,22 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
   await browser?.close();
-  await gw?.kill();
 });
 
-async function signIn(user: string): Promise<Page> {
-  const context = await browser.newContext();
+async function gateway(): Promise<Gateway> {
+  const gw = await Gateway.start();
+  cleanup.push(() => gw.kill());
+  return gw;
+}
+
+/** Opens the demo at `base` + `query` as `user` and waits for the connection. */
+async function signIn(base: string, user: string, query = ""): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${user}] page error:`, e));
-  await page.goto(`${gw.http}/`);
+  await page.goto(`${base}/${query}`);
   await page.fill("#user", user);
   await page.click("#connect");
   await expectState(page, "connected");
@@ -51,46 +65,77 @@ async function expectText(page: Page, selector: string, text: string, timeout = 
   );
 }
 
-/** Waits until the connection badge reads exactly `state` ("disconnected" contains "connected"). */
-async function expectState(page: Page, state: string, timeout = 10_000): Promise<void> {
-  await page.waitForFunction((s) => document.querySelector("#state")?.textContent === s, state, { timeout, polling: 50 });
+/** Waits until the connection badge reads exactly `state` (or starts with it, `prefix`). */
+async function expectState(page: Page, state: string, timeout = 10_000, prefix = false): Promise<void> {
+  await page.waitForFunction(
+    ([s, p]) => {
+      const t = document.querySelector("#state")?.textContent ?? "";
+      return p ? t.startsWith(s!) : t === s;
+    },
+    [state, prefix] as const,
+    { timeout, polling: 50 },
+  );
 }
 
 const text = (page: Page, selector: string) => page.$eval(selector, (el) => el.textContent ?? "");
+const items = (page: Page, selector: string) => page.$$eval(`${selector} li`, (els) => els.map((el) => el.textContent ?? ""));
+const shot = (page: Page, name: string) => page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+
+async function say(page: Page, message: string): Promise<void> {
+  await page.fill("#chat-text", message);
+  await page.press("#chat-text", "Enter");
+}
+
+/** Two users: own notifications only, the public feed, chat both ways, presence. */
+async function twoUsers(gw: Gateway, alice: Page, bob: Page): Promise<void> {
+  await gw.publish("notifications.user.alice", { type: "mention", text: "for-alice" });
+  await gw.publish("notifications.user.bob", { type: "reply", text: "for-bob" });
+  await expectText(alice, "#notifications", "mention: for-alice");
+  await expectText(bob, "#notifications", "reply: for-bob");
+  await gw.publish("blog.article.feed", { id: "1", title: "Public news" });
+  await expectText(alice, "#feed", "Public news (1)");
+  await expectText(bob, "#feed", "Public news (1)");
+  expect(await text(alice, "#notifications")).not.toContain("for-bob");
+  expect(await text(bob, "#notifications")).not.toContain("for-alice");
+
+  await expectText(alice, "#presence", "bob");
+  await expectText(bob, "#presence", "alice");
+
+  await say(alice, "hello bob");
+  await expectText(bob, "#chat", "alice: hello bob");
+  await say(bob, "hi alice");
+  await expectText(alice, "#chat", "bob: hi alice");
+  await expectText(bob, "#chat", "bob: hi alice");
+  // A conversation reads top to bottom: oldest first, newest at the bottom.
+  expect(await items(alice, "#chat")).toEqual(["alice: hello bob", "bob: hi alice"]);
+  expect(await items(bob, "#chat")).toEqual(["alice: hello bob", "bob: hi alice"]);
+}
 
 describe("demo page in Chromium", () => {
-  it("two users: own notifications, shared chat with presence, reconnect after a gateway restart", async () => {
-    const alice = await signIn("alice");
-    const bob = await signIn("bob");
+  it("two users over WebSocket: notifications, chat, presence, a long word, reconnect after a gateway restart", async () => {
+    const gw = await gateway();
+    const alice = await signIn(gw.http, "alice");
+    const bob = await signIn(gw.http, "bob");
+    await twoUsers(gw, alice, bob);
+    expect(await text(alice, "#transport")).toBe("via WebSocket");
 
-    // Per-user push: each sees only their own notifications.
-    await gw.publish("notifications.user.alice", { type: "mention", text: "for-alice" });
-    await gw.publish("notifications.user.bob", { type: "reply", text: "for-bob" });
-    await expectText(alice, "#notifications", "mention: for-alice");
-    await expectText(bob, "#notifications", "reply: for-bob");
-    await gw.publish("blog.article.feed", { id: "1", title: "Public news" });
-    await expectText(alice, "#feed", "Public news (1)");
-    await expectText(bob, "#feed", "Public news (1)");
-    expect(await text(alice, "#notifications")).not.toContain("for-bob");
-    expect(await text(bob, "#notifications")).not.toContain("for-alice");
+    // A long word wraps inside its card instead of overflowing it.
+    await say(alice, `https://example.com/${"a".repeat(300)}`);
+    await expectText(bob, "#chat", "aaaaaaaaaa");
+    const overflow = await bob.$eval("#chat", (ul) => {
+      const li = ul.lastElementChild as HTMLElement;
+      const card = ul.closest("section")!.getBoundingClientRect();
+      return { li: li.scrollWidth - li.clientWidth, card: card.right - document.documentElement.clientWidth };
+    });
+    expect(overflow.li).toBeLessThanOrEqual(0);
+    expect(overflow.card).toBeLessThanOrEqual(0);
+    await shot(bob, "websocket-bob");
 
-    // Presence: each sees the other in the room.
-    await expectText(alice, "#presence", "bob");
-    await expectText(bob, "#presence", "alice");
-
-    // Chat flows both ways (client publish through the gateway).
-    await alice.fill("#chat-text", "hello bob");
-    await alice.press("#chat-text", "Enter");
-    await expectText(bob, "#chat", "alice: hello bob");
-    await bob.fill("#chat-text", "hi alice");
-    await bob.press("#chat-text", "Enter");
-    await expectText(alice, "#chat", "bob: hi alice");
-    await expectText(alice, "#chat", "alice: hello bob");
-
-    // Stop the gateway: both pages show it.
+    // Stop the gateway: both pages say they are retrying, with the attempt.
     await gw.kill();
-    await expectState(alice, "disconnected");
-    await expectState(bob, "disconnected");
+    await expectState(alice, "reconnecting (attempt ", 10_000, true);
+    await expectState(bob, "reconnecting (attempt ", 10_000, true);
+    await shot(alice, "websocket-alice-reconnecting");
 
     // Start it again on the same port: the pages reconnect by themselves.
     await gw.restart();
@@ -103,9 +148,49 @@ describe("demo page in Chromium", () => {
     await gw.publish("notifications.user.alice", { type: "system", text: "after-restart" });
     await expectText(alice, "#notifications", "system: after-restart");
     await expectText(alice, "#presence", "bob");
-    await bob.fill("#chat-text", "back again");
-    await bob.press("#chat-text", "Enter");
+    await say(bob, "back again");
     await expectText(alice, "#chat", "bob: back again");
+    expect((await items(alice, "#chat")).at(-1)).toBe("bob: back again");
     expect(await text(bob, "#notifications")).not.toContain("after-restart");
+    await shot(alice, "websocket-alice-after-restart");
+  });
+
+  it("works with SSE forced (?transports=sse): two users, notifications, chat, presence", async () => {
+    const gw = await gateway();
+    const alice = await signIn(gw.http, "alice", "?transports=sse");
+    const bob = await signIn(gw.http, "bob", "?transports=sse");
+    expect(await text(alice, "#transport")).toBe("via SSE");
+    expect(await text(bob, "#transport")).toBe("via SSE");
+    await twoUsers(gw, alice, bob);
+    await shot(alice, "sse-forced-alice");
+    await shot(bob, "sse-forced-bob");
+
+    // Recovery over SSE too: a restart is noticed, reported and recovered from.
+    await gw.kill();
+    await expectState(alice, "reconnecting (attempt ", 10_000, true);
+    await expectState(bob, "reconnecting (attempt ", 10_000, true);
+    await gw.restart();
+    await expectState(alice, "connected", 20_000);
+    await expectState(bob, "connected", 20_000);
+    expect(await text(alice, "#transport")).toBe("via SSE");
+    await expectText(alice, "main", "older notifications may be missing");
+    await expectText(alice, "#presence", "bob");
+    await say(bob, "still here over SSE");
+    await expectText(alice, "#chat", "bob: still here over SSE");
+    await shot(alice, "sse-forced-alice-after-restart");
+  });
+
+  it("falls back to SSE by itself behind a proxy that refuses WebSocket upgrades", async () => {
+    const gw = await gateway();
+    const proxy = await NoWebSocketProxy.start(gw.port);
+    cleanup.push(() => proxy.close());
+    // Default transports (websocket, then sse): the page is not told anything.
+    const alice = await signIn(proxy.http, "alice");
+    const bob = await signIn(proxy.http, "bob");
+    expect(proxy.refusedUpgrades).toBeGreaterThanOrEqual(2);
+    expect(await text(alice, "#transport")).toBe("via SSE");
+    expect(await text(bob, "#transport")).toBe("via SSE");
+    await twoUsers(gw, alice, bob);
+    await shot(alice, "sse-fallback-alice");
   });
 });

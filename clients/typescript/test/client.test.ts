@@ -1,14 +1,15 @@
-// @herald/client against the real gateway binary.
-import { afterEach, describe, expect, it } from "vitest";
+// @herald/client against the real gateway binary, over each transport (WebSocket and SSE):
+// the same API, errors, recovery, refresh and kick behaviour whichever wire carries it.
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import WS from "ws";
-import { Herald, HeraldError, type SubscribedInfo, type WebSocketConstructor, type DisconnectedEvent } from "@herald/client";
+import { Herald, HeraldError, type SubscribedInfo, type TransportName, type WebSocketConstructor, type DisconnectedEvent } from "@herald/client";
 
 import { Gateway, sleep, until } from "./helpers/gateway.js";
-import { CuttableProxy } from "./helpers/proxy.js";
+import { CuttableProxy, NoWebSocketProxy } from "./helpers/proxy.js";
 
 // Node 20 has no global WebSocket: inject `ws` (the browser build uses the global one).
 const WebSocket = WS as unknown as WebSocketConstructor;
-const fast = { WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 300 };
+let fast: ConstructorParameters<typeof Herald>[1] = { WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 300 };
 
 const cleanup: (() => unknown)[] = [];
 afterEach(async () => {
@@ -32,7 +33,11 @@ async function connected(h: { connect(): void; readonly connected: boolean }): P
   await until(() => h.connected, 10_000, "connected");
 }
 
-describe("@herald/client against the gateway", () => {
+describe.each<TransportName>(["websocket", "sse"])("@herald/client against the gateway over %s", (transport) => {
+  beforeEach(() => {
+    fast = { WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 300, transports: [transport] };
+  });
+
   it("subscribes, receives and publishes", async () => {
     const gw = await gateway();
     const h = client(gw.ws, { token: gw.token("alice") });
@@ -233,7 +238,7 @@ describe("@herald/client against the gateway", () => {
     expect(h.client).toBe(id);
   });
 
-  it("connect, disconnect, connect in a row opens one connection (React StrictMode does this)", async () => {
+  it.runIf(transport === "websocket")("connect, disconnect, connect in a row opens one connection (React StrictMode does this)", async () => {
     const gw = await gateway();
     let sockets = 0;
     class Counting extends WS {
@@ -260,6 +265,28 @@ describe("@herald/client against the gateway", () => {
     expect(present).toHaveLength(1);
   });
 
+  it.runIf(transport === "sse")("connect, disconnect, connect in a row opens one SSE stream (React StrictMode does this)", async () => {
+    const gw = await gateway();
+    let streams = 0;
+    const counting = (input: string, init?: RequestInit) => {
+      if ((init?.method ?? "GET") === "GET") streams++;
+      return fetch(input, init);
+    };
+    const h = client(gw.ws, { getToken: async () => (await sleep(50), gw.token("dave")), fetch: counting });
+    let welcomes = 0;
+    h.on("connected", () => welcomes++);
+    h.connect();
+    h.disconnect();
+    h.connect();
+    await until(() => h.connected);
+    await h.subscribe("chat.room.strict", () => {}).ready;
+    await sleep(300);
+    expect(welcomes).toBe(1);
+    expect(streams).toBe(1);
+    expect(h.transport).toBe("sse");
+    expect(await h.presence("chat.room.strict")).toHaveLength(1);
+  });
+
   it("does not reconnect when kicked", async () => {
     const gw = await gateway();
     const h = client(gw.ws, { token: gw.token("carol") });
@@ -275,5 +302,37 @@ describe("@herald/client against the gateway", () => {
     expect(disconnects[0]).toMatchObject({ code: 4403, reconnect: false });
     await sleep(500);
     expect(h.state).toBe("disconnected");
+  });
+});
+
+describe("@herald/client transport fallback", () => {
+  it("falls back to SSE behind a proxy that refuses WebSocket, recovers over SSE, and keeps SSE first", async () => {
+    const gw = await gateway();
+    const proxy = await NoWebSocketProxy.start(gw.port);
+    cleanup.push(() => proxy.close());
+    const h = new Herald(proxy.ws, { WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 300, getToken: () => gw.token("alice") });
+    cleanup.push(() => h.disconnect());
+    const connectedVia: string[] = [];
+    h.on("connected", (e) => connectedVia.push(e.transport));
+    h.connect();
+    await until(() => h.connected, 10_000, "connected");
+    expect(h.transport).toBe("sse");
+    expect(proxy.refusedUpgrades).toBe(1);
+
+    const feed: string[] = [];
+    await h.subscribe("blog.article.feed", (d) => feed.push((d as { id: string }).id)).ready;
+    await gw.publish("blog.article.feed", { id: "1", title: "1" });
+    await until(() => feed.length === 1);
+
+    proxy.cut();
+    await until(() => !h.connected, 5_000, "the drop");
+    await gw.publish("blog.article.feed", { id: "2", title: "2" });
+    await until(() => h.connected, 10_000, "reconnect");
+    await gw.publish("blog.article.feed", { id: "3", title: "3" });
+    await until(() => feed.length >= 3, 5_000, "replay and live");
+    expect(feed).toEqual(["1", "2", "3"]);
+    // The transport that worked is tried first: no second WebSocket attempt.
+    expect(proxy.refusedUpgrades).toBe(1);
+    expect(connectedVia).toEqual(["sse", "sse"]);
   });
 });

@@ -1,13 +1,21 @@
 // The demo page served at `/` by `herald serve` (server.demo = true): built from
 // @herald/client and @herald/react, typed by `herald codegen typescript` (./channels.ts).
-import { StrictMode, useCallback, useMemo, useState, type FormEvent } from "react";
+import { StrictMode, useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
 import { createRoot } from "react-dom/client";
-import { Herald, HeraldError, type PresenceClient } from "@herald/client";
-import { HeraldProvider, useChannel, useConnectionState, useHerald } from "@herald/react";
+import { Herald, HeraldError, type PresenceClient, type TransportName } from "@herald/client";
+import { HeraldProvider, useChannel, useHerald } from "@herald/react";
 
 import type { HeraldChannels } from "./channels.js";
 
 const ROOM = "chat.room.lobby";
+
+/** `?transports=sse` (or `websocket,sse`, …) picks the transports; default: the client's. */
+function transportsFromQuery(): TransportName[] | undefined {
+  const raw = new URLSearchParams(location.search).get("transports");
+  if (!raw) return undefined;
+  const names = raw.split(",").filter((t): t is TransportName => t === "websocket" || t === "sse");
+  return names.length > 0 ? names : undefined;
+}
 
 async function devToken(user: string, admin: boolean): Promise<string> {
   const res = await fetch(`/demo/token?user=${encodeURIComponent(user)}${admin ? "&role=admin" : ""}`);
@@ -26,9 +34,11 @@ function App() {
     const name = user.trim();
     if (!name) return;
     const proto = location.protocol === "https:" ? "wss" : "ws";
+    const transports = transportsFromQuery();
     const herald = new Herald<HeraldChannels>(`${proto}://${location.host}/v1/ws`, {
       getToken: () => devToken(name, admin),
       maxReconnectDelayMs: 3_000,
+      ...(transports ? { transports } : {}),
     });
     setSession((s) => ({ id: (s?.id ?? 0) + 1, user: name, herald }));
   };
@@ -58,18 +68,34 @@ function App() {
   );
 }
 
+/** "connected", "connecting", or "reconnecting (attempt N)" while it retries; and the transport. */
 function ConnectionBadge() {
-  const state = useConnectionState();
+  const herald = useHerald<HeraldChannels>();
+  const snapshot = useSyncExternalStore(
+    (onChange) => herald.on("state", onChange),
+    () => `${herald.state}|${herald.reconnectAttempt}|${herald.transport ?? ""}`,
+  );
+  const [state, attempt, transport] = snapshot.split("|") as [string, string, string];
+  const retrying = state !== "connected" && Number(attempt) > 0;
   return (
-    <span id="state" className={state}>
-      {state}
-    </span>
+    <>
+      <span id="state" className={retrying ? "reconnecting" : state}>
+        {retrying ? `reconnecting (attempt ${attempt})` : state}
+      </span>
+      <span id="transport" className="muted-light">
+        {state === "connected" ? `via ${transport === "sse" ? "SSE" : "WebSocket"}` : ""}
+      </span>
+    </>
   );
 }
 
-function useList<T>(max = 100): [T[], (item: T) => void] {
+/** A bounded list: newest first, or (`oldestFirst`) in arrival order, newest at the bottom. */
+function useList<T>(max = 100, oldestFirst = false): [T[], (item: T) => void] {
   const [items, setItems] = useState<T[]>([]);
-  const add = useCallback((item: T) => setItems((xs) => [item, ...xs].slice(0, max)), [max]);
+  const add = useCallback(
+    (item: T) => setItems((xs) => (oldestFirst ? [...xs, item].slice(-max) : [item, ...xs].slice(0, max))),
+    [max, oldestFirst],
+  );
   return [items, add];
 }
 
@@ -130,7 +156,13 @@ function Feed() {
 
 function Chat({ user }: { user: string }) {
   const herald = useHerald<HeraldChannels>();
-  const [messages, add] = useList<string>();
+  // A conversation reads top to bottom: oldest first, newest at the bottom, kept in view.
+  const [messages, add] = useList<string>(100, true);
+  const list = useRef<HTMLUListElement>(null);
+  useEffect(() => {
+    const el = list.current;
+    if (el) el.scrollTop = el.scrollHeight;
+  }, [messages]);
   const [present, setPresent] = useState<PresenceClient[]>([]);
   const [text, setText] = useState("");
   const [error, setError] = useState("");
@@ -171,9 +203,9 @@ function Chat({ user }: { user: string }) {
           <span key={u}>{u}</span>
         ))}
       </div>
-      <ul id="chat">
+      <ul id="chat" ref={list}>
         {messages.map((t, i) => (
-          <li key={messages.length - i}>{t}</li>
+          <li key={i}>{t}</li>
         ))}
       </ul>
       <form onSubmit={send}>

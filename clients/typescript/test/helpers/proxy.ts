@@ -1,5 +1,7 @@
-// A TCP proxy between a client and the gateway that a test can cut: the gateway keeps
-// running (same history, same epoch) while the client sees its socket drop.
+// Proxies between a client and the gateway: a TCP proxy a test can cut (the gateway keeps
+// running, same history and epoch, while the client sees its connection drop), and an HTTP
+// proxy that refuses WebSocket upgrades (to prove the fallback to SSE).
+import { createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from "node:http";
 import { createServer, connect, type Server, type Socket } from "node:net";
 
 export class CuttableProxy {
@@ -48,6 +50,66 @@ export class CuttableProxy {
 
   unblock(): void {
     this.blocked = false;
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((ok) => this.server.close(() => ok()));
+  }
+}
+
+/**
+ * An HTTP reverse proxy that passes plain requests (streamed both ways, so SSE works) and
+ * refuses every WebSocket upgrade with 502, like a corporate proxy that does not speak
+ * WebSocket. The gateway behind it is healthy.
+ */
+export class NoWebSocketProxy {
+  /** Upgrade requests refused so far. */
+  refusedUpgrades = 0;
+  port = 0;
+  private readonly sockets = new Set<Socket>();
+
+  private constructor(private readonly server: HttpServer) {}
+
+  static async start(targetPort: number): Promise<NoWebSocketProxy> {
+    const server = createHttpServer((req, res) => {
+      const upstream = httpRequest(
+        { host: "127.0.0.1", port: targetPort, method: req.method, path: req.url, headers: req.headers },
+        (up) => {
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+        },
+      );
+      upstream.on("error", () => res.destroy());
+      res.on("close", () => upstream.destroy());
+      req.pipe(upstream);
+    });
+    const proxy = new NoWebSocketProxy(server);
+    server.on("connection", (s: Socket) => {
+      proxy.sockets.add(s);
+      s.on("close", () => proxy.sockets.delete(s));
+    });
+    server.on("upgrade", (_req, socket: Socket) => {
+      proxy.refusedUpgrades++;
+      socket.end("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 26\r\nconnection: close\r\n\r\nWebSocket is not supported");
+    });
+    await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+    const addr = server.address();
+    proxy.port = typeof addr === "object" && addr ? addr.port : 0;
+    return proxy;
+  }
+
+  get http(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  get ws(): string {
+    return `ws://127.0.0.1:${this.port}/v1/ws`;
+  }
+
+  /** Drops every open connection (the proxy keeps accepting new ones). */
+  cut(): void {
+    for (const s of this.sockets) s.destroy();
   }
 
   async close(): Promise<void> {

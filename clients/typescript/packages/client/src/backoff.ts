@@ -1,3 +1,4 @@
+// Full-jitter exponential backoff for reconnects.
 export interface BackoffOptions {
   /** First retry's ceiling, in ms (default 500). */
   minDelayMs?: number;

@@ -1,3 +1,4 @@
+// HeraldError: the one error type the client rejects and reports with (a stable `code`).
 import type { ErrorBody } from "./protocol.js";
 
 /**

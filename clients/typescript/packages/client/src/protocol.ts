@@ -1,5 +1,6 @@
-// Frames of Herald protocol v1 (docs/protocol.md). Kept structural and minimal: the client
-// only reads the fields it needs and tolerates extra ones.
+// Frames of Herald protocol v1 (docs/protocol.md), the same over every transport. Kept
+// structural and minimal: the client only reads the fields it needs and tolerates extra ones.
+// Close and error codes are in codes.ts.
 
 export interface ChannelPosition {
   channel: string;
@@ -25,6 +26,8 @@ export interface WelcomeFrame {
   user: string | null;
   ping_interval_ms: number;
   subscriptions: ChannelPosition[];
+  /** SSE only: the session that `POST /v1/sse/{session}` commands address. */
+  session?: string;
 }
 
 export interface ReplyFrame {
@@ -71,7 +74,19 @@ export type ServerFrame =
   | DisconnectFrame
   | { type: "ping" }
   | { type: "pong" }
-  | { type: "error"; error: ErrorBody };
+  | { type: "error"; channel?: string; error: ErrorBody };
+
+/** A frame to the server (`id` is added by the client for requests that want a reply). */
+export interface ClientFrame {
+  type: "subscribe" | "unsubscribe" | "publish" | "presence" | "refresh" | "ping" | "pong";
+  id?: number;
+  [field: string]: unknown;
+}
+
+/** The body of an HTTP refusal (`/v1/ws`, `/v1/sse`, the SSE command endpoint). */
+export interface ErrorEnvelope {
+  error: ErrorBody;
+}
 
 export interface SubscribeReply {
   channel: string;
@@ -85,6 +100,3 @@ export interface PublishReply {
   offset: number;
   epoch: string;
 }
-
-/** Close codes after which the server asks the client not to come back. */
-export const NO_RECONNECT_CODES: ReadonlySet<number> = new Set([4009, 4400, 4403]);

@@ -1,12 +1,12 @@
+// <HeraldProvider> and useHerald(): the client for the hooks below the provider.
 import { createContext, createElement, useContext, useEffect, type ReactNode } from "react";
 import { QueryClientContext } from "@tanstack/react-query";
 import type { Herald, ChannelMap } from "@herald/client";
 
-import { setCurrentHerald, watchRefetchIntervals } from "./query.js";
+import { setCurrentHerald, watchRefetchIntervals } from "./refetch.js";
+import type { AnyHerald } from "./types.js";
 
-/** A client of any channel map (the hooks narrow it again with their type parameter). */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type AnyHerald = Herald<any>;
+export type { AnyHerald } from "./types.js";
 
 const HeraldContext = createContext<AnyHerald | null>(null);
 

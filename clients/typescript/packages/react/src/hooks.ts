@@ -1,3 +1,4 @@
+// Hooks over a Herald client: connection state and channel subscriptions tied to a component.
 import { useEffect, useRef, useSyncExternalStore } from "react";
 import type {
   ChannelMap,

@@ -1,3 +1,4 @@
+// @herald/react's public API (the barrel).
 export { HeraldProvider, useHerald, type AnyHerald, type HeraldProviderProps } from "./context.js";
 export { useChannel, useConnectionState, useRealtimeConnected } from "./hooks.js";
 export {

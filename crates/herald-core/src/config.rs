@@ -161,7 +161,8 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (at connect and on `refresh`; the
+    /// session itself still ends at `exp`).
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
     /// Refuse tokens without an `exp` claim.

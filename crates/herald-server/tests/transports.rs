@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use common::sse::SseClient;
-use common::{Client, TestServer, config_toml, token};
+use common::{Client, TestServer, config_toml, config_with_auth, sign_raw_claims, token, unix_now};
 use serde_json::{Value, json};
 
 /// A client connection of one transport, as the suite drives it.
@@ -28,6 +28,9 @@ trait Conn: Sized {
     /// A new connection resuming `channel` from `position`. Returns it and whether it
     /// recovered; replayed publications come next from `next_within`.
     async fn reopen(s: &TestServer, token: &str, channel: &str, position: &str) -> (Self, bool);
+    /// Tries to connect with `token`: the HTTP status of the refusal, or what happened
+    /// instead (a session opened, which is dropped; or the connection broke).
+    async fn refusal(s: &TestServer, token: &str) -> Result<u16, String>;
     /// Reads until the server ends the connection: its `disconnect` frame (if any) and the
     /// publications before it.
     async fn goodbye(&mut self, limit: Duration) -> (Option<Value>, Vec<Value>);
@@ -143,6 +146,17 @@ impl Conn for Ws {
         (next, reply["recovered"] == true)
     }
 
+    async fn refusal(s: &TestServer, token: &str) -> Result<u16, String> {
+        match Client::connect(&s.ws_url(), Some(token)).await {
+            Ok(mut c) => Err(match c.next_within(Duration::from_secs(5)).await {
+                Some(first) => format!("a session opened: {first}"),
+                None => "upgraded, then closed without a frame".to_owned(),
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Ok(res.status().as_u16()),
+            Err(e) => Err(format!("the connection broke: {e}")),
+        }
+    }
+
     async fn goodbye(&mut self, limit: Duration) -> (Option<Value>, Vec<Value>) {
         let bye = self.c.goodbye(limit).await;
         if let Some(d) = &bye.disconnect {
@@ -195,6 +209,15 @@ impl Conn for Sse {
             .cloned()
             .expect("the resumed channel is in the welcome");
         (Sse(next), sub["recovered"] == true)
+    }
+
+    async fn refusal(s: &TestServer, token: &str) -> Result<u16, String> {
+        // A stream that opens reads its welcome inside `connect`; one that breaks instead
+        // panics there, which fails the test as it should.
+        match SseClient::connect(&s.url(""), Some(token), "", None).await {
+            Ok(c) => Err(format!("a session opened: {}", c.welcome)),
+            Err(refused) => Ok(refused.status),
+        }
     }
 
     async fn goodbye(&mut self, limit: Duration) -> (Option<Value>, Vec<Value>) {
@@ -460,6 +483,208 @@ async fn token_expiry<C: Conn>() {
     );
 }
 
+/// `[auth]` for the NumericDate tests: `exp` is required, so a token whose `exp` cannot be
+/// read can only be refused, never taken as "no expiry".
+const REQUIRE_EXP: &str = "require_exp = true";
+
+/// The tokio instant at which the wall clock reads `at` (a NumericDate).
+fn instant_at(at: f64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs_f64((at - unix_now()).max(0.0))
+}
+
+/// Reads until the server ends the connection while the API publishes `late` on
+/// `notifications.user.{user}` at wall-clock time `publish_at`. Returns the goodbye, the
+/// publications before it, and the wall-clock time at which the goodbye arrived.
+async fn expiry_with_late_publication<C: Conn>(
+    s: &TestServer,
+    c: &mut C,
+    user: &str,
+    publish_at: f64,
+) -> (Option<Value>, Vec<Value>, f64) {
+    let reader = async {
+        let (d, pubs) = c.goodbye(Duration::from_secs(8)).await;
+        (d, pubs, unix_now())
+    };
+    let publisher = async {
+        tokio::time::sleep_until(instant_at(publish_at)).await;
+        let (status, _) = s
+            .publish(
+                &format!("notifications.user.{user}"),
+                json!({"type": "system", "text": "late"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    };
+    let (seen, ()) = tokio::join!(reader, publisher);
+    seen
+}
+
+/// Asserts the connection ended with 4001 at `exp` (not before, and well before `exp + 0.5`)
+/// and that the publication made after `exp` did not reach it.
+fn assert_expired_at(exp: f64, (d, pubs, at): (Option<Value>, Vec<Value>, f64)) {
+    let d = d.expect("the connection ends when the token expires");
+    assert_eq!(
+        (d["code"].clone(), d["reconnect"].clone()),
+        (json!(4001), json!(true))
+    );
+    assert!(
+        at >= exp - 0.05 && at < exp + 0.45,
+        "the goodbye came {:.3} s after exp",
+        at - exp
+    );
+    assert!(
+        pubs.iter().all(|p| p["data"]["text"] != "late"),
+        "a publication made after exp was delivered: {pubs:?}"
+    );
+}
+
+/// RFC 7519 §2: a NumericDate may have a fraction. A token with `exp = now + 3.5` ends the
+/// connection 3.5 s later with 4001, and a publication made after that is not delivered.
+async fn fractional_exp_ends_the_connection_at_exp<C: Conn>() {
+    let s = TestServer::with_config(&config_with_auth(REQUIRE_EXP, "")).await;
+    let exp = unix_now() + 3.5;
+    let t = sign_raw_claims(&format!(r#"{{"sub":"alice","exp":{exp:.3}}}"#));
+    let mut c = C::open(&s, &t).await;
+    s.publish(
+        "notifications.user.alice",
+        json!({"type": "system", "text": "early"}),
+    )
+    .await;
+    assert_eq!(c.next_pub().await["data"]["text"], "early");
+    let seen = expiry_with_late_publication(&s, &mut c, "alice", exp + 0.5).await;
+    assert_expired_at(exp, seen);
+}
+
+/// The same through `refresh`: the new token's fractional `exp` becomes the deadline.
+async fn refresh_to_fractional_exp_ends_at_the_new_exp<C: Conn>() {
+    let s = TestServer::with_config(&config_with_auth(REQUIRE_EXP, "")).await;
+    let mut c = C::open(&s, &tok("alice")).await;
+    let exp = unix_now() + 2.5;
+    let fresh = sign_raw_claims(&format!(r#"{{"sub":"alice","exp":{exp:.3}}}"#));
+    let r = c.request(json!({"type": "refresh", "token": fresh})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let seen = expiry_with_late_publication(&s, &mut c, "alice", exp + 0.5).await;
+    assert_expired_at(exp, seen);
+}
+
+/// A whole-second `exp` is not outlived either: the deadline is measured from the clock's
+/// sub-second now, so a token minted late in a second does not gain up to a second of life.
+async fn integer_exp_is_not_outlived<C: Conn>() {
+    let s = TestServer::start().await;
+    // Late in a second, so rounding now down to whole seconds would show.
+    let now = unix_now();
+    let wait = (now.floor() + 1.85 - now).rem_euclid(1.0);
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    let exp = unix_now().floor() + 3.0;
+    let t = sign_raw_claims(&format!(r#"{{"sub":"alice","exp":{exp}}}"#));
+    let mut c = C::open(&s, &t).await;
+    let seen = expiry_with_late_publication(&s, &mut c, "alice", exp + 0.5).await;
+    assert_expired_at(exp, seen);
+}
+
+/// Claims sets whose time claims are not NumericDates, or say the token is not valid now.
+/// Each is signed correctly; each must be refused wherever a token is read.
+fn bad_time_claims() -> Vec<(&'static str, String)> {
+    let now = unix_now();
+    let ok_exp = now.floor() as u64 + 600;
+    let ms = (now * 1000.0) as u64 + 600_000;
+    [
+        ("exp a string", r#""exp":"9999999999""#.to_owned()),
+        ("exp null", r#""exp":null"#.to_owned()),
+        ("exp true", r#""exp":true"#.to_owned()),
+        ("exp an array", format!(r#""exp":[{ok_exp}]"#)),
+        ("exp negative", r#""exp":-1"#.to_owned()),
+        ("exp in milliseconds", format!(r#""exp":{ms}"#)),
+        ("exp past year 9999", r#""exp":253402300800"#.to_owned()),
+        ("exp 1e300", r#""exp":1e300"#.to_owned()),
+        ("exp missing", String::new()),
+        ("exp past by 10.5 s", format!(r#""exp":{:.3}"#, now - 10.5)),
+        ("exp twice", format!(r#""exp":1,"exp":{ok_exp}"#)),
+        ("nbf a string", format!(r#""exp":{ok_exp},"nbf":"0""#)),
+        ("nbf null", format!(r#""exp":{ok_exp},"nbf":null"#)),
+        (
+            "nbf in 30.5 s",
+            format!(r#""exp":{ok_exp},"nbf":{:.3}"#, now + 30.5),
+        ),
+        (
+            "iat in an hour",
+            format!(r#""exp":{ok_exp},"iat":{}"#, ok_exp + 3000),
+        ),
+        (
+            "iat a string",
+            format!(r#""exp":{ok_exp},"iat":"2020-01-01""#),
+        ),
+        ("iat null", format!(r#""exp":{ok_exp},"iat":null"#)),
+        ("iat negative", format!(r#""exp":{ok_exp},"iat":-5"#)),
+        (
+            "iat twice",
+            format!(r#""exp":{ok_exp},"iat":1,"iat":{}"#, ok_exp + 3000),
+        ),
+        // Last: on a gateway that takes it, the session's timer overflows and the session dies.
+        ("exp u64::MAX", format!(r#""exp":{}"#, u64::MAX)),
+    ]
+    .into_iter()
+    .map(|(name, times)| {
+        let sep = if times.is_empty() { "" } else { "," };
+        (
+            name,
+            sign_raw_claims(&format!(r#"{{"sub":"alice"{sep}{times}}}"#)),
+        )
+    })
+    .collect()
+}
+
+/// Gate 1 refuses every one of them with 401, and accepts the well-formed control token.
+async fn bad_time_claims_are_refused_at_connect<C: Conn>() {
+    let s = TestServer::with_config(&config_with_auth(REQUIRE_EXP, "")).await;
+    let control = format!(
+        r#"{{"sub":"alice","iat":{:.3},"exp":{:.3}}}"#,
+        unix_now(),
+        unix_now() + 600.25
+    );
+    assert!(C::refusal(&s, &sign_raw_claims(&control)).await.is_err());
+    let mut accepted = Vec::new();
+    for (name, t) in bad_time_claims() {
+        match C::refusal(&s, &t).await {
+            Ok(401) => {}
+            other => accepted.push(format!("{name}: {other:?}")),
+        }
+    }
+    assert!(accepted.is_empty(), "not refused with 401: {accepted:?}");
+}
+
+/// `refresh` refuses every one of them (`unauthorized`) and the session carries on with its
+/// old identity.
+async fn bad_time_claims_are_refused_on_refresh<C: Conn>() {
+    let s = TestServer::with_config(&config_with_auth(REQUIRE_EXP, "")).await;
+    let mut c = C::open(&s, &tok("alice")).await;
+    let mut accepted = Vec::new();
+    for (name, t) in bad_time_claims() {
+        let r = c.request(json!({"type": "refresh", "token": t})).await;
+        if r["ok"] != false || r["error"]["code"] != "unauthorized" {
+            accepted.push(format!("{name}: {r}"));
+        }
+    }
+    assert!(accepted.is_empty(), "not refused: {accepted:?}");
+    s.publish(
+        "notifications.user.alice",
+        json!({"type": "system", "text": "still here"}),
+    )
+    .await;
+    assert_eq!(c.next_pub().await["data"]["text"], "still here");
+}
+
+/// A leeway longer than the time since 1970 is absurd but must not overflow the arithmetic
+/// of the time checks: the token is read, not the process crashed.
+async fn huge_leeway_does_not_overflow<C: Conn>() {
+    let s = TestServer::with_config(&config_with_auth("leeway = \"1000years\"", "")).await;
+    let mut c = C::open(&s, &tok("alice")).await;
+    assert_eq!(c.welcome()["user"], "alice");
+    s.publish("notifications.user.alice", json!({"type": "system"}))
+        .await;
+    assert_eq!(c.next_pub().await["channel"], "notifications.user.alice");
+}
+
 /// `POST /v1/users/{user}/disconnect` closes that user's connections with 4403, no reconnect.
 async fn kick<C: Conn>() {
     let s = TestServer::start().await;
@@ -536,6 +761,30 @@ macro_rules! transport_conformance {
             #[tokio::test]
             async fn token_expiry() {
                 super::token_expiry::<$conn>().await
+            }
+            #[tokio::test]
+            async fn fractional_exp_ends_the_connection_at_exp() {
+                super::fractional_exp_ends_the_connection_at_exp::<$conn>().await
+            }
+            #[tokio::test]
+            async fn refresh_to_fractional_exp_ends_at_the_new_exp() {
+                super::refresh_to_fractional_exp_ends_at_the_new_exp::<$conn>().await
+            }
+            #[tokio::test]
+            async fn integer_exp_is_not_outlived() {
+                super::integer_exp_is_not_outlived::<$conn>().await
+            }
+            #[tokio::test]
+            async fn bad_time_claims_are_refused_at_connect() {
+                super::bad_time_claims_are_refused_at_connect::<$conn>().await
+            }
+            #[tokio::test]
+            async fn bad_time_claims_are_refused_on_refresh() {
+                super::bad_time_claims_are_refused_on_refresh::<$conn>().await
+            }
+            #[tokio::test]
+            async fn huge_leeway_does_not_overflow() {
+                super::huge_leeway_does_not_overflow::<$conn>().await
             }
             #[tokio::test]
             async fn kick() {

@@ -64,7 +64,35 @@ schema = { type = "object" }
 "#;
 
 pub fn config_toml(extra: &str) -> String {
-    format!("[auth]\nhs256_secret = \"{SECRET}\"\n[api]\nkey = \"{API_KEY}\"\n{extra}\n{CHANNELS}")
+    config_with_auth("", extra)
+}
+
+/// Like [`config_toml`], with more keys in `[auth]` (one TOML table cannot be opened twice).
+pub fn config_with_auth(auth: &str, extra: &str) -> String {
+    format!(
+        "[auth]\nhs256_secret = \"{SECRET}\"\n{auth}\n[api]\nkey = \"{API_KEY}\"\n{extra}\n{CHANNELS}"
+    )
+}
+
+/// Now as a NumericDate with its fraction (seconds since the Unix epoch).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// An HS256 token (signed with [`SECRET`]) whose claims set is exactly `claims_json`, byte for
+/// byte: fractions, strings where numbers belong, repeated names, whatever the test needs.
+pub fn sign_raw_claims(claims_json: &str) -> String {
+    let raw = serde_json::value::RawValue::from_string(claims_json.to_owned())
+        .expect("the claims are JSON");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &raw,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 pub struct TestServer {

@@ -11,9 +11,12 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use herald_core::broker::HistoryQuery;
+use herald_core::broker::{HistoryQuery, Position};
+use herald_core::input::parse_publish;
 use herald_core::protocol::{ErrorBody, ErrorCode, PublicationView, close};
+use herald_core::source::{API_SCOPE, scoped_key};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
@@ -106,18 +109,19 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishBody {
-    pub channel: String,
-    pub data: Value,
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
+/// One publication through the one parser (`herald_core::input`), the same for the single and
+/// the batch endpoint; its idempotency key is scoped to the API so it never matches a key a
+/// source gave (see `herald_core::source::scoped_key`).
+async fn publish_one(gw: &Gateway, text: &str) -> Result<Position, ErrorBody> {
+    let input = parse_publish(text)?;
+    let key = input.idempotency_key.map(|k| scoped_key(API_SCOPE, &k));
+    gw.publish(Source::api, &input.channel, &input.data, key, None)
+        .await
 }
 
 #[derive(Debug, Serialize)]
@@ -133,16 +137,13 @@ fn single_body_limit(gw: &Gateway) -> usize {
 
 pub async fn publish(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, single_body_limit(&gw)).await?;
-    let req: PublishBody = parse(&bytes)?;
-    let pos = gw
-        .publish(
-            Source::api,
-            &req.channel,
-            &req.data,
-            req.idempotency_key,
-            None,
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("invalid JSON: not UTF-8: {e}"),
         )
-        .await?;
+    })?;
+    let pos = publish_one(&gw, text).await?;
     Ok(Json(Published {
         offset: pos.offset,
         epoch: pos.epoch,
@@ -152,8 +153,11 @@ pub async fn publish(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchBody {
-    publications: Vec<Value>,
+struct BatchBody<'a> {
+    /// Kept as text so each item goes through the same parser as a single publish (a `Value`
+    /// would already have dropped a repeated key).
+    #[serde(borrow)]
+    publications: Vec<&'a RawValue>,
 }
 
 pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
@@ -161,7 +165,7 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
         .saturating_mul(MAX_BATCH)
         .min(64 << 20);
     let bytes = read_body(body, limit).await?;
-    let batch: BatchBody = parse(&bytes)?;
+    let batch: BatchBody<'_> = parse(&bytes)?;
     if batch.publications.len() > MAX_BATCH {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -171,14 +175,7 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
     let mut results = Vec::with_capacity(batch.publications.len());
     // In order, one at a time: items on the same channel keep their batch order.
     for item in batch.publications {
-        let result = match serde_json::from_value::<PublishBody>(item) {
-            Err(e) => Err(ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
-            Ok(p) => {
-                gw.publish(Source::api, &p.channel, &p.data, p.idempotency_key, None)
-                    .await
-            }
-        };
-        results.push(match result {
+        results.push(match publish_one(&gw, item.get()).await {
             Ok(pos) => json!({ "offset": pos.offset, "epoch": pos.epoch }),
             Err(e) => json!({ "error": e }),
         });

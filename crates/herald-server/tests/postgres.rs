@@ -809,3 +809,35 @@ async fn reused_outbox_ids_are_delivered_or_dead_lettered() {
         "a bad row vanished unrecorded"
     );
 }
+
+/// Issue 20, class 3 member: a NOTIFY payload goes through the same parser as
+/// `POST /v1/publish`. Before the fix a repeated `channel` published to the last one and
+/// unknown fields were ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_payloads_use_the_publish_parser() {
+    let server = setup().await;
+    let s = gateway(&server, "").await;
+    let mut c = s.client("alice").await;
+    assert_eq!(c.subscribe("bench.feed").await["ok"], true);
+    assert_eq!(c.subscribe("history.small").await["ok"], true);
+    let db = pg(&server.url()).await;
+    db.batch_execute(
+        r#"NOTIFY app_events, '{"channel":"history.small","channel":"bench.feed","data":{}}';
+           NOTIFY app_events, '{"channel":"bench.feed","data":{},"extra":1}';
+           NOTIFY app_events, '{"channel":"bench.feed","data":{"a":1,"a":2}}';
+           NOTIFY app_events, '{"channel":"bench.feed","data":{},"idempotency_key":""}';
+           NOTIFY app_events, '{"channel":"bench.feed","data":{"via":"notify"}}';"#,
+    )
+    .await
+    .unwrap();
+    let p = c.next().await;
+    assert_eq!(
+        p["data"]["via"], "notify",
+        "a refused payload was published: {p}"
+    );
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(r#"herald_rejects_total{gate="publish",code="bad_request"} 4"#),
+        "{metrics}"
+    );
+}

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     NotFound,
+    /// HTTP only: the path exists but not with this method (405, with `Allow`).
+    MethodNotAllowed,
     Internal,
 }
 
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }

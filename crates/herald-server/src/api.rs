@@ -49,6 +49,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::UnknownChannel | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidPayload => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
@@ -100,13 +101,38 @@ pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Respons
     }
 }
 
+/// How far past its limit a body is still read (and dropped) before answering 413. A server
+/// that answers while the client is still sending and then closes with unread bytes makes
+/// the kernel reset the connection, and the client loses the 413 it was sent (RFC 9112 §9.6);
+/// reading a bounded tail first lets the envelope arrive.
+const DRAIN_PAST_LIMIT: usize = 16 << 20;
+
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        total = total.saturating_add(chunk.len());
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if total > limit.saturating_add(DRAIN_PAST_LIMIT) {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("request body larger than {limit} bytes"),
-        )
-    })
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
@@ -257,28 +283,25 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(gw): Gw) -> Response {
+    // Not ready is an error like any other: the envelope sits beside the probe's `status`.
+    let unavailable = |mut body: Value, message: String| {
+        body["error"] = json!(ErrorBody::new(ErrorCode::Unavailable, message));
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
     if gw.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        )
-            .into_response();
+        return unavailable(json!({ "status": "draining" }), "shutting down".to_owned());
     }
     let down = gw.not_ready();
     if !down.is_empty() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "sources": down })),
-        )
-            .into_response();
+        let message = format!("sources not ready: {}", down.join(", "));
+        return unavailable(json!({ "status": "unavailable", "sources": down }), message);
     }
     match gw.broker.health().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "broker": e.to_string() })),
-        )
-            .into_response(),
+        Err(e) => unavailable(
+            json!({ "status": "unavailable", "broker": e.to_string() }),
+            format!("broker: {e}"),
+        ),
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`api`]: the server API for backends, health, readiness, metrics, the OpenAPI document;
 //! - [`hub`]: the node-local subscription table and the encode-once fan-out;
 //! - [`outbox`]: each connection's byte-bounded queue (the slow-consumer policy);
-//! - [`gateway`]: the shared state and the publish path every source goes through.
+//! - [`gateway`]: the shared state and the publish path every source goes through;
+//! - [`http`]: the JSON error envelope for every route, and header parsing by the RFCs.
 //!
 //! Shutdown runs in phases: stop accepting and report not ready, tell every client to
 //! reconnect (spread over `shutdown_spread`), then wait for connections to drain, at most
@@ -15,6 +16,7 @@
 pub mod api;
 mod demo;
 pub mod gateway;
+pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
@@ -93,7 +95,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     if gw.config.server.demo {
         app = app.merge(demo::routes());
     }
-    app.fallback(api::not_found).with_state(gw)
+    app.fallback(api::not_found)
+        .layer(axum::middleware::from_fn(http::json_errors))
+        .with_state(gw)
 }
 
 /// Serves on `listener` until `shutdown` completes, then shuts down gracefully.

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{API_KEY, Client, TestServer};
+use common::{API_KEY, TestServer};
 use serde_json::{Value, json};
 
 async fn post_raw(s: &TestServer, path: &str, body: &str) -> (u16, Value) {
@@ -143,4 +143,306 @@ async fn client_frames_refuse_repeated_keys() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(c.next().await["data"]["text"], "still here");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Class 4: every error of every route has the JSON envelope and a stable code.
+
+/// What one bad request got, for the report of the walk.
+struct Probe {
+    what: String,
+    status: u16,
+    content_type: String,
+    allow: Option<String>,
+    body: Value,
+}
+
+async fn probe(
+    http: &reqwest::Client,
+    what: String,
+    method: reqwest::Method,
+    url: String,
+    auth: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Probe {
+    let mut req = http.request(method, &url);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let res = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = res.status().as_u16();
+    let header = |n: &str| {
+        res.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let allow = header("allow");
+    let text = res.text().await.unwrap_or_default();
+    Probe {
+        what,
+        status,
+        content_type,
+        allow,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+/// The stable code each status must carry.
+fn code_for(status: u16) -> &'static [&'static str] {
+    match status {
+        400 => &["bad_request"],
+        401 => &["unauthorized"],
+        403 => &["forbidden"],
+        404 => &["not_found", "unknown_channel"],
+        405 => &["method_not_allowed"],
+        413 => &["payload_too_large"],
+        422 => &["invalid_payload"],
+        429 => &["rate_limited", "too_many_connections"],
+        503 => &["unavailable"],
+        _ => &["internal"],
+    }
+}
+
+/// Walks every path and method of `docs/openapi.json` with bad input (no or wrong credentials,
+/// malformed query parameters and path segments, bad and oversized bodies, methods the path
+/// does not serve) plus unknown routes, and checks that every answer is a documented error
+/// status with `{"error":{"code","message"}}`, `application/json`, and the code that status
+/// stands for. Before the fix, e.g. `GET /v1/channels/{channel}/history?since=abc` answered
+/// `400 text/plain`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_walk_every_error_is_a_json_envelope() {
+    let doc: Value = serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+    let s =
+        TestServer::with_config(&common::config_toml("[limits]\nmax_payload_bytes = 1000\n")).await;
+    let served: Value = reqwest::get(s.url("/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, doc, "the served document is docs/openapi.json");
+    let codes: Vec<&str> =
+        doc["components"]["schemas"]["ErrorResponse"]["properties"]["error"]["properties"]["code"]
+            ["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+    // No connection reuse: an early 413 closes the connection under the rest of the body.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let good = format!("Bearer {API_KEY}");
+    let methods = ["get", "post", "put", "delete", "patch"];
+    let mut probes: Vec<(Probe, Vec<u16>)> = Vec::new();
+
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let served_methods: Vec<&str> = methods
+            .iter()
+            .copied()
+            .filter(|m| item.get(*m).is_some())
+            .collect();
+        for method in &served_methods {
+            let op = &item[*method];
+            let documented: Vec<u16> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            let m: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let path_value = |name: &str| match name {
+                "channel" if path.ends_with("/presence") => "chat.room.x",
+                "channel" => "history.small",
+                _ => "alice",
+            };
+            let mut concrete = path.clone();
+            for p in params.iter().filter(|p| p["in"] == "path") {
+                let name = p["name"].as_str().unwrap();
+                concrete = concrete.replace(&format!("{{{name}}}"), path_value(name));
+            }
+            let url = s.url(&concrete);
+            let body = op
+                .get("requestBody")
+                .map(|_| br#"{"channel":"bench.feed","data":{}}"#.to_vec());
+            // Credentials: missing and wrong, where the operation needs the API key.
+            let security = op.get("security").unwrap_or(&doc["security"]);
+            let needs_key = security
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s.get("apiKey").is_some()));
+            if needs_key {
+                for auth in [None, Some("Bearer wrong-key"), Some("Basic dGVzdA==")] {
+                    let what = format!("{method} {path} with authorization {auth:?}");
+                    let p = probe(&http, what, m.clone(), url.clone(), auth, body.clone()).await;
+                    probes.push((p, documented.clone()));
+                }
+            }
+            let needs_jwt = security
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s.get("jwt").is_some()));
+            if needs_jwt {
+                // Without upgrade headers, and with a token that is not a JWT.
+                for auth in [None, Some("Bearer not-a-jwt")] {
+                    let what =
+                        format!("{method} {path} (plain request) with authorization {auth:?}");
+                    let p = probe(&http, what, m.clone(), url.clone(), auth, None).await;
+                    probes.push((p, documented.clone()));
+                }
+            }
+            let auth = needs_key.then_some(good.as_str());
+            // Bad query parameters: not a number, negative, repeated.
+            for p in params.iter().filter(|p| p["in"] == "query") {
+                let name = p["name"].as_str().unwrap();
+                let bad: &[&str] = if p["schema"]["type"] == "integer" {
+                    &["abc", "-1", "1.5", "99999999999999999999999"]
+                } else {
+                    &[]
+                };
+                for value in bad {
+                    let what = format!("{method} {path}?{name}={value}");
+                    let u = format!("{url}?{name}={value}");
+                    let p = probe(&http, what, m.clone(), u, auth, body.clone()).await;
+                    probes.push((p, documented.clone()));
+                }
+                let what = format!("{method} {path}?{name}=1&{name}=2");
+                let u = format!("{url}?{name}=1&{name}=2");
+                let p = probe(&http, what, m.clone(), u, auth, body.clone()).await;
+                probes.push((p, documented.clone()));
+            }
+            // Bad path segments: not UTF-8 once decoded, and (for channels) no such channel.
+            for p in params.iter().filter(|p| p["in"] == "path") {
+                let name = p["name"].as_str().unwrap();
+                let mut bad = vec!["%FF"];
+                if name == "channel" {
+                    bad.extend(["no.such.channel", "bad..name", "%20"]);
+                }
+                for value in bad {
+                    let u = s.url(&path.replace(&format!("{{{name}}}"), value));
+                    let what = format!("{method} {path} with {name}={value}");
+                    let p = probe(&http, what, m.clone(), u, auth, body.clone()).await;
+                    probes.push((p, documented.clone()));
+                }
+            }
+            // Bad bodies: not JSON, not UTF-8, wrong shape, larger than the limit.
+            if body.is_some() {
+                let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(8 << 20)).into_bytes();
+                for (label, b) in [
+                    ("truncated JSON", b"{".to_vec()),
+                    ("not UTF-8", vec![b'"', 0xff, b'"']),
+                    ("empty", Vec::new()),
+                    ("wrong shape", br#"{"nope":1}"#.to_vec()),
+                    ("8 MiB", big),
+                ] {
+                    let what = format!("{method} {path} with a {label} body");
+                    let p = probe(&http, what, m.clone(), url.clone(), auth, Some(b)).await;
+                    probes.push((p, documented.clone()));
+                }
+            }
+        }
+        // Methods the path does not serve.
+        let concrete = path
+            .replace("{channel}", "history.small")
+            .replace("{user}", "alice");
+        for method in methods.iter().filter(|m| !served_methods.contains(m)) {
+            let what = format!("{method} {path} (not served)");
+            let m: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let p = probe(&http, what, m, s.url(&concrete), Some(&good), None).await;
+            let allow = p.allow.clone().unwrap_or_default().to_ascii_lowercase();
+            for served in &served_methods {
+                assert!(
+                    allow.contains(served),
+                    "{}: Allow {allow:?} lacks {served}",
+                    p.what
+                );
+            }
+            probes.push((p, vec![405]));
+        }
+    }
+    // Routes that do not exist at all.
+    for path in [
+        "/nope",
+        "/v1/nope",
+        "/v1/channels/history.small/nope",
+        "/v1/publish/x/y",
+        "/v1/",
+    ] {
+        for m in [reqwest::Method::GET, reqwest::Method::POST] {
+            let what = format!("{m} {path} (no such route)");
+            let p = probe(&http, what, m, s.url(path), Some(&good), None).await;
+            probes.push((p, vec![404]));
+        }
+    }
+
+    // The broker down: readiness and publishing answer 503 in the envelope too.
+    let dead = herald_testkit::free_port();
+    let down = TestServer::with_config(&common::config_toml(&format!(
+        "[broker]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{dead}\"\n"
+    )))
+    .await;
+    let what = "get /readyz with the broker down".to_owned();
+    let p = probe(
+        &http,
+        what,
+        reqwest::Method::GET,
+        down.url("/readyz"),
+        None,
+        None,
+    )
+    .await;
+    probes.push((p, vec![503]));
+    let what = "post /v1/publish with the broker down".to_owned();
+    let body = br#"{"channel":"bench.feed","data":{}}"#.to_vec();
+    let p = probe(
+        &http,
+        what,
+        reqwest::Method::POST,
+        down.url("/v1/publish"),
+        Some(&good),
+        Some(body),
+    )
+    .await;
+    probes.push((p, vec![503]));
+
+    let mut failures = Vec::new();
+    for (p, allowed) in &probes {
+        let code = p.body["error"]["code"].as_str().unwrap_or_default();
+        let message = p.body["error"]["message"].as_str().unwrap_or_default();
+        let problem = if !(400..600).contains(&p.status) {
+            Some(format!("answered {} to bad input", p.status))
+        } else if !allowed.contains(&p.status) {
+            Some(format!(
+                "status {} is not documented ({allowed:?})",
+                p.status
+            ))
+        } else if !p.content_type.starts_with("application/json") {
+            Some(format!("content-type {:?}", p.content_type))
+        } else if !codes.contains(&code)
+            || !code_for(p.status).contains(&code)
+            || message.is_empty()
+        {
+            Some("not a {\"error\":{\"code\",\"message\"}} envelope with the status's code".into())
+        } else if p.status == 405 && p.allow.is_none() {
+            Some("405 without an Allow header (RFC 9110 §15.5.6)".into())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            failures.push(format!("{}: {problem}: {} {}", p.what, p.status, p.body));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad requests answered outside the contract:\n{}",
+        failures.len(),
+        probes.len(),
+        failures.join("\n")
+    );
 }

@@ -76,13 +76,14 @@ impl IntoResponse for ApiError {
 
 type Gw = State<Arc<Gateway>>;
 
-/// Middleware: `Authorization: Bearer <api key>`, compared in constant time.
+/// Middleware: `Authorization: Bearer <api key>` (scheme case-insensitive, RFC 9110 §11.1),
+/// compared in constant time.
 pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(crate::http::bearer_token);
     let ok = match (&gw.config.api.key, presented) {
         (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
         _ => false,

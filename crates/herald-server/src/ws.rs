@@ -68,9 +68,9 @@ fn credentials<'a>(
     if let Some(t) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::http::bearer_token)
     {
-        return (Some(t.trim()), Via::Header);
+        return (Some(t), Via::Header);
     }
     if let Some(t) = query.token.as_deref().filter(|t| !t.is_empty()) {
         return (Some(t), Via::Query);
@@ -97,11 +97,12 @@ fn origin_allowed(gw: &Gateway, headers: &HeaderMap, via: Via) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let allowed = &gw.config.server.allowed_origins;
     match origin {
-        Some(o) if !allowed.is_empty() => allowed.iter().any(|a| a == o || a == "*"),
+        Some(o) if !allowed.is_empty() => allowed
+            .iter()
+            .any(|a| a == "*" || crate::http::origin_matches(a, o)),
         Some(o) if via == Via::Cookie => {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-            let authority = o.split_once("://").map(|(_, rest)| rest);
-            host.is_some() && authority == host
+            host.is_some_and(|h| crate::http::same_origin(o, h))
         }
         _ => true,
     }

@@ -446,3 +446,229 @@ async fn openapi_walk_every_error_is_a_json_envelope() {
         failures.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Class 5: header details the RFCs fix.
+
+async fn publish_with(s: &TestServer, authorization: &[&str]) -> (u16, Value) {
+    let mut headers = reqwest::header::HeaderMap::new();
+    for a in authorization {
+        headers.append("authorization", a.parse().unwrap());
+    }
+    let res = reqwest::Client::new()
+        .post(s.url("/v1/publish"))
+        .headers(headers)
+        .json(&json!({"channel": "bench.feed", "data": {}}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// RFC 9110 §11.1: the auth scheme is case-insensitive; §11.4 / §5.5: one or more spaces
+/// after it, and no surrounding whitespace is part of the value. Before the fix
+/// `Authorization: bearer <key>` got 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_bearer_scheme_is_case_insensitive() {
+    let s = TestServer::start().await;
+    for ok in [
+        format!("bearer {API_KEY}"),
+        format!("BEARER {API_KEY}"),
+        format!("BeArEr {API_KEY}"),
+        format!("Bearer   {API_KEY}"),
+        format!("Bearer\t{API_KEY}"),
+        format!("Bearer {API_KEY}  "),
+    ] {
+        let (status, body) = publish_with(&s, &[&ok]).await;
+        assert_eq!(status, 200, "{ok:?}: {body}");
+    }
+    for bad in [
+        format!("Bearer{API_KEY}"),
+        format!("Basic {API_KEY}"),
+        format!("Bearer {API_KEY} extra"),
+        format!("Bearer {API_KEY}x"),
+        "Bearer".to_owned(),
+        "Bearer ".to_owned(),
+        format!("Bearers {API_KEY}"),
+        API_KEY.to_owned(),
+    ] {
+        let (status, body) = publish_with(&s, &[&bad]).await;
+        assert_eq!(status, 401, "{bad:?}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+}
+
+/// The same on the WebSocket upgrade, over a real socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_upgrade_bearer_scheme_is_case_insensitive() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = TestServer::start().await;
+    let token = common::token("alice", &[], Duration::from_secs(60));
+    for scheme in ["bearer", "BEARER", "Bearer "] {
+        let mut req = s.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("{scheme} {token}").parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .unwrap_or_else(|e| panic!("{scheme:?}: upgrade refused: {e}"));
+        use futures_util::StreamExt;
+        let first = ws.next().await.unwrap().unwrap();
+        let welcome: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        assert_eq!(welcome["type"], "welcome");
+        assert_eq!(welcome["user"], "alice");
+    }
+}
+
+/// Sends raw HTTP/1.1 and returns the status and the body (as JSON when it is). Reads the
+/// head and then `Content-Length` bytes, so neither a 101 nor a kept-alive connection stalls.
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return text;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("an answer within 5 s");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+/// RFC 9110 §5.3: `Authorization`, `Origin` and `Host` are not lists; a request carrying one of
+/// them twice is ambiguous (a proxy may have checked the first while Herald used the other) and
+/// is refused with 400, on the API and on the upgrade. RFC 9112 §3.2 requires it for `Host`.
+/// Before the fix the first `Authorization` or `Origin` silently won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_singleton_headers_are_refused() {
+    let s = TestServer::with_config(&common::config_toml(
+        "[server]\nallowed_origins = [\"https://app.example.com\"]\n",
+    ))
+    .await;
+    let good = format!("Bearer {API_KEY}");
+    let (status, body) = publish_with(&s, &[&good, "Bearer wrong"]).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, body) = publish_with(&s, &[&good, &good]).await;
+    assert_eq!(status, 400, "{body}");
+
+    let token = common::token("alice", &[], Duration::from_secs(60));
+    let upgrade = |extra: &str| {
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+            s.addr
+        )
+    };
+    // Sanity: one of each is accepted.
+    let one = format!("Authorization: Bearer {token}\r\nOrigin: https://app.example.com\r\n");
+    let (status, body) = raw_http(s.addr, &upgrade(&one)).await;
+    assert_eq!(status, 101, "{body}");
+    for extra in [
+        format!("Authorization: Bearer {token}\r\nAuthorization: Bearer {token}\r\n"),
+        format!("Authorization: Bearer {token}\r\nAuthorization: Bearer nope\r\n"),
+        format!(
+            "Authorization: Bearer {token}\r\nOrigin: https://app.example.com\r\nOrigin: https://evil.example.com\r\n"
+        ),
+        format!("Authorization: Bearer {token}\r\nHost: evil.example.com\r\n"),
+    ] {
+        let (status, body) = raw_http(s.addr, &upgrade(&extra)).await;
+        assert_eq!(status, 400, "{extra:?}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{extra:?}: {body}");
+    }
+    let (status, body) = raw_http(
+        s.addr,
+        "GET /healthz HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+/// RFC 6454 §4 and RFC 3986 §6.2: an origin's scheme and host compare case-insensitively and
+/// an explicit default port is the same origin. Before the fix `allowed_origins` and the
+/// cookie same-origin check compared strings byte for byte (and refused `Host: Example.com`
+/// against `Origin: http://example.com`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_compare_by_rfc6454() {
+    let token = common::token("alice", &[], Duration::from_secs(60));
+    let upgrade = |extra: &str| {
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n\r\n"
+        )
+    };
+    let listed = TestServer::with_config(&common::config_toml(
+        "[server]\nallowed_origins = [\"https://App.Example.com\", \"http://localhost:3000/\"]\n",
+    ))
+    .await;
+    for (origin, expected) in [
+        ("https://app.example.com", 101),
+        ("HTTPS://APP.EXAMPLE.COM", 101),
+        ("https://app.example.com:443", 101),
+        ("http://localhost:3000", 101),
+        ("http://LOCALHOST:3000", 101),
+        ("https://app.example.com:8443", 403),
+        ("http://app.example.com", 403),
+        ("https://evil.example.com", 403),
+        ("https://app.example.com.evil.example", 403),
+        ("null", 403),
+    ] {
+        let extra = format!(
+            "Host: {}\r\nAuthorization: Bearer {token}\r\nOrigin: {origin}",
+            listed.addr
+        );
+        let (status, body) = raw_http(listed.addr, &upgrade(&extra)).await;
+        assert_eq!(status, expected, "Origin {origin}: {body}");
+    }
+    // Cookie credentials, no list: same origin required, compared the same way.
+    let cookie = TestServer::with_config(&format!(
+        "[auth]\nhs256_secret = \"{}\"\ncookie = \"herald\"\n{}",
+        common::SECRET,
+        common::CHANNELS
+    ))
+    .await;
+    for (host, origin, expected) in [
+        ("Example.COM", "http://example.com", 101),
+        ("example.com", "http://EXAMPLE.com:80", 101),
+        ("example.com:443", "https://example.com", 101),
+        ("example.com:8080", "http://example.com:8080", 101),
+        ("example.com", "http://example.com:8080", 403),
+        ("example.com", "http://evil.example", 403),
+    ] {
+        let extra = format!("Host: {host}\r\nCookie: herald={token}\r\nOrigin: {origin}");
+        let (status, body) = raw_http(cookie.addr, &upgrade(&extra)).await;
+        assert_eq!(status, expected, "Host {host}, Origin {origin}: {body}");
+    }
+}

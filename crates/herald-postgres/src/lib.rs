@@ -74,7 +74,7 @@ CREATE INDEX IF NOT EXISTS {table}_commit_order ON {table} (commit_seq NULLS FIR
 -- consumed in commit order without herald_publish taking any lock. The UPDATE touches only
 -- the row this transaction just inserted: it cannot wait for anybody.
 CREATE OR REPLACE FUNCTION {table}_stamp_commit() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     UPDATE {table} SET commit_seq = nextval('{table}_commit_seq') WHERE id = NEW.id;
     RETURN NULL;
@@ -110,9 +110,11 @@ $$;
 -- Call inside the transaction that makes the domain change. It takes no lock that can wait
 -- (a fresh row, a queued notification), so it cannot deadlock or time out, whatever the
 -- channels, their order and the application's own locks. pg_notify fires only on commit.
+-- Both functions keep the search_path of the installation: the caller's own path (another
+-- schema with its own herald_outbox, or none) must not change which table they write.
 CREATE OR REPLACE FUNCTION herald_publish(channel text, data jsonb, idempotency_key text DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     new_id bigint;
 BEGIN

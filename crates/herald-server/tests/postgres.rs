@@ -644,6 +644,39 @@ async fn random_channel_orders_with_app_locks_never_abort_and_keep_commit_order(
     }
 }
 
+/// Another member: `herald_publish` resolved its table through the caller's `search_path`, so
+/// an application whose path names another schema first (one that has its own
+/// `herald_outbox`, or none) failed inside its transaction, at the call or at `COMMIT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_publish_does_not_depend_on_the_callers_search_path() {
+    let server = setup().await;
+    let s = gateway(&server, "").await;
+    let mut c = s.client("alice").await;
+    assert_eq!(c.subscribe("bench.feed").await["ok"], true);
+    let mut db = pg(&server.url()).await;
+    db.batch_execute(
+        "CREATE SCHEMA billing; CREATE TABLE billing.herald_outbox (id int PRIMARY KEY);
+         CREATE SCHEMA empty;",
+    )
+    .await
+    .unwrap();
+    for (n, path, call) in [
+        (1, "billing, public", "herald_publish"),
+        (2, "empty", "public.herald_publish"),
+    ] {
+        let set = format!("SET LOCAL search_path = {path}");
+        let publish = format!("SELECT {call}('bench.feed', '{{\"n\": {n}}}')");
+        let r = try_tx(&mut db, &[&set, &publish]).await;
+        assert_eq!(r, Ok(()), "search_path {path}");
+    }
+    let ns: Vec<u64> = collect(&mut c, 2)
+        .await
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [1, 2]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issue 20, class 2: a key that recognises a redelivery must say where the message came from,
 // and nothing may leave a source before it was delivered or dead-lettered.

@@ -154,6 +154,7 @@ struct Probe {
     status: u16,
     content_type: String,
     allow: Option<String>,
+    www_authenticate: Option<String>,
     body: Value,
 }
 
@@ -182,12 +183,14 @@ async fn probe(
     };
     let content_type = header("content-type").unwrap_or_default();
     let allow = header("allow");
+    let www_authenticate = header("www-authenticate");
     let text = res.text().await.unwrap_or_default();
     Probe {
         what,
         status,
         content_type,
         allow,
+        www_authenticate,
         body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
     }
 }
@@ -431,6 +434,13 @@ async fn openapi_walk_every_error_is_a_json_envelope() {
             Some("not a {\"error\":{\"code\",\"message\"}} envelope with the status's code".into())
         } else if p.status == 405 && p.allow.is_none() {
             Some("405 without an Allow header (RFC 9110 §15.5.6)".into())
+        } else if p.status == 401
+            && !p
+                .www_authenticate
+                .as_deref()
+                .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer"))
+        {
+            Some("401 without a Bearer challenge (RFC 9110 §11.6.1)".into())
         } else {
             None
         };

@@ -10,7 +10,8 @@
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::uri::Authority;
+use axum::http::{HeaderName, HeaderValue, StatusCode, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use herald_core::protocol::{ErrorBody, ErrorCode};
@@ -94,19 +95,34 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 
 /// Fields that are not lists (RFC 9110 §5.3): a request with two of them is ambiguous — a proxy
 /// in front may have checked one while Herald would use the other — so it is refused.
-/// RFC 9112 §3.2 requires a 400 for a repeated `Host`.
 const SINGLETONS: [HeaderName; 3] = [header::AUTHORIZATION, header::ORIGIN, header::HOST];
 
-/// Middleware: 400 `bad_request` for a request that repeats a singleton field.
-pub async fn reject_repeated_headers(req: Request, next: Next) -> Response {
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without userinfo, with a numeric port.
+fn valid_host(value: &str) -> bool {
+    value.parse::<Authority>().is_ok() && !value.contains('@') && host_port(value).is_some()
+}
+
+fn bad_request(message: String) -> Response {
+    let body = ErrorBody::new(ErrorCode::BadRequest, message);
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": body }))).into_response()
+}
+
+/// Middleware: 400 `bad_request` for a request that repeats a singleton field, or (RFC 9112
+/// §3.2) an HTTP/1.1 request without exactly one valid `Host`.
+pub async fn check_singleton_headers(req: Request, next: Next) -> Response {
     for name in &SINGLETONS {
         if req.headers().get_all(name).iter().nth(1).is_some() {
-            let body = ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("more than one {name} header (RFC 9110 §5.3)"),
-            );
-            return (StatusCode::BAD_REQUEST, Json(json!({ "error": body }))).into_response();
+            return bad_request(format!("more than one {name} header (RFC 9110 §5.3)"));
         }
+    }
+    match req.headers().get(header::HOST) {
+        None if req.version() == Version::HTTP_11 => {
+            return bad_request("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)".into());
+        }
+        Some(host) if !host.to_str().is_ok_and(valid_host) => {
+            return bad_request("invalid Host header (RFC 9112 §3.2)".into());
+        }
+        _ => {}
     }
     next.run(req).await
 }

@@ -96,7 +96,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         app = app.merge(demo::routes());
     }
     app.fallback(api::not_found)
-        .layer(axum::middleware::from_fn(http::reject_repeated_headers))
+        .layer(axum::middleware::from_fn(http::check_singleton_headers))
         .layer(axum::middleware::from_fn(http::json_errors))
         .with_state(gw)
 }

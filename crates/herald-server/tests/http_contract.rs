@@ -626,6 +626,32 @@ async fn repeated_singleton_headers_are_refused() {
     assert_eq!(status, 400, "{body}");
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or with an invalid one, gets 400. Before
+/// the fix it was served (a missing `Host` also made the cookie same-origin check compare
+/// against nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_requests_need_one_valid_host() {
+    let s = TestServer::start().await;
+    for request in [
+        "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a.example:port\r\nConnection: close\r\n\r\n",
+    ] {
+        let (status, body) = raw_http(s.addr, request).await;
+        assert_eq!(status, 400, "{request:?}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{request:?}: {body}");
+    }
+    // HTTP/1.0 has no Host requirement; a valid Host is of course fine.
+    for request in [
+        "GET /healthz HTTP/1.0\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a.example:8080\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+    ] {
+        let (status, body) = raw_http(s.addr, request).await;
+        assert_eq!(status, 200, "{request:?}: {body}");
+    }
+}
+
 /// RFC 6454 §4 and RFC 3986 §6.2: an origin's scheme and host compare case-insensitively and
 /// an explicit default port is the same origin. Before the fix `allowed_origins` and the
 /// cookie same-origin check compared strings byte for byte (and refused `Host: Example.com`

@@ -14,6 +14,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::broker::{Position, Publication};
+use crate::input::{KeyCheckError, check_unique_keys};
 
 /// Stable error codes used in replies and in API error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -35,6 +36,8 @@ pub enum ErrorCode {
     /// A plain HTTP request reached a WebSocket endpoint: the credentials would be accepted,
     /// but the request did not ask for an upgrade (RFC 9110 §15.5.22, status 426).
     UpgradeRequired,
+    /// HTTP only: the path exists but not with this method (405, with `Allow`).
+    MethodNotAllowed,
     Internal,
 }
 
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
             ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -293,6 +297,19 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         return Err(FrameError::BadRequest {
             id: None,
             message: "id must be a non-negative integer".into(),
+        });
+    }
+    // A `Value` kept only the last of a repeated key; the API refuses those, and so does the
+    // socket (one rule for every way a publication enters, `crate::input`).
+    if let Err(KeyCheckError::Duplicate(d)) = check_unique_keys(text) {
+        let id = if d.pointer.is_empty() && d.key == "id" {
+            None
+        } else {
+            id
+        };
+        return Err(FrameError::BadRequest {
+            id,
+            message: d.to_string(),
         });
     }
     serde_json::from_value(value).map_err(|e| FrameError::BadRequest {

@@ -22,7 +22,8 @@ pub enum SourceKind {
 /// The gateway as seen by a source.
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
-    /// Validates and publishes, exactly like `POST /v1/publish`.
+    /// Validates and publishes, exactly like `POST /v1/publish`. `idempotency_key` is the
+    /// broker's redelivery key: already scoped to its source with [`scoped_key`].
     async fn publish(
         &self,
         source: SourceKind,
@@ -42,4 +43,16 @@ pub trait Publisher: Send + Sync + 'static {
 /// being unable to take it now (retry later).
 pub fn is_permanent(code: ErrorCode) -> bool {
     !matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
+}
+
+/// The scope of keys given to `POST /v1/publish` (and its batch form).
+pub const API_SCOPE: &str = "api";
+
+/// A redelivery key scoped to the source it came from, so two sources (two databases, two
+/// tables, a NOTIFY channel and the API) can never recognise each other's messages as
+/// redeliveries. `scope` names the source and never contains `|`, so the result is unique per
+/// (scope, key) pair.
+pub fn scoped_key(scope: &str, key: &str) -> String {
+    debug_assert!(!scope.contains('|'), "a scope never contains the separator");
+    format!("{scope}|{key}")
 }

@@ -69,52 +69,151 @@ enum Via {
     None,
 }
 
-/// The token of an `Authorization` value using the Bearer scheme (RFC 6750 §2.1): the scheme
-/// name is case-insensitive (RFC 9110 §11.1) and separated from the token by one or more
-/// spaces; surrounding whitespace is ignored. `None` for another scheme or an empty token.
+/// The token of an `Authorization` value in the `Bearer` scheme (RFC 6750 §2.1), read as RFC
+/// 9110 says: the scheme name is case-insensitive (§11.1), one or more spaces separate it
+/// from the credentials (§11.4; a tab is tolerated too), and whitespace around the field value
+/// is not part of it (§5.5). `None` when the value is in another scheme; `Some("")` when it is
+/// `Bearer` with nothing after it, which the caller refuses like any wrong token.
 pub fn bearer_token(value: &str) -> Option<&str> {
-    let value = value.trim_matches(|c| c == ' ' || c == '\t');
-    let (scheme, rest) = value.split_once([' ', '\t'])?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim_matches(|c| c == ' ' || c == '\t');
-    (!token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
+    let is_ws = |c: char| c == ' ' || c == '\t';
+    let value = value.trim_matches(is_ws);
+    let (scheme, rest) = match value.find(is_ws) {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value, ""),
+    };
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(is_ws))
 }
 
 /// The value of cookie `name` in `Cookie` header values (RFC 6265 §5.4: `name=value` pairs
-/// separated by `; `); the first non-empty match wins.
+/// separated by `; `; a value in double quotes is unquoted, §4.1.1); the first non-empty match
+/// wins.
 pub fn cookie_value<'a>(cookies: &[&'a str], name: &str) -> Option<&'a str> {
     cookies
         .iter()
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v.trim_matches('"'))
+        .map(|(_, v)| {
+            v.strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v)
+        })
+        .filter(|v| !v.is_empty())
 }
 
-/// Compares two origins (`scheme://host[:port]`) as RFC 6454 §5 does for the serialised form:
-/// scheme and host case-insensitively, with default ports made explicit.
-pub fn same_origin(a: &str, b: &str) -> bool {
-    fn norm(o: &str) -> Option<(String, String, u16)> {
-        let (scheme, rest) = o.trim().split_once("://")?;
-        let scheme = scheme.to_ascii_lowercase();
-        let rest = rest.trim_end_matches('/');
-        let default = match scheme.as_str() {
-            "http" | "ws" => 80,
-            "https" | "wss" => 443,
-            _ => 0,
-        };
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => match p.parse::<u16>() {
-                Ok(port) => (h, port),
-                Err(_) => (rest, default),
-            },
-            _ => (rest, default),
-        };
-        Some((scheme, host.to_ascii_lowercase(), port))
+/// An origin as RFC 6454 compares it: scheme and host lowercased, the port made explicit.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
     }
-    matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Splits `host[:port]` (RFC 9110 §7.2) (with `[v6]` literals); `None` when the port is not a number.
+pub fn host_port(authority: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        (format!("[{v6}]"), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => Some(p.parse().ok()?),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// Parses `scheme://host[:port]` (a trailing `/` tolerated, for hand-written config); `None`
+/// for anything else, including the opaque origin `null`.
+fn parse_origin(s: &str) -> Option<Origin> {
+    let (scheme, rest) = s.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return None;
+    }
+    let (host, port) = host_port(authority)?;
+    let port = port.or_else(|| default_port(&scheme));
+    Some(Origin { scheme, host, port })
+}
+
+/// Whether `origin` (an `Origin` header) is the configured `allowed` origin, compared as
+/// RFC 6454 §4 serializes them: `https://App.Example.com` and `https://app.example.com:443`
+/// are the same origin, `http://app.example.com` and `…:8443` are not.
+pub fn origin_matches(allowed: &str, origin: &str) -> bool {
+    match (parse_origin(allowed), parse_origin(origin)) {
+        (Some(a), Some(o)) => a == o,
+        _ => false,
+    }
+}
+
+/// Whether `origin` names the host the request was sent to (`Host`, RFC 9110 §7.2), for
+/// cookie-authenticated upgrades. The scheme is not compared (behind a TLS-terminating proxy
+/// the gateway cannot know it), but it supplies the default port: `Host: example.com` is
+/// `http://example.com:80` and `https://example.com:443`, not `http://example.com:8080`.
+pub fn same_origin(origin: &str, host: &str) -> bool {
+    let (Some(o), Some((host, port))) = (parse_origin(origin), host_port(host.trim())) else {
+        return false;
+    };
+    o.host == host && o.port == port.or_else(|| default_port(&o.scheme))
+}
+
+#[cfg(test)]
+mod header_rules {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Bearer\tabc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer"), Some(""));
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+    }
+
+    #[test]
+    fn origins() {
+        assert!(origin_matches(
+            "https://App.Example.com",
+            "https://app.example.com:443"
+        ));
+        assert!(origin_matches(
+            "http://localhost:3000/",
+            "http://LOCALHOST:3000"
+        ));
+        assert!(!origin_matches(
+            "https://app.example.com",
+            "http://app.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://a.example",
+            "https://a.example.evil"
+        ));
+        assert!(!origin_matches("null", "null"));
+        assert!(origin_matches("http://[::1]:8080", "http://[::1]:8080"));
+        assert!(same_origin("http://EXAMPLE.com", "example.com"));
+        assert!(same_origin("https://example.com", "example.com:443"));
+        assert!(!same_origin("http://example.com:8080", "example.com"));
+        assert!(!same_origin("null", "example.com"));
+    }
 }
 
 impl Handshake<'_> {
@@ -147,13 +246,10 @@ impl Node {
     fn origin_allowed(&self, h: &Handshake<'_>, via: Via) -> bool {
         let allowed = &self.config.server.allowed_origins;
         match h.origin {
-            Some(o) if !allowed.is_empty() => allowed.iter().any(|a| a == "*" || same_origin(a, o)),
-            Some(o) if via == Via::Cookie => {
-                let authority = o
-                    .split_once("://")
-                    .map(|(_, rest)| rest.trim_end_matches('/'));
-                matches!((h.host, authority), (Some(host), Some(a)) if a.eq_ignore_ascii_case(host))
+            Some(o) if !allowed.is_empty() => {
+                allowed.iter().any(|a| a == "*" || origin_matches(a, o))
             }
+            Some(o) if via == Via::Cookie => h.host.is_some_and(|host| same_origin(o, host)),
             _ => true,
         }
     }
@@ -329,9 +425,11 @@ mod tests {
         ] {
             assert_eq!(bearer_token(v), Some("abc"), "{v:?}");
         }
-        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Bearer a b"] {
+        for v in ["Basic abc", "Bearerabc"] {
             assert_eq!(bearer_token(v), None, "{v:?}");
         }
+        // Bearer with nothing after it is refused like any wrong token.
+        assert_eq!(bearer_token("Bearer "), Some(""));
     }
 
     #[test]
@@ -343,24 +441,6 @@ mod tests {
         assert_eq!(cookie_value(&["a=1", "herald=tok"], "herald"), Some("tok"));
         assert_eq!(cookie_value(&["herald="], "herald"), None);
         assert_eq!(cookie_value(&["xherald=1"], "herald"), None);
-    }
-
-    #[test]
-    fn origins_compare_by_rfc_6454() {
-        assert!(same_origin("https://App.example", "https://app.example"));
-        assert!(same_origin(
-            "https://app.example:443",
-            "https://app.example"
-        ));
-        assert!(same_origin("HTTP://app.example", "http://app.example:80/"));
-        assert!(!same_origin("https://app.example", "http://app.example"));
-        assert!(!same_origin(
-            "https://app.example:8443",
-            "https://app.example"
-        ));
-        assert!(!same_origin(
-            "https://app.example.evil",
-            "https://app.example"
-        ));
+        assert_eq!(cookie_value(&["herald=\"tok\""], "herald"), Some("tok"));
     }
 }

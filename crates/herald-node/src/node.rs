@@ -215,15 +215,8 @@ impl Node {
                 format!("data is {} bytes; the limit is {limit}", raw.get().len()),
             ));
         }
-        if idempotency_key
-            .as_deref()
-            .is_some_and(|k| k.is_empty() || k.len() > 256)
-        {
-            return Err(ErrorBody::new(
-                ErrorCode::BadRequest,
-                "idempotency_key must be 1 to 256 characters",
-            ));
-        }
+        // `idempotency_key` arrives scoped to its source; the publisher's own key was checked
+        // by the one parser (`herald_core::input`) before it was scoped.
         self.broker
             .publish(PublishRequest {
                 channel: Arc::from(channel),

@@ -11,12 +11,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use herald_core::broker::HistoryQuery;
+use herald_core::broker::{HistoryQuery, Position};
+use herald_core::input::parse_publish;
 use herald_core::protocol::{ErrorBody, ErrorCode, PublicationView};
+use herald_core::source::{API_SCOPE, scoped_key};
 use herald_node::Node;
-use herald_node::admission::bearer_token;
 use herald_node::metrics::Source;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
@@ -47,6 +49,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::UnknownChannel | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidPayload => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
@@ -74,13 +77,14 @@ impl IntoResponse for ApiError {
 
 type Gw = State<Arc<Node>>;
 
-/// Middleware: `Authorization: Bearer <api key>`, compared in constant time.
+/// Middleware: `Authorization: Bearer <api key>` (scheme case-insensitive, RFC 9110 §11.1),
+/// compared in constant time.
 pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
+        .and_then(herald_node::admission::bearer_token);
     let ok = match (&gw.config.api.key, presented) {
         (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
         _ => false,
@@ -99,27 +103,53 @@ pub async fn require_api_key(State(gw): Gw, req: Request, next: Next) -> Respons
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+/// How far past its limit a body is still read (and dropped) before answering 413. A server
+/// that answers while the client is still sending and then closes with unread bytes makes
+/// the kernel reset the connection, and the client loses the 413 it was sent (RFC 9112 §9.6);
+/// reading a bounded tail first lets the envelope arrive.
+const DRAIN_PAST_LIMIT: usize = 16 << 20;
+
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        total = total.saturating_add(chunk.len());
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if total > limit.saturating_add(DRAIN_PAST_LIMIT) {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("request body larger than {limit} bytes"),
-        )
-    })
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishBody {
-    pub channel: String,
-    pub data: Value,
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
+/// One publication through the one parser (`herald_core::input`), the same for the single and
+/// the batch endpoint; its idempotency key is scoped to the API so it never matches a key a
+/// source gave (see `herald_core::source::scoped_key`).
+async fn publish_one(gw: &Node, text: &str) -> Result<Position, ErrorBody> {
+    let input = parse_publish(text)?;
+    let key = input.idempotency_key.map(|k| scoped_key(API_SCOPE, &k));
+    gw.publish_as(Source::api, &input.channel, &input.data, key, None)
+        .await
 }
 
 #[derive(Debug, Serialize)]
@@ -135,16 +165,13 @@ fn single_body_limit(gw: &Node) -> usize {
 
 pub async fn publish(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, single_body_limit(&gw)).await?;
-    let req: PublishBody = parse(&bytes)?;
-    let pos = gw
-        .publish_as(
-            Source::api,
-            &req.channel,
-            &req.data,
-            req.idempotency_key,
-            None,
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("invalid JSON: not UTF-8: {e}"),
         )
-        .await?;
+    })?;
+    let pos = publish_one(&gw, text).await?;
     Ok(Json(Published {
         offset: pos.offset,
         epoch: pos.epoch,
@@ -154,8 +181,11 @@ pub async fn publish(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchBody {
-    publications: Vec<Value>,
+struct BatchBody<'a> {
+    /// Kept as text so each item goes through the same parser as a single publish (a `Value`
+    /// would already have dropped a repeated key).
+    #[serde(borrow)]
+    publications: Vec<&'a RawValue>,
 }
 
 pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiError> {
@@ -163,7 +193,7 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
         .saturating_mul(MAX_BATCH)
         .min(64 << 20);
     let bytes = read_body(body, limit).await?;
-    let batch: BatchBody = parse(&bytes)?;
+    let batch: BatchBody<'_> = parse(&bytes)?;
     if batch.publications.len() > MAX_BATCH {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -173,14 +203,7 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
     let mut results = Vec::with_capacity(batch.publications.len());
     // In order, one at a time: items on the same channel keep their batch order.
     for item in batch.publications {
-        let result = match serde_json::from_value::<PublishBody>(item) {
-            Err(e) => Err(ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
-            Ok(p) => {
-                gw.publish_as(Source::api, &p.channel, &p.data, p.idempotency_key, None)
-                    .await
-            }
-        };
-        results.push(match result {
+        results.push(match publish_one(&gw, item.get()).await {
             Ok(pos) => json!({ "offset": pos.offset, "epoch": pos.epoch }),
             Err(e) => json!({ "error": e }),
         });
@@ -254,28 +277,25 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(gw): Gw) -> Response {
+    // Not ready is an error like any other: the envelope sits beside the probe's `status`.
+    let unavailable = |mut body: Value, message: String| {
+        body["error"] = json!(ErrorBody::new(ErrorCode::Unavailable, message));
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
     if gw.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        )
-            .into_response();
+        return unavailable(json!({ "status": "draining" }), "shutting down".to_owned());
     }
     let down = gw.not_ready();
     if !down.is_empty() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "sources": down })),
-        )
-            .into_response();
+        let message = format!("sources not ready: {}", down.join(", "));
+        return unavailable(json!({ "status": "unavailable", "sources": down }), message);
     }
     match gw.broker.health().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "broker": e.to_string() })),
-        )
-            .into_response(),
+        Err(e) => unavailable(
+            json!({ "status": "unavailable", "broker": e.to_string() }),
+            format!("broker: {e}"),
+        ),
     }
 }
 

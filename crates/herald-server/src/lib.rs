@@ -5,6 +5,7 @@
 //! - [`transport`]: the doors into the session core of `herald-node`: protocol v1 over
 //!   WebSocket and Server-Sent Events, each a thin adapter (admit, translate, write);
 //! - [`api`]: the server API for backends, health, readiness, metrics, the OpenAPI document;
+//! - [`http`]: the JSON error envelope for every route, and header parsing by the RFCs;
 //! - `demo`: the demo page (development only).
 //!
 //! Everything protocol-level (gates, sessions, the hub, outboxes, metrics) is in
@@ -16,6 +17,7 @@
 
 pub mod api;
 mod demo;
+pub mod http;
 pub mod transport;
 
 use std::future::Future;
@@ -93,7 +95,10 @@ pub fn router(gw: Arc<Node>) -> Router {
     if gw.config.server.demo {
         app = app.merge(demo::routes());
     }
-    app.fallback(api::not_found).with_state(gw)
+    app.fallback(api::not_found)
+        .layer(axum::middleware::from_fn(http::check_singleton_headers))
+        .layer(axum::middleware::from_fn(http::json_errors))
+        .with_state(gw)
 }
 
 /// Serves on `listener` until `shutdown` completes, then shuts down gracefully.

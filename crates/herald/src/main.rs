@@ -214,17 +214,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             idempotency_key,
         } => {
             let config = load(cli.config.as_deref())?;
-            let data: serde_json::Value =
-                serde_json::from_str(&data).context("the payload is not valid JSON")?;
+            // Sent as written (a `Value` would drop a repeated key), so the API's one parser
+            // judges it like any other publication.
+            let data = serde_json::value::RawValue::from_string(data)
+                .context("the payload is not valid JSON")?;
             let url = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
             let key = config
                 .api
                 .key
                 .context("api.key is not set in the config (or HERALD_API__KEY)")?;
-            let mut body = serde_json::json!({ "channel": channel, "data": data });
-            if let Some(k) = idempotency_key {
-                body["idempotency_key"] = k.into();
+            #[derive(serde::Serialize)]
+            struct Body<'a> {
+                channel: &'a str,
+                data: &'a serde_json::value::RawValue,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                idempotency_key: Option<&'a str>,
             }
+            let body = Body {
+                channel: &channel,
+                data: &data,
+                idempotency_key: idempotency_key.as_deref(),
+            };
             let res = reqwest::Client::new()
                 .post(format!("{}/v1/publish", url.trim_end_matches('/')))
                 .bearer_auth(key)

@@ -321,3 +321,37 @@ async fn postgres_install_prints_and_applies() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+/// Issue 20, class 3 member: `herald publish` is one more way a publication enters, so its
+/// payload reaches the API as written and gets the API's answer. Before the fix the CLI parsed
+/// it into a `Value` first, which kept the last of a repeated key and published it.
+#[tokio::test]
+async fn publish_sends_the_payload_as_written() {
+    let dir = project(GOOD);
+    let server = Server::start(dir.path());
+    let out = herald(
+        dir.path(),
+        &[
+            "publish",
+            "notifications.user.alice",
+            r#"{"type":"x","type":"mention"}"#,
+            "--url",
+            &server.url,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a repeated key was published");
+    assert!(stderr.contains("duplicate key `type` in /data"), "{stderr}");
+    let out = herald(
+        dir.path(),
+        &[
+            "publish",
+            "notifications.user.alice",
+            "{",
+            "--url",
+            &server.url,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+}

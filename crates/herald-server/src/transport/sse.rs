@@ -145,13 +145,9 @@ pub async fn command(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    let limit = node.config.limits.max_frame_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("a command is at most {limit} bytes"),
-        )
-        .into_response();
+    let bytes = match crate::api::read_body(body, node.config.limits.max_frame_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
     };
     let Some(route) = node.sessions.route(&session) else {
         return ApiError::new(

@@ -7,6 +7,10 @@
 export const CloseCode = {
   /** Server shutting down. */
   GoingAway: 1001,
+  /** A WebSocket protocol error (bad framing). */
+  ProtocolError: 1002,
+  /** A text frame that is not valid UTF-8. */
+  InvalidText: 1007,
   /** Temporarily unavailable (the broker refused the auto-subscriptions). */
   Unavailable: 1013,
   /** Token expired: `refresh` before `exp` avoids it. */
@@ -26,7 +30,13 @@ export const CloseCode = {
 } as const;
 
 /** Close codes after which the server asks the client not to come back. */
-export const NO_RECONNECT_CODES: ReadonlySet<number> = new Set([CloseCode.FrameTooLarge, CloseCode.BadFrame, CloseCode.Kicked]);
+export const NO_RECONNECT_CODES: ReadonlySet<number> = new Set([
+  CloseCode.ProtocolError,
+  CloseCode.InvalidText,
+  CloseCode.FrameTooLarge,
+  CloseCode.BadFrame,
+  CloseCode.Kicked,
+]);
 
 /**
  * Codes the client itself reports in `disconnected` events (never sent by the gateway).
@@ -56,6 +66,10 @@ export const ERROR_CODES = [
   "rate_limited",
   "unavailable",
   "unauthorized",
+  "too_many_connections",
+  "not_found",
+  "method_not_allowed",
+  "upgrade_required",
   "internal",
 ] as const;
 

@@ -1,24 +1,26 @@
-//! Tests of the real `herald` binary: `check`, `token`, `serve` with SIGTERM, `publish`.
+//! Tests of the real `herald` binary: `check`, `token`, `serve` with SIGTERM, `publish`, and
+//! the harness that starts it (`herald_testkit::HeraldProcess`).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use herald_testkit::{HeraldBin, HeraldProcess, WsClient, herald_command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
+/// The binary under test: `HERALD_BIN` if set, else the one cargo built for these tests.
+fn bin() -> HeraldBin {
+    HeraldBin::locate(option_env!("CARGO_BIN_EXE_herald"))
+}
+
+/// `herald <args>` in `dir`, without the developer's own `HERALD_*` variables.
+fn cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = herald_command(&bin());
+    c.args(args).current_dir(dir);
+    c
+}
 
 fn herald(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HERALD_CONFIG")
-        .output()
-        .expect("herald runs")
+    cmd(dir, args).output().expect("herald runs")
 }
 
 const GOOD: &str = r#"
@@ -116,9 +118,7 @@ fn serve_refuses_a_broken_config() {
 #[test]
 fn env_overrides_config() {
     let dir = project(GOOD);
-    let out = Command::new(BIN)
-        .args(["check"])
-        .current_dir(dir.path())
+    let out = cmd(dir.path(), &["check"])
         .env("HERALD_LIMITS__MAX_SUBSCRIPTIONS", "0")
         .output()
         .unwrap();
@@ -126,9 +126,7 @@ fn env_overrides_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_subscriptions"));
     // Variables outside the config sections are not config keys and do not break startup;
     // an unknown key inside a section still does.
-    let ok = Command::new(BIN)
-        .args(["check"])
-        .current_dir(dir.path())
+    let ok = cmd(dir.path(), &["check"])
         .env("HERALD_BIN", "/usr/bin/whatever")
         .env("HERALD_URL", "http://elsewhere")
         .output()
@@ -138,9 +136,7 @@ fn env_overrides_config() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let typo = Command::new(BIN)
-        .args(["check"])
-        .current_dir(dir.path())
+    let typo = cmd(dir.path(), &["check"])
         .env("HERALD_SERVER__LISEN", "x")
         .output()
         .unwrap();
@@ -148,60 +144,19 @@ fn env_overrides_config() {
     assert!(String::from_utf8_lossy(&typo.stderr).contains("lisen"));
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .current_dir(dir)
-            .env_remove("HERALD_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("herald listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
 /// Acceptance 11: SIGTERM → every client gets `disconnect` with `reconnect: true` and close
 /// 1001, `/readyz` stops answering ready, and the process exits 0.
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
     let dir = project(GOOD);
-    let mut server = Server::start(dir.path());
+    let mut server = HeraldProcess::builder_without_config()
+        .bin(bin())
+        .dir(dir.path())
+        .start();
     let token = String::from_utf8(herald(dir.path(), &["token", "--sub", "alice"]).stdout).unwrap();
-    let ws_url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut req = ws_url.as_str().into_client_request().unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token.trim()).parse().unwrap(),
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        let Some(Ok(Message::Text(w))) = ws.next().await else {
-            panic!("no welcome")
-        };
-        assert!(w.contains("\"welcome\""));
-        clients.push(ws);
+        clients.push(WsClient::connect(&server.ws_url(), Some(token.trim())).await);
     }
 
     // `herald publish` goes through the running gateway's API.
@@ -212,7 +167,7 @@ async fn sigterm_drains_and_exits_zero() {
             "notifications.user.alice",
             r#"{"type":"x"}"#,
             "--url",
-            &server.url,
+            &server.url(),
         ],
     );
     assert!(
@@ -221,46 +176,20 @@ async fn sigterm_drains_and_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     for ws in &mut clients {
-        let Some(Ok(Message::Text(p))) = ws.next().await else {
-            panic!("no pub")
-        };
-        assert!(p.contains("\"pub\""), "{p}");
+        let p = ws.next().await;
+        assert_eq!(p["type"], "pub", "{p}");
     }
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-
+    server.terminate();
     for ws in &mut clients {
-        let mut disconnect: Option<Value> = None;
-        let mut close_code = None;
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
-        {
-            match msg {
-                Message::Text(t) => disconnect = Some(serde_json::from_str(&t).unwrap()),
-                Message::Close(c) => {
-                    close_code = c.map(|c| u16::from(c.code));
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let d = disconnect.expect("disconnect frame before close");
+        let closed = ws.closed(Duration::from_secs(5)).await;
+        let d = closed.disconnect.expect("disconnect frame before close");
         assert_eq!(d["type"], "disconnect");
         assert_eq!(d["reconnect"], true);
         assert_eq!(d["code"], 1001);
-        assert_eq!(close_code, Some(1001));
+        assert_eq!(closed.close.map(|c| u16::from(c.code)), Some(1001));
     }
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = server.wait_exit(Duration::from_secs(5));
     assert_eq!(status.expect("exited within 5 s").code(), Some(0));
 }
 
@@ -320,4 +249,48 @@ async fn postgres_install_prints_and_applies() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+}
+
+/// A harness that cannot start the binary says why: the path it tried and where that path
+/// came from (before, a wrong path gave `unexpected first line ""` and nothing else).
+#[test]
+fn harness_names_a_missing_binary() {
+    let missing = HeraldBin::locate_with(
+        &|name| (name == "HERALD_BIN").then(|| "/nonexistent/herald".into()),
+        None,
+        "debug",
+    );
+    let err = HeraldProcess::builder(GOOD)
+        .bin(missing)
+        .try_start()
+        .unwrap_err();
+    assert!(
+        err.contains("/nonexistent/herald")
+            && err.contains("$HERALD_BIN")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+/// A gateway that exits at startup is reported with its exit code and the last lines of its
+/// output, so the test failure carries the config error itself.
+#[test]
+fn harness_reports_exit_code_and_output() {
+    let err = HeraldProcess::builder(GOOD.replace("scope = \"public\"", "scope = \"everyone\""))
+        .bin(bin())
+        .file(
+            "schemas/notification.json",
+            r#"{"type":"object","required":["type"]}"#,
+        )
+        .try_start()
+        .unwrap_err();
+    assert!(err.contains("exited with code 1"), "{err}");
+    assert!(
+        err.contains(r#"channel #2 "blog.article.feed", field `scope`"#),
+        "{err}"
+    );
+    assert!(
+        err.contains(&bin().path.display().to_string()),
+        "names the binary: {err}"
+    );
 }

@@ -40,7 +40,11 @@ fn own_profile() -> &'static str {
 }
 
 fn exe_name() -> &'static str {
-    if cfg!(windows) { "herald.exe" } else { "herald" }
+    if cfg!(windows) {
+        "herald.exe"
+    } else {
+        "herald"
+    }
 }
 
 impl HeraldBin {
@@ -150,9 +154,9 @@ fn target_directory(env: &dyn Fn(&str) -> Option<OsString>) -> Result<PathBuf, S
     if let Some(dir) = env("CARGO_TARGET_DIR") {
         cmd.env("CARGO_TARGET_DIR", dir);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run `cargo metadata` to find the herald binary: {e} (set HERALD_BIN)"))?;
+    let out = cmd.output().map_err(|e| {
+        format!("cannot run `cargo metadata` to find the herald binary: {e} (set HERALD_BIN)")
+    })?;
     if !out.status.success() {
         return Err(format!(
             "`cargo metadata` failed ({}) while looking for the herald binary (set HERALD_BIN): {}",
@@ -191,7 +195,10 @@ mod tests {
         assert_eq!(b.path, PathBuf::from("/opt/herald"));
         assert_eq!(b.from, "$HERALD_BIN");
         let b = HeraldBin::locate_with(&env_of(&[("TEST_HERALD_BIN", "/x")]), None, "debug");
-        assert_eq!((b.path, b.from.as_str()), (PathBuf::from("/x"), "$TEST_HERALD_BIN"));
+        assert_eq!(
+            (b.path, b.from.as_str()),
+            (PathBuf::from("/x"), "$TEST_HERALD_BIN")
+        );
     }
 
     #[test]

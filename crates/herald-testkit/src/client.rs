@@ -51,7 +51,9 @@ impl WsClient {
         if let Some(t) = token {
             req.headers_mut().insert(
                 "authorization",
-                format!("Bearer {t}").parse().expect("a token is a valid header"),
+                format!("Bearer {t}")
+                    .parse()
+                    .expect("a token is a valid header"),
             );
         }
         let (ws, _) = tokio_tungstenite::connect_async(req).await?;

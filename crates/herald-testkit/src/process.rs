@@ -26,7 +26,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub fn herald_command(bin: &HeraldBin) -> Command {
     let mut cmd = Command::new(&bin.path);
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().to_ascii_uppercase().starts_with("HERALD_") {
+        if name
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("HERALD_")
+        {
             cmd.env_remove(&name);
         }
     }
@@ -225,7 +229,10 @@ impl HeraldProcess {
                 self.bin.describe()
             )
         })?;
-        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let stderr = child.stderr.take().expect("piped");
         let tail = self.stderr.clone();
         let echo = std::env::var_os("HERALD_TEST_VERBOSE").is_some();

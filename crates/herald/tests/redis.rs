@@ -175,9 +175,11 @@ async fn survives_a_redis_restart() {
     let (status, body) = a.publish("blog.article.feed", json!({"n": 2})).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
-    eventually(Duration::from_secs(5), "/readyz to report the outage", || async {
-        (a.get("/readyz").await.0 == 503).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "/readyz to report the outage",
+        || async { (a.get("/readyz").await.0 == 503).then_some(()) },
+    )
     .await;
     // Still connected and answering.
     assert_eq!(c.request(json!({"type": "ping"})).await["ok"], true);

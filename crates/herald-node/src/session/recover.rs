@@ -76,17 +76,35 @@ mod tests {
         #[allow(clippy::type_complexity)]
         let table: &[(Option<Since>, HistoryResult, usize, bool, &[u64])] = &[
             (None, history(5, &[1, 2, 3, 4, 5]), 100, false, &[]),
-            (Some(since(5, "e")), history(5, &[1, 2, 3, 4, 5]), 100, true, &[]),
+            (
+                Some(since(5, "e")),
+                history(5, &[1, 2, 3, 4, 5]),
+                100,
+                true,
+                &[],
+            ),
             (Some(since(3, "e")), history(5, &[4, 5]), 100, true, &[4, 5]),
             (Some(since(0, "e")), history(2, &[1, 2]), 100, true, &[1, 2]),
             // The epoch changed: history was lost.
             (Some(since(3, "old")), history(5, &[4, 5]), 100, false, &[]),
             // The client claims to be ahead of the stream.
-            (Some(since(9, "e")), history(5, &[1, 2, 3, 4, 5]), 100, false, &[]),
+            (
+                Some(since(9, "e")),
+                history(5, &[1, 2, 3, 4, 5]),
+                100,
+                false,
+                &[],
+            ),
             // A gap: offset 3 is no longer retained.
             (Some(since(2, "e")), history(5, &[4, 5]), 100, false, &[]),
             // More missing than the cap.
-            (Some(since(0, "e")), history(5, &[1, 2, 3, 4, 5]), 4, false, &[]),
+            (
+                Some(since(0, "e")),
+                history(5, &[1, 2, 3, 4, 5]),
+                4,
+                false,
+                &[],
+            ),
             (
                 Some(since(1, "e")),
                 history(5, &[2, 3, 4, 5]),

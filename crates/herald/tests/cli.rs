@@ -294,3 +294,96 @@ fn harness_reports_exit_code_and_output() {
         "names the binary: {err}"
     );
 }
+
+/// Issue 11: `HERALD_SERVER__LISTEN=nonsense herald check` names the variable; the file is
+/// not at fault and is not blamed.
+#[test]
+fn a_bad_env_value_names_its_variable() {
+    let dir = project(GOOD);
+    let out = cmd(dir.path(), &["check"])
+        .env("HERALD_SERVER__LISTEN", "nonsense")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("environment variable HERALD_SERVER__LISTEN: field `server.listen`"),
+        "{err}"
+    );
+    assert!(!err.contains("herald.toml"), "blames the file: {err}");
+}
+
+/// A misspelled config variable is refused with a suggestion instead of silently ignored;
+/// `HERALD_SOURCE__…` says sources come from the file; a one-underscore near miss is a
+/// warning (it may be a deployment's own variable, e.g. a backend's `HERALD_API_KEY`).
+#[test]
+fn misspelled_env_variables_are_refused() {
+    let dir = project(GOOD);
+    for (var, says) in [
+        (
+            "HERALD_SERVR__LISTEN",
+            "did you mean HERALD_SERVER__LISTEN?",
+        ),
+        ("HERALD_SERVER__LISTN", "did you mean `listen`?"),
+        (
+            "HERALD_SOURCE__POSTGRES__URL",
+            "configured in the config file only",
+        ),
+    ] {
+        let out = cmd(dir.path(), &["check"])
+            .env(var, "127.0.0.1:9")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var} accepted: {err}");
+        assert!(
+            err.contains(&format!("environment variable {var}")) && err.contains(says),
+            "{var}: {err}"
+        );
+    }
+    let out = cmd(dir.path(), &["check"])
+        .env("HERALD_API_KEY", "k")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("HERALD_API_KEY is not a config key") && err.contains("HERALD_API__KEY"),
+        "{err}"
+    );
+}
+
+/// `herald check` lists every type error of a file, not only the first.
+#[test]
+fn check_reports_every_type_error() {
+    let dir = project(&format!(
+        "{}\n[limits]\nmax_subscriptions = \"many\"\npublish_rate = -1\n",
+        GOOD.replace("shutdown_spread = \"200ms\"", "shutdown_spread = 5")
+    ));
+    let out = herald(dir.path(), &["check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("herald.toml: 3 problems"), "{err}");
+    for field in [
+        "limits.max_subscriptions",
+        "limits.publish_rate",
+        "server.shutdown_spread",
+    ] {
+        assert!(err.contains(&format!("field `{field}`")), "{field}: {err}");
+    }
+}
+
+/// Logs written to a pipe or a file carry no colour escapes.
+#[test]
+fn logs_have_no_colour_when_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // No herald.toml: `check` warns that it uses the built-in example.
+    let out = herald(dir.path(), &["check"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("built-in example"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "colour escapes in {err:?}");
+}

@@ -455,7 +455,11 @@ fn scan_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> EnvScan {
     let mut vars: Vec<(String, OsString)> = vars
         .into_iter()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
-        .filter(|(k, _)| k.len() > 7 && k[..7].eq_ignore_ascii_case("HERALD_"))
+        .filter(|(k, _)| {
+            k.len() > 7
+                && k.get(..7)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("HERALD_"))
+        })
         .collect();
     // The same order every run, so messages and precedence never depend on the platform.
     vars.sort();

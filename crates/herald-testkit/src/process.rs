@@ -147,7 +147,9 @@ impl HeraldBuilder {
     }
 }
 
-/// A running `herald serve`, killed (SIGKILL) on drop so a failing assertion never leaks it.
+/// A running `herald serve`, killed (SIGKILL) on drop so a failing assertion never leaks it;
+/// when the test is failing, the drop prints the last lines of its log. Set
+/// `TEST_HERALD_VERBOSE=1` (as for the TypeScript tests) to see every line as it comes.
 pub struct HeraldProcess {
     bin: HeraldBin,
     dir: PathBuf,
@@ -235,7 +237,7 @@ impl HeraldProcess {
             .clear();
         let stderr = child.stderr.take().expect("piped");
         let tail = self.stderr.clone();
-        let echo = std::env::var_os("HERALD_TEST_VERBOSE").is_some();
+        let echo = std::env::var_os("TEST_HERALD_VERBOSE").is_some();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if echo {
@@ -386,5 +388,12 @@ impl HeraldProcess {
 impl Drop for HeraldProcess {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the gateway said, without TEST_HERALD_VERBOSE.
+        if std::thread::panicking() {
+            let tail = self.stderr_tail();
+            if !tail.is_empty() {
+                eprintln!("--- last lines of herald at {} ---\n{tail}", self.addr);
+            }
+        }
     }
 }

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# Installs what Herald's tests need on a fresh Debian machine, then runs every test.
-# Safe to re-run: each step is skipped when its tool is already there.
+# Installs what Herald's tests need on a fresh Debian machine, checks formatting and lints,
+# then runs every test. This is what CI runs. Safe to re-run: each step is skipped when its
+# tool is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Where cargo puts binaries: `target/` here unless CARGO_TARGET_DIR or .cargo/config.toml say
+# otherwise (a shared build cache). Asked once, so no step guesses `target/debug/herald`.
+target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+if [ -z "$target_dir" ]; then
+  echo "error: cannot read target_directory from cargo metadata" >&2
+  exit 1
+fi
+# The binary the TypeScript tests run (they read TEST_HERALD_BIN; the Rust harness reads
+# HERALD_BIN). An explicit HERALD_BIN from the caller wins.
+herald_bin="${HERALD_BIN:-$target_dir/debug/herald}"
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
@@ -14,8 +26,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# Cheap checks first: a formatting slip or a lint fails in seconds, not after the tests.
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
 echo "==> cargo test --workspace"
-cargo test --workspace
+HERALD_BIN="$herald_bin" cargo test --workspace
 
 # The TypeScript client, React bindings, codegen and the demo page in a real browser, all
 # against the real `herald` binary.
@@ -31,6 +49,5 @@ echo "==> npm ci + build (clients/typescript: @herald/client, @herald/react, the
 echo "==> cargo build -p herald"
 cargo build -p herald
 echo "==> TypeScript client, React, codegen and browser tests"
-# The tests find the binary the way cargo does (cargo metadata's target_directory, so a
-# CARGO_TARGET_DIR is honoured); TEST_HERALD_BIN or HERALD_BIN overrides it.
-(cd clients/typescript && npm test)
+echo "    (herald: $herald_bin)"
+(cd clients/typescript && TEST_HERALD_BIN="$herald_bin" HERALD_BIN="$herald_bin" npm test)

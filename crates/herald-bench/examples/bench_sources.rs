@@ -1,6 +1,7 @@
 //! Benchmarks for the Redis broker (1 node vs 2 nodes + Redis) and the Postgres outbox
 //! (rows/s, commit → client latency). Starts its own redis-server / Postgres and real `herald`
-//! processes (release build at target/release/herald); prints Markdown tables.
+//! processes (the release build, found through `cargo metadata` or `HERALD_BIN`, and built
+//! when missing); prints Markdown tables.
 //!
 //! ```sh
 //! cargo build --release -p herald
@@ -8,15 +9,13 @@
 //! ```
 //! Gateways run under `taskset -c 0` (set HERALD_BENCH_NO_PIN=1 to skip pinning).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_core::identity::mint_hs256;
-use herald_testkit::{PostgresServer, RedisServer};
+use herald_testkit::{HeraldBin, HeraldProcess, PostgresServer, RedisServer};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -31,58 +30,30 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+/// One gateway process, pinned to CPU 0 unless `HERALD_BENCH_NO_PIN` is set.
 struct Node {
-    child: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    _process: HeraldProcess,
 }
 
 impl Node {
     fn start(extra: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nhs256_secret = \"{SECRET}\"\n[api]\nkey = \"{KEY}\"\n\
+            "[auth]\nhs256_secret = \"{SECRET}\"\n[api]\nkey = \"{KEY}\"\n\
              [limits]\nmax_connections_per_user = 100000\n{extra}\n\
              [[channel]]\nname = \"bench.feed\"\nscope = \"public\"\nschema = {{ type = \"object\" }}\n"
         );
-        std::fs::write(dir.path().join("herald.toml"), config).unwrap();
-        let bin = std::env::current_dir()
-            .unwrap()
-            .join("target/release/herald");
-        let mut cmd = if std::env::var_os("HERALD_BENCH_NO_PIN").is_some() {
-            Command::new(&bin)
-        } else {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(&bin);
-            c
-        };
-        let mut child = cmd
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("HERALD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("build it first: cargo build --release -p herald");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .trim_start_matches("herald listening on ")
-            .to_owned();
-        Node {
-            child,
-            url,
-            _dir: dir,
+        let bin = HeraldBin::locate(None);
+        bin.build_if_missing();
+        let mut builder = HeraldProcess::builder(config).bin(bin);
+        if std::env::var_os("HERALD_BENCH_NO_PIN").is_none() {
+            builder = builder.wrapper(["taskset", "-c", "0"]);
         }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let process = builder.start();
+        Node {
+            url: process.url(),
+            _process: process,
+        }
     }
 }
 

@@ -148,24 +148,13 @@ fn null_gateway_unicast_reaches_each_user_once() {
     assert_eq!((s.lost, s.gaps, s.reorders), (0, 0, 0));
 }
 
-/// The `herald` binary of this workspace, built for the same profile as this test.
+/// The `herald` binary of this workspace, found the way cargo builds it (`HERALD_BIN`, else
+/// `cargo metadata`'s target directory, which honours `CARGO_TARGET_DIR`), and built when
+/// missing: `cargo test -p herald-bench` alone does not build other packages' binaries.
 fn herald_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/smoke-<hash> -> target/<profile>/herald
-    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let bin = profile_dir.join("herald");
-    if !bin.exists() {
-        // `cargo test -p herald-bench` alone does not build other packages' binaries.
-        let target = profile_dir.parent().unwrap();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "herald", "--bin", "herald"])
-            .env("CARGO_TARGET_DIR", target);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building herald");
-    }
-    bin
+    let bin = herald_testkit::HeraldBin::locate(None);
+    bin.build_if_missing();
+    bin.path
 }
 
 #[test]

@@ -2,9 +2,15 @@
 //!
 //! The file is read once into typed structs, merged with `HERALD_*` environment variables
 //! (`HERALD_SERVER__LISTEN` sets `server.listen`), then validated as a whole before anything
-//! binds a port. Every problem found is reported at once, each naming the file, the channel
-//! (by position and name) and the field, so a broken deploy is fixed in one edit.
+//! binds a port. Every problem found is reported at once, each naming where the value came
+//! from (the file, or the environment variable that set it), the channel (by position and
+//! name) and the field, so a broken deploy is fixed in one edit.
+//!
+//! Type errors are collected too: serde stops at the first one, so when the whole document
+//! does not deserialize, each section and each `[[channel]]` is deserialized on its own, and a
+//! bad field is reported and dropped (its default applies) until the rest goes through.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,16 +18,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::error::Kind;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use serde::Deserialize;
 
 use crate::identity::Authenticator;
 use crate::registry::{Registry, Scope};
 
-/// Config sections `HERALD_<SECTION>__<KEY>` may set. Other `HERALD_*` variables (the CLI's
-/// `HERALD_CONFIG`, `HERALD_LOG`, or a deployment's own `HERALD_URL`…) are not config keys and
-/// are left alone; inside a known section an unknown key is still an error.
+/// Config sections `HERALD_<SECTION>__<KEY>` may set. A variable with `__` in its name is a
+/// config key: an unknown section (`HERALD_SERVR__LISTEN`) or key (`HERALD_SERVER__LISTN`)
+/// is an error, like an unknown key in the file. Variables without `__` (the CLI's
+/// `HERALD_CONFIG` and `HERALD_LOG`, a deployment's own `HERALD_URL`, the tests'
+/// `HERALD_BIN`) are not config and are left alone.
 const ENV_SECTIONS: &[&str] = &["server", "auth", "api", "broker", "limits"];
+
+/// Sections that are arrays of tables, which one flat variable cannot express: the file only.
+const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source"];
+
+/// The top-level keys of `herald.toml`.
+const SECTIONS: &[&str] = &[
+    "server", "auth", "api", "broker", "limits", "channel", "source",
+];
 
 /// The fully validated configuration of one gateway process.
 #[derive(Debug, Clone)]
@@ -38,6 +56,9 @@ pub struct Config {
     /// Gate 1's verifier, built from `[auth]` while validating (key files read, JWKS parsed),
     /// so a bad key is a config error like any other and is never built twice.
     pub authenticator: Arc<Authenticator>,
+    /// Things that are not errors but probably mistakes, e.g. `HERALD_API_KEY` (one
+    /// underscore: not a config key) next to an intended `HERALD_API__KEY`. The binary logs them.
+    pub warnings: Vec<String>,
 }
 
 /// `[[source.postgres]]` tables.
@@ -326,6 +347,8 @@ struct RawConfig {
 /// One thing wrong with the configuration, located as precisely as we can.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The environment variable that set the value, or `None` when it is the file's.
+    pub variable: Option<String>,
     /// `channel #3 "chat.room.{roomId}"`, or `None` outside the channel list.
     pub channel: Option<String>,
     /// Dotted field path, e.g. `schema.properties.id.type` or `server.listen`.
@@ -343,18 +366,28 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(
-            f,
-            "{}: {n} problem{}",
-            self.file,
-            if n == 1 { "" } else { "s" }
-        )?;
+        // Blame what is at fault: the file, the environment, or both.
+        let in_file = self.problems.iter().any(|p| p.variable.is_none());
+        let in_env = self.problems.iter().any(|p| p.variable.is_some());
+        let origin = match (in_file, in_env) {
+            (true, true) => format!("{} and the environment", self.file),
+            (false, true) => "environment".to_owned(),
+            _ => self.file.clone(),
+        };
+        write!(f, "{origin}: {n} problem{}", if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
-            write!(f, "\n  {}: ", self.file)?;
+            match &p.variable {
+                Some(var) => write!(f, "\n  environment variable {var}: ")?,
+                None => write!(f, "\n  {}: ", self.file)?,
+            }
             if let Some(ch) = &p.channel {
                 write!(f, "{ch}, ")?;
             }
-            write!(f, "field `{}`: {}", p.field, p.message)?;
+            if p.field == "-" {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "field `{}`: {}", p.field, p.message)?;
+            }
         }
         Ok(())
     }
@@ -365,6 +398,7 @@ impl ConfigError {
         Self {
             file: file.to_owned(),
             problems: vec![Problem {
+                variable: None,
                 channel: None,
                 field: field.to_owned(),
                 message: message.into(),
@@ -385,6 +419,7 @@ impl Problems {
         message: impl Into<String>,
     ) {
         self.0.push(Problem {
+            variable: None,
             channel,
             field: field.to_owned(),
             message: message.into(),
@@ -396,9 +431,153 @@ pub(crate) fn channel_label(index: usize, name: &str) -> String {
     format!("channel #{} {name:?}", index + 1)
 }
 
+/// One `HERALD_<SECTION>__<KEY>` variable that sets a config value.
+#[derive(Debug, Clone)]
+struct EnvSetting {
+    /// The variable's name as written, for messages.
+    name: String,
+    /// The dotted config path it sets, lowercase (`server.listen`).
+    path: String,
+    value: String,
+}
+
+/// What the environment contributes: the settings, the variables that look like config keys
+/// but cannot be (errors), and near misses that are probably mistakes (warnings).
+#[derive(Debug, Default)]
+struct EnvScan {
+    settings: Vec<EnvSetting>,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+/// Sorts `HERALD_*` variables into config settings, errors and warnings (see [`ENV_SECTIONS`]).
+fn scan_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> EnvScan {
+    let mut scan = EnvScan::default();
+    let mut vars: Vec<(String, OsString)> = vars
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+        .filter(|(k, _)| {
+            k.len() > 7
+                && k.get(..7)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("HERALD_"))
+        })
+        .collect();
+    // The same order every run, so messages and precedence never depend on the platform.
+    vars.sort();
+    for (name, value) in vars {
+        let rest = &name[7..];
+        let problem = |message: String| Problem {
+            variable: Some(name.clone()),
+            channel: None,
+            field: "-".into(),
+            message,
+        };
+        let Some((section, _)) = rest.split_once("__") else {
+            // Not a config key. One underscore after a section name is probably meant as one.
+            let lower = rest.to_ascii_lowercase();
+            if let Some(section) = ENV_SECTIONS
+                .iter()
+                .find(|s| lower.len() > s.len() + 1 && lower.starts_with(&format!("{s}_")))
+            {
+                let fixed = format!(
+                    "HERALD_{}__{}",
+                    section.to_ascii_uppercase(),
+                    &rest[section.len() + 1..]
+                );
+                scan.warnings.push(format!(
+                    "environment variable {name} is not a config key and is ignored (config keys \
+                     are HERALD_<SECTION>__<KEY>, with two underscores: {fixed})"
+                ));
+            }
+            continue;
+        };
+        let section = section.to_ascii_lowercase();
+        let path = rest.to_ascii_lowercase().replace("__", ".");
+        if ENV_SECTIONS.contains(&section.as_str()) {
+            if path.split('.').any(str::is_empty) {
+                scan.problems.push(problem(
+                    "malformed config key: an empty key between `__`".into(),
+                ));
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => scan.settings.push(EnvSetting {
+                    name: name.clone(),
+                    path,
+                    value,
+                }),
+                Err(_) => scan
+                    .problems
+                    .push(problem("the value is not valid UTF-8".into())),
+            }
+        } else if FILE_ONLY_SECTIONS.contains(&section.as_str()) {
+            let table = if section == "source" {
+                "source.postgres"
+            } else {
+                "channel"
+            };
+            scan.problems.push(problem(format!(
+                "`[[{table}]]` tables are configured in the config file only, not from the \
+                 environment (see docs/configuration.md)"
+            )));
+        } else {
+            let mut message = format!(
+                "`{section}` is not a config section (HERALD_<SECTION>__<KEY> with SECTION one \
+                 of {})",
+                ENV_SECTIONS.join(", ").to_ascii_uppercase()
+            );
+            if let Some(close) = closest(&section, ENV_SECTIONS) {
+                let key = &rest[section.len() + 2..];
+                message.push_str(&format!(
+                    "; did you mean HERALD_{}__{key}?",
+                    close.to_ascii_uppercase()
+                ));
+            }
+            scan.problems.push(problem(message));
+        }
+    }
+    scan
+}
+
+/// The candidate within a small edit distance of `word` (a typo), if any.
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = (word.len() / 3).clamp(1, 3);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance (bytes; config keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 impl Config {
-    /// Loads `path` (required to exist when given), applies `HERALD_*` overrides and validates.
+    /// Loads `path` (required to exist when given), applies `HERALD_*` overrides from the
+    /// process environment and validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars_os())
+    }
+
+    /// [`Config::load`] with the environment given explicitly (tests, embedding).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Config, ConfigError> {
         let label = path.map_or_else(|| "<defaults>".to_owned(), |p| p.display().to_string());
         let mut figment = Figment::new();
         if let Some(p) = path {
@@ -411,23 +590,55 @@ impl Config {
             }
             figment = figment.merge(Toml::file(p));
         }
-        figment = figment.merge(Env::prefixed("HERALD_").split("__").filter(|key| {
-            let section = key.as_str().split('.').next().unwrap_or_default();
-            key.as_str().contains('.')
-                && ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
-        }));
+        let env = scan_env(vars);
+        let file_only = figment.clone();
+        // Values are parsed the way figment's own `Env` provider does (`8080` is a number,
+        // `true` a bool, `[a, b]` an array, anything else a string), except where the field
+        // wants a string: an API key or secret that happens to be all digits is still a key.
+        let mut verbatim: Vec<&str> = Vec::new();
+        loop {
+            figment = file_only.clone();
+            for setting in &env.settings {
+                let value: Value = if verbatim.contains(&setting.path.as_str()) {
+                    Value::from(setting.value.clone())
+                } else {
+                    setting.value.parse().unwrap_or_else(|e| match e {})
+                };
+                figment = figment.merge(Serialized::default(&setting.path, value));
+            }
+            let Err(errors) = extract_all(&figment) else {
+                break;
+            };
+            let wants_string: Vec<&str> = errors
+                .iter()
+                .filter(|e| {
+                    matches!(&e.kind, Kind::InvalidType(_, expected) if expected.contains("string"))
+                })
+                .filter_map(|e| {
+                    let path = e.path.join(".");
+                    env.settings
+                        .iter()
+                        .find(|s| s.path == path && !verbatim.contains(&s.path.as_str()))
+                        .map(|s| s.path.as_str())
+                })
+                .collect();
+            if wants_string.is_empty() {
+                break;
+            }
+            verbatim.extend(wants_string);
+        }
         let base = path
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        Self::from_figment(figment, &label, &base, path.map(Path::to_path_buf))
+        Self::from_figment(figment, &label, &base, path.map(Path::to_path_buf), env)
     }
 
     /// Parses a TOML document held in memory (tests, `herald check -`); relative paths resolve
     /// against `base`. Environment variables are not consulted.
     pub fn from_toml_str(toml: &str, base: &Path) -> Result<Config, ConfigError> {
         let figment = Figment::new().merge(Toml::string(toml));
-        Self::from_figment(figment, "<inline>", base, None)
+        Self::from_figment(figment, "<inline>", base, None, EnvScan::default())
     }
 
     fn from_figment(
@@ -435,14 +646,30 @@ impl Config {
         label: &str,
         base: &Path,
         file: Option<PathBuf>,
+        env: EnvScan,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = figment.extract().map_err(|err| ConfigError {
-            file: label.to_owned(),
-            problems: err
-                .into_iter()
-                .map(|e| figment_problem(&figment, e))
-                .collect(),
-        })?;
+        let blame = |mut problems: Vec<Problem>| {
+            for p in &mut problems {
+                attribute_to_env(p, &env.settings);
+            }
+            let mut all = env.problems.clone();
+            all.extend(problems);
+            ConfigError {
+                file: label.to_owned(),
+                problems: all,
+            }
+        };
+        let raw = match extract_all(&figment) {
+            Ok(raw) => raw,
+            Err(errors) => {
+                return Err(blame(
+                    errors
+                        .into_iter()
+                        .map(|e| figment_problem(&figment, e))
+                        .collect(),
+                ));
+            }
+        };
         let mut problems = Problems::default();
         let RawConfig {
             server,
@@ -490,8 +717,13 @@ impl Config {
                 None
             }
         };
-        if let (true, Some(authenticator)) = (problems.0.is_empty(), authenticator) {
+        if let (true, true, Some(authenticator)) = (
+            problems.0.is_empty(),
+            env.problems.is_empty(),
+            authenticator,
+        ) {
             Ok(Config {
+                warnings: env.warnings,
                 authenticator: Arc::new(authenticator),
                 file,
                 server,
@@ -503,11 +735,128 @@ impl Config {
                 registry: Arc::new(registry),
             })
         } else {
-            Err(ConfigError {
-                file: label.to_owned(),
-                problems: problems.0,
-            })
+            Err(blame(problems.0))
         }
+    }
+}
+
+/// Names the environment variable that set a problem's field, if one did: the environment
+/// is merged last, so a variable naming the field (or a table above it) is where it came from.
+fn attribute_to_env(p: &mut Problem, settings: &[EnvSetting]) {
+    if p.channel.is_some() || p.variable.is_some() {
+        return;
+    }
+    let field = p.field.to_ascii_lowercase();
+    if let Some(s) = settings
+        .iter()
+        .find(|s| field == s.path || field.starts_with(&format!("{}.", s.path)))
+    {
+        p.variable = Some(s.name.clone());
+    }
+}
+
+/// Deserializes the merged config; when that fails, finds every type error, not only the
+/// first (see the module docs).
+fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
+    let first = match figment.extract::<RawConfig>() {
+        Ok(raw) => return Ok(raw),
+        Err(e) => e,
+    };
+    let Ok(root) = figment.extract::<Dict>() else {
+        // Not even a table (a TOML syntax error): nothing more to find.
+        return Err(first.into_iter().collect());
+    };
+    let mut errors = Vec::new();
+    for (key, value) in root {
+        let at = vec![key.clone()];
+        match key.as_str() {
+            "server" => collect::<ServerConfig>(value, at, &mut errors),
+            "auth" => collect::<AuthConfig>(value, at, &mut errors),
+            "api" => collect::<ApiConfig>(value, at, &mut errors),
+            "broker" => collect::<BrokerConfig>(value, at, &mut errors),
+            "limits" => collect::<Limits>(value, at, &mut errors),
+            "source" => {
+                // Each `[[source.postgres]]` on its own, like channels.
+                let mut value = value;
+                if let Value::Dict(_, dict) = &mut value
+                    && let Some(Value::Array(_, items)) = dict.remove("postgres")
+                {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), "postgres".into(), i.to_string()];
+                        collect::<PostgresSourceConfig>(item, at, &mut errors);
+                    }
+                }
+                collect::<SourcesConfig>(value, at, &mut errors);
+            }
+            "channel" => match value {
+                Value::Array(_, items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), i.to_string()];
+                        collect::<ChannelConfig>(item, at, &mut errors);
+                    }
+                }
+                other => collect::<Vec<ChannelConfig>>(other, at, &mut errors),
+            },
+            _ => {
+                let mut e = figment::Error::from(Kind::UnknownField(key.clone(), SECTIONS));
+                e.path = at;
+                errors.push(e);
+            }
+        }
+    }
+    if errors.is_empty() {
+        // The piecewise pass disagrees with the whole: trust the whole.
+        errors.extend(first);
+    }
+    Err(errors)
+}
+
+/// Deserializes one section as a `T`, recording each error under `at` and dropping the field
+/// at fault (so its default applies) until the rest deserializes; gives up on a missing
+/// required field or after 64 errors.
+fn collect<T: serde::de::DeserializeOwned>(
+    mut value: Value,
+    at: Vec<String>,
+    errors: &mut Vec<figment::Error>,
+) {
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    for _ in 0..64 {
+        let Err(e) = value.deserialize::<T>() else {
+            return;
+        };
+        let path = e.path.clone();
+        // Dropping a required field makes it missing: that is the error already reported.
+        let consequence = matches!(&e.kind, Kind::MissingField(f)
+            if removed.iter().any(|r| r.len() == path.len() + 1
+                && r[..path.len()] == path[..]
+                && r[path.len()] == *f));
+        if consequence {
+            return;
+        }
+        let mut located = e;
+        located.path = at.iter().chain(&path).cloned().collect();
+        errors.push(located);
+        if path.is_empty() || !remove(&mut value, &path) {
+            return;
+        }
+        removed.push(path);
+    }
+}
+
+/// Removes the value at `path`. Inside an array the whole array goes (removing one element
+/// would shift the indices of the errors after it).
+fn remove(value: &mut Value, path: &[String]) -> bool {
+    let Value::Dict(_, dict) = value else {
+        return false;
+    };
+    match path {
+        [] => false,
+        [key] => dict.remove(key).is_some(),
+        [key, rest @ ..] => match dict.get_mut(key) {
+            Some(Value::Array(..)) => dict.remove(key).is_some(),
+            Some(inner) => remove(inner, rest),
+            None => false,
+        },
     }
 }
 
@@ -599,8 +948,26 @@ fn validate_general(server: &ServerConfig, auth: &AuthConfig, limits: &Limits, p
 
 /// Turns a figment error into a [`Problem`], naming the channel when the path goes through one.
 fn figment_problem(figment: &Figment, e: figment::Error) -> Problem {
-    let path = e.path.clone();
-    let message = e.kind.to_string();
+    let mut path = e.path.clone();
+    // Name the missing field itself, not the table that lacks it.
+    if let Kind::MissingField(f) = &e.kind {
+        path.push(f.to_string());
+    }
+    let message = match &e.kind {
+        Kind::UnknownField(key, expected) => match closest(key, expected) {
+            Some(close) => format!("unknown key `{key}`; did you mean `{close}`?"),
+            None => format!(
+                "unknown key `{key}`; expected one of {}",
+                expected
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+        Kind::MissingField(_) => "required, but missing".to_owned(),
+        kind => kind.to_string(),
+    };
     if path.first().map(String::as_str) == Some("channel")
         && let Some(index) = path.get(1).and_then(|i| i.parse::<usize>().ok())
     {
@@ -613,12 +980,14 @@ fn figment_problem(figment: &Figment, e: figment::Error) -> Problem {
             .and_then(|dict| dict.get("name").and_then(|n| n.as_str().map(str::to_owned)))
             .unwrap_or_else(|| "?".into());
         return Problem {
+            variable: None,
             channel: Some(channel_label(index, &name)),
             field: path[2..].join("."),
             message,
         };
     }
     Problem {
+        variable: None,
         channel: None,
         field: if path.is_empty() {
             "-".into()
@@ -694,5 +1063,172 @@ mod tests {
         assert!(err.to_string().contains("only one"), "{err}");
         let err = Config::from_toml_str("", Path::new(".")).unwrap_err();
         assert!(err.to_string().contains("nobody could connect"), "{err}");
+    }
+
+    /// serde stops at the first type error; `herald check` must list them all, in every
+    /// section and every channel, and still name each channel and field.
+    #[test]
+    fn every_type_error_is_reported_at_once() {
+        let toml = r#"
+            [server]
+            listen = 5
+            ping_interval = "soon"
+            [auth]
+            hs256_secret = "s"
+            anonymous = "yes"
+            [limits]
+            max_subscriptions = "many"
+            [[channel]]
+            name = "a.b"
+            scope = "public"
+            schema = { type = "object" }
+            history = { size = "many", ttl = "1m" }
+            [[channel]]
+            scope = "public"
+            [[channel]]
+            name = "c.d"
+            presence = "yes"
+            [[source.postgres]]
+            url = 5
+            batch_size = "x"
+        "#;
+        let err = Config::from_toml_str(toml, Path::new(".")).unwrap_err();
+        let located: Vec<(Option<&str>, &str)> = err
+            .problems
+            .iter()
+            .map(|p| (p.channel.as_deref(), p.field.as_str()))
+            .collect();
+        for want in [
+            (None, "server.listen"),
+            (None, "server.ping_interval"),
+            (None, "auth.anonymous"),
+            (None, "limits.max_subscriptions"),
+            (Some("channel #1 \"a.b\""), "history.size"),
+            (Some("channel #2 \"?\""), "name"),
+            (Some("channel #3 \"c.d\""), "presence"),
+            (None, "source.postgres.0.url"),
+            (None, "source.postgres.0.batch_size"),
+        ] {
+            assert!(located.contains(&want), "{want:?} missing from\n{err}");
+        }
+        // Dropping the bad `history.size` must not add a made-up "missing field" error.
+        assert_eq!(located.len(), 9, "{err}");
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    fn file_with(toml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
+        dir
+    }
+
+    /// A bad value from the environment is blamed on its variable, not on the file.
+    #[test]
+    fn env_problems_name_the_variable() {
+        let dir = file_with(MINIMAL);
+        let path = dir.path().join("herald.toml");
+        let err = Config::load_with_env(
+            Some(&path),
+            vars(&[
+                ("HERALD_SERVER__LISTEN", "nonsense"),
+                ("HERALD_SERVER__PING_INTERVAL", "soon"),
+            ]),
+        )
+        .unwrap_err();
+        let vars: Vec<_> = err.problems.iter().map(|p| p.variable.as_deref()).collect();
+        assert_eq!(
+            vars,
+            [
+                Some("HERALD_SERVER__LISTEN"),
+                Some("HERALD_SERVER__PING_INTERVAL")
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("environment: 2 problems"), "{text}");
+        assert!(
+            text.contains("environment variable HERALD_SERVER__LISTEN: field `server.listen`"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("herald.toml"),
+            "the file is not at fault: {text}"
+        );
+    }
+
+    /// `HERALD_<SECTION>__<KEY>` is a config key: a misspelled section or key is refused
+    /// with a suggestion, like an unknown key in the file; channels and sources cannot come
+    /// from the environment and say so; variables without `__` are not config.
+    #[test]
+    fn misspelled_variables_are_refused() {
+        let dir = file_with(MINIMAL);
+        let path = dir.path().join("herald.toml");
+        let err = Config::load_with_env(
+            Some(&path),
+            vars(&[
+                ("HERALD_SERVR__LISTEN", "127.0.0.1:1"),
+                ("HERALD_SERVER__LISTN", "127.0.0.1:1"),
+                ("HERALD_SOURCE__POSTGRES__URL", "postgres://x"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        assert!(
+            text.contains("HERALD_SERVR__LISTEN: `servr` is not a config section")
+                && text.contains("did you mean HERALD_SERVER__LISTEN?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("HERALD_SERVER__LISTN: field `server.listn`: unknown key `listn`; did you mean `listen`?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("HERALD_SOURCE__POSTGRES__URL: `[[source.postgres]]` tables are configured in the config file only"),
+            "{text}"
+        );
+
+        let ok = Config::load_with_env(
+            Some(&path),
+            vars(&[
+                ("HERALD_BIN", "/x"),
+                ("HERALD_URL", "http://x"),
+                ("HERALD_LOG_FORMAT", "json"),
+                ("HERALD_API_KEY", "k"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(ok.warnings.len(), 1, "{:?}", ok.warnings);
+        assert!(
+            ok.warnings[0].contains("HERALD_API__KEY"),
+            "{:?}",
+            ok.warnings
+        );
+    }
+
+    /// Values are typed like figment's: numbers for numbers, except where a string is
+    /// wanted: an all-digit API key is still a key.
+    #[test]
+    fn env_values_are_typed_by_their_field() {
+        let dir = file_with(MINIMAL);
+        let path = dir.path().join("herald.toml");
+        let c = Config::load_with_env(
+            Some(&path),
+            vars(&[
+                ("HERALD_API__KEY", "123456"),
+                ("HERALD_LIMITS__MAX_SUBSCRIPTIONS", "7"),
+                ("HERALD_SERVER__DEMO", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api.key.as_deref(), Some("123456"));
+        assert_eq!(c.limits.max_subscriptions, 7);
+        assert!(c.server.demo);
     }
 }

@@ -1,8 +1,23 @@
-//! Test support for Herald's integration tests.
+//! Test support for Herald's integration tests and benchmarks (a dev-dependency only: never
+//! in a product crate's `[dependencies]`).
 //!
-//! Tests that need Redis start their own `redis-server` on a free port (no persistence), so
-//! they can kill and restart it to prove the gateway survives faults, and never depend on a
-//! server somebody else left running.
+//! - [`HeraldBin`] finds the `herald` binary the way cargo builds it (`HERALD_BIN`, cargo's
+//!   `CARGO_BIN_EXE_herald`, else `cargo metadata`'s target directory), and
+//!   [`HeraldProcess`] runs it on a free port with a given config, kills or SIGTERMs it, and
+//!   says why when it does not start (the path, the exit code, the last lines of stderr).
+//! - [`WsClient`] speaks protocol v1 over a real WebSocket, [`Api`] the server API over HTTP,
+//!   and [`eventually`] waits for a condition instead of a hand-written sleep loop.
+//! - [`RedisServer`] and [`PostgresServer`] start their own servers on free ports (no
+//!   persistence), so tests can kill and restart them to prove the gateway survives faults,
+//!   and never depend on a server somebody else left running.
+
+mod binary;
+mod client;
+mod process;
+
+pub use binary::{BIN_VARS, HeraldBin};
+pub use client::{Api, Closed, WsClient, eventually};
+pub use process::{HeraldBuilder, HeraldProcess, herald_command};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -3,6 +3,7 @@
 //! Thin on purpose: it parses the command line, loads and validates the config, binds the port
 //! and installs signal handlers; everything else lives in `herald-server` and `herald-core`.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -119,8 +120,12 @@ fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: escapes in a log file or a collector are noise.
+    // NO_COLOR (https://no-color.org) turns it off even there.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -143,6 +148,9 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
             Config::from_toml_str(EXAMPLE_CONFIG, Path::new("."))?
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     Ok(config)
 }
 

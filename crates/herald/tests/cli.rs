@@ -1,24 +1,26 @@
-//! Tests of the real `herald` binary: `check`, `token`, `serve` with SIGTERM, `publish`.
+//! Tests of the real `herald` binary: `check`, `token`, `serve` with SIGTERM, `publish`, and
+//! the harness that starts it (`herald_testkit::HeraldProcess`).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use herald_testkit::{HeraldBin, HeraldProcess, WsClient, herald_command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
+/// The binary under test: `HERALD_BIN` if set, else the one cargo built for these tests.
+fn bin() -> HeraldBin {
+    HeraldBin::locate(option_env!("CARGO_BIN_EXE_herald"))
+}
+
+/// `herald <args>` in `dir`, without the developer's own `HERALD_*` variables.
+fn cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = herald_command(&bin());
+    c.args(args).current_dir(dir);
+    c
+}
 
 fn herald(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HERALD_CONFIG")
-        .output()
-        .expect("herald runs")
+    cmd(dir, args).output().expect("herald runs")
 }
 
 const GOOD: &str = r#"
@@ -116,9 +118,7 @@ fn serve_refuses_a_broken_config() {
 #[test]
 fn env_overrides_config() {
     let dir = project(GOOD);
-    let out = Command::new(BIN)
-        .args(["check"])
-        .current_dir(dir.path())
+    let out = cmd(dir.path(), &["check"])
         .env("HERALD_LIMITS__MAX_SUBSCRIPTIONS", "0")
         .output()
         .unwrap();
@@ -126,9 +126,7 @@ fn env_overrides_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_subscriptions"));
     // Variables outside the config sections are not config keys and do not break startup;
     // an unknown key inside a section still does.
-    let ok = Command::new(BIN)
-        .args(["check"])
-        .current_dir(dir.path())
+    let ok = cmd(dir.path(), &["check"])
         .env("HERALD_BIN", "/usr/bin/whatever")
         .env("HERALD_URL", "http://elsewhere")
         .output()
@@ -138,9 +136,7 @@ fn env_overrides_config() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let typo = Command::new(BIN)
-        .args(["check"])
-        .current_dir(dir.path())
+    let typo = cmd(dir.path(), &["check"])
         .env("HERALD_SERVER__LISEN", "x")
         .output()
         .unwrap();
@@ -148,60 +144,19 @@ fn env_overrides_config() {
     assert!(String::from_utf8_lossy(&typo.stderr).contains("lisen"));
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .current_dir(dir)
-            .env_remove("HERALD_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("herald listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
 /// Acceptance 11: SIGTERM → every client gets `disconnect` with `reconnect: true` and close
 /// 1001, `/readyz` stops answering ready, and the process exits 0.
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
     let dir = project(GOOD);
-    let mut server = Server::start(dir.path());
+    let mut server = HeraldProcess::builder_without_config()
+        .bin(bin())
+        .dir(dir.path())
+        .start();
     let token = String::from_utf8(herald(dir.path(), &["token", "--sub", "alice"]).stdout).unwrap();
-    let ws_url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut req = ws_url.as_str().into_client_request().unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token.trim()).parse().unwrap(),
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        let Some(Ok(Message::Text(w))) = ws.next().await else {
-            panic!("no welcome")
-        };
-        assert!(w.contains("\"welcome\""));
-        clients.push(ws);
+        clients.push(WsClient::connect(&server.ws_url(), Some(token.trim())).await);
     }
 
     // `herald publish` goes through the running gateway's API.
@@ -212,7 +167,7 @@ async fn sigterm_drains_and_exits_zero() {
             "notifications.user.alice",
             r#"{"type":"x"}"#,
             "--url",
-            &server.url,
+            &server.url(),
         ],
     );
     assert!(
@@ -221,46 +176,20 @@ async fn sigterm_drains_and_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     for ws in &mut clients {
-        let Some(Ok(Message::Text(p))) = ws.next().await else {
-            panic!("no pub")
-        };
-        assert!(p.contains("\"pub\""), "{p}");
+        let p = ws.next().await;
+        assert_eq!(p["type"], "pub", "{p}");
     }
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-
+    server.terminate();
     for ws in &mut clients {
-        let mut disconnect: Option<Value> = None;
-        let mut close_code = None;
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
-        {
-            match msg {
-                Message::Text(t) => disconnect = Some(serde_json::from_str(&t).unwrap()),
-                Message::Close(c) => {
-                    close_code = c.map(|c| u16::from(c.code));
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let d = disconnect.expect("disconnect frame before close");
+        let closed = ws.closed(Duration::from_secs(5)).await;
+        let d = closed.disconnect.expect("disconnect frame before close");
         assert_eq!(d["type"], "disconnect");
         assert_eq!(d["reconnect"], true);
         assert_eq!(d["code"], 1001);
-        assert_eq!(close_code, Some(1001));
+        assert_eq!(closed.close.map(|c| u16::from(c.code)), Some(1001));
     }
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = server.wait_exit(Duration::from_secs(5));
     assert_eq!(status.expect("exited within 5 s").code(), Some(0));
 }
 
@@ -328,7 +257,11 @@ async fn postgres_install_prints_and_applies() {
 #[tokio::test]
 async fn publish_sends_the_payload_as_written() {
     let dir = project(GOOD);
-    let server = Server::start(dir.path());
+    let server = HeraldProcess::builder_without_config()
+        .bin(bin())
+        .dir(dir.path())
+        .start();
+    let url = server.url();
     let out = herald(
         dir.path(),
         &[
@@ -336,7 +269,7 @@ async fn publish_sends_the_payload_as_written() {
             "notifications.user.alice",
             r#"{"type":"x","type":"mention"}"#,
             "--url",
-            &server.url,
+            &url,
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -344,14 +277,145 @@ async fn publish_sends_the_payload_as_written() {
     assert!(stderr.contains("duplicate key `type` in /data"), "{stderr}");
     let out = herald(
         dir.path(),
-        &[
-            "publish",
-            "notifications.user.alice",
-            "{",
-            "--url",
-            &server.url,
-        ],
+        &["publish", "notifications.user.alice", "{", "--url", &url],
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+}
+
+/// A harness that cannot start the binary says why: the path it tried and where that path
+/// came from (before, a wrong path gave `unexpected first line ""` and nothing else).
+#[test]
+fn harness_names_a_missing_binary() {
+    let missing = HeraldBin::locate_with(
+        &|name| (name == "HERALD_BIN").then(|| "/nonexistent/herald".into()),
+        None,
+        "debug",
+    );
+    let err = HeraldProcess::builder(GOOD)
+        .bin(missing)
+        .try_start()
+        .unwrap_err();
+    assert!(
+        err.contains("/nonexistent/herald")
+            && err.contains("$HERALD_BIN")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+/// A gateway that exits at startup is reported with its exit code and the last lines of its
+/// output, so the test failure carries the config error itself.
+#[test]
+fn harness_reports_exit_code_and_output() {
+    let err = HeraldProcess::builder(GOOD.replace("scope = \"public\"", "scope = \"everyone\""))
+        .bin(bin())
+        .file(
+            "schemas/notification.json",
+            r#"{"type":"object","required":["type"]}"#,
+        )
+        .try_start()
+        .unwrap_err();
+    assert!(err.contains("exited with code 1"), "{err}");
+    assert!(
+        err.contains(r#"channel #2 "blog.article.feed", field `scope`"#),
+        "{err}"
+    );
+    assert!(
+        err.contains(&bin().path.display().to_string()),
+        "names the binary: {err}"
+    );
+}
+
+/// Issue 11: `HERALD_SERVER__LISTEN=nonsense herald check` names the variable; the file is
+/// not at fault and is not blamed.
+#[test]
+fn a_bad_env_value_names_its_variable() {
+    let dir = project(GOOD);
+    let out = cmd(dir.path(), &["check"])
+        .env("HERALD_SERVER__LISTEN", "nonsense")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("environment variable HERALD_SERVER__LISTEN: field `server.listen`"),
+        "{err}"
+    );
+    assert!(!err.contains("herald.toml"), "blames the file: {err}");
+}
+
+/// A misspelled config variable is refused with a suggestion instead of silently ignored;
+/// `HERALD_SOURCE__…` says sources come from the file; a one-underscore near miss is a
+/// warning (it may be a deployment's own variable, e.g. a backend's `HERALD_API_KEY`).
+#[test]
+fn misspelled_env_variables_are_refused() {
+    let dir = project(GOOD);
+    for (var, says) in [
+        (
+            "HERALD_SERVR__LISTEN",
+            "did you mean HERALD_SERVER__LISTEN?",
+        ),
+        ("HERALD_SERVER__LISTN", "did you mean `listen`?"),
+        (
+            "HERALD_SOURCE__POSTGRES__URL",
+            "configured in the config file only",
+        ),
+    ] {
+        let out = cmd(dir.path(), &["check"])
+            .env(var, "127.0.0.1:9")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var} accepted: {err}");
+        assert!(
+            err.contains(&format!("environment variable {var}")) && err.contains(says),
+            "{var}: {err}"
+        );
+    }
+    let out = cmd(dir.path(), &["check"])
+        .env("HERALD_API_KEY", "k")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("HERALD_API_KEY is not a config key") && err.contains("HERALD_API__KEY"),
+        "{err}"
+    );
+}
+
+/// `herald check` lists every type error of a file, not only the first.
+#[test]
+fn check_reports_every_type_error() {
+    let dir = project(&format!(
+        "{}\n[limits]\nmax_subscriptions = \"many\"\npublish_rate = -1\n",
+        GOOD.replace("shutdown_spread = \"200ms\"", "shutdown_spread = 5")
+    ));
+    let out = herald(dir.path(), &["check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("herald.toml: 3 problems"), "{err}");
+    for field in [
+        "limits.max_subscriptions",
+        "limits.publish_rate",
+        "server.shutdown_spread",
+    ] {
+        assert!(err.contains(&format!("field `{field}`")), "{field}: {err}");
+    }
+}
+
+/// Logs written to a pipe or a file carry no colour escapes.
+#[test]
+fn logs_have_no_colour_when_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // No herald.toml: `check` warns that it uses the built-in example.
+    let out = herald(dir.path(), &["check"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("built-in example"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "colour escapes in {err:?}");
 }

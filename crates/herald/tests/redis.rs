@@ -1,21 +1,12 @@
 //! Several real `herald` processes sharing one real `redis-server` (started by the test on a
 //! free port, killed and restarted to prove the gateway survives it).
 
-use std::io::{BufRead, BufReader};
-
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use herald_core::identity::mint_hs256;
-use herald_testkit::RedisServer;
+use herald_testkit::{Api, HeraldBin, HeraldProcess, RedisServer, WsClient, eventually};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
 const SECRET: &str = "redis-test-secret";
 const KEY: &str = "redis-test-key";
 
@@ -55,144 +46,36 @@ schema = {{ type = "object" }}
     )
 }
 
+/// One gateway process on the shared Redis, with its API and v1 clients.
 struct Node {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
+    process: HeraldProcess,
+    api: Api,
 }
 
 impl Node {
     fn start(redis: &RedisServer) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("herald.toml"), config(&redis.url())).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .current_dir(dir.path())
-            .env_remove("HERALD_CONFIG")
-            .env("HERALD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("herald listening on ")
-            .unwrap_or_else(|| panic!("unexpected {line:?}"))
-            .to_owned();
-        Node {
-            child,
-            url,
-            _dir: dir,
-        }
+        let process = HeraldProcess::builder(config(&redis.url()))
+            .bin(HeraldBin::locate(option_env!("CARGO_BIN_EXE_herald")))
+            .start();
+        let api = Api::new(process.url(), KEY);
+        Node { process, api }
     }
 
     async fn publish(&self, channel: &str, data: Value) -> (u16, Value) {
-        let res = reqwest::Client::new()
-            .post(format!("{}/v1/publish", self.url))
-            .bearer_auth(KEY)
-            .json(&json!({"channel": channel, "data": data}))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        self.api.publish(channel, data).await
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let res = reqwest::Client::new()
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        self.api.get(path).await
     }
 
-    async fn client(&self, user: &str) -> Client {
+    async fn client(&self, user: &str) -> WsClient {
         let token = mint_hs256(SECRET, user, &[], "roles", Duration::from_secs(600)).unwrap();
-        let mut req = format!("{}/v1/ws", self.url.replace("http://", "ws://"))
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        let mut c = Client {
-            ws,
-            next_id: 1,
-            welcome: Value::Null,
-        };
-        c.welcome = c.next().await;
-        assert_eq!(c.welcome["type"], "welcome");
-        c
+        WsClient::connect(&self.process.ws_url(), Some(&token)).await
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-    welcome: Value,
-}
-
-impl Client {
-    async fn next_within(&mut self, d: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
-            if let Ok(Message::Text(t)) = msg {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] != "ping" {
-                    return Some(v);
-                }
-            }
-        }
-    }
-
-    async fn next(&mut self) -> Value {
-        self.next_within(Duration::from_secs(10))
-            .await
-            .expect("a frame within 10 s")
-    }
-
-    async fn request(&mut self, mut frame: Value) -> Value {
-        frame["id"] = self.next_id.into();
-        self.next_id += 1;
-        let id = frame["id"].clone();
-        self.ws
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .unwrap();
-        loop {
-            let v = self.next().await;
-            if v["type"] == "reply" && v["id"] == id {
-                return v;
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, channel: &str, since: Option<Value>) -> Value {
-        let mut f = json!({"type": "subscribe", "channel": channel});
-        if let Some(s) = since {
-            f["since"] = s;
-        }
-        self.request(f).await
+        self.process.kill();
     }
 }
 
@@ -292,28 +175,22 @@ async fn survives_a_redis_restart() {
     let (status, body) = a.publish("blog.article.feed", json!({"n": 2})).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
-    let mut not_ready = false;
-    for _ in 0..50 {
-        if a.get("/readyz").await.0 == 503 {
-            not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(not_ready, "/readyz must report the outage");
+    eventually(
+        Duration::from_secs(5),
+        "/readyz to report the outage",
+        || async { (a.get("/readyz").await.0 == 503).then_some(()) },
+    )
+    .await;
     // Still connected and answering.
     assert_eq!(c.request(json!({"type": "ping"})).await["ok"], true);
 
     redis.restart();
-    let mut ready = false;
-    for _ in 0..100 {
-        if a.get("/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "ready again within 10 s of Redis returning");
+    eventually(
+        Duration::from_secs(10),
+        "ready again within 10 s of Redis returning",
+        || async { (a.get("/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
     // The node noticed the stream it delivered from is gone: the subscriber must recover.
     let notice = c.next().await;
     assert_eq!(notice["type"], "unsubscribed", "{notice}");
@@ -357,25 +234,21 @@ async fn presence_of_a_dead_node_expires() {
         2,
         "entries live until their TTL"
     );
-    let mut gone = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (_, p) = a.get("/v1/channels/chat.room.1/presence").await;
-        let users: Vec<&str> = p["clients"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|c| c["user"].as_str())
-            .collect();
-        if users == ["erin"] {
-            gone = true;
-            break;
-        }
-    }
-    assert!(
-        gone,
-        "frank's presence must expire within presence_ttl (2 s)"
-    );
+    eventually(
+        Duration::from_secs(4),
+        "frank's presence to expire within presence_ttl (2 s)",
+        || async {
+            let (_, p) = a.get("/v1/channels/chat.room.1/presence").await;
+            let users: Vec<&str> = p["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| c["user"].as_str())
+                .collect();
+            (users == ["erin"]).then_some(())
+        },
+    )
+    .await;
     // The live node keeps its own entry alive past the TTL.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, p) = a.get("/v1/channels/chat.room.1/presence").await;

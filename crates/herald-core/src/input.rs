@@ -16,25 +16,88 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use std::sync::Arc;
+
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::protocol::{ErrorBody, ErrorCode};
 
 /// The longest idempotency key accepted from a publisher (before it is scoped to its source).
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
-/// A publication as a publisher writes it: `{"channel","data","idempotency_key"?}`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A publication as a publisher writes it: `{"channel","data","idempotency_key"?}`. `data`
+/// stays the text the publisher sent (see [`accept_payload`]): a `Value` would round integers
+/// beyond 64 bits and rewrite numbers.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a publication object {\"channel\", \"data\"[, \"idempotency_key\"]}"
 )]
 pub struct PublishInput {
     pub channel: String,
-    pub data: Value,
+    pub data: Box<RawValue>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+/// A payload as Herald keeps it: the value the schema is checked against, and the bytes that
+/// are stored and delivered.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// For validation only. Integers beyond 64 bits are approximated here (as `f64`), never in
+    /// what is delivered.
+    pub value: Value,
+    /// The publisher's JSON text with insignificant whitespace removed (RFC 8259 §2): every
+    /// string, number, key and key order exactly as sent.
+    pub raw: Arc<RawValue>,
+}
+
+/// Accepts one payload: parses it for validation and keeps its bytes for delivery. The only
+/// change made to the text is removing whitespace outside strings, so a frame stays one line
+/// (NDJSON, SSE `data:`) and the same value is always the same bytes. Errors: `bad_request`
+/// when a number cannot be represented at all (e.g. `1e400`, beyond `f64`).
+pub fn accept_payload(data: &RawValue) -> Result<Payload, ErrorBody> {
+    let value: Value = serde_json::from_str(data.get()).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("data: {}", without_position(&e)),
+        )
+    })?;
+    let compact = compact_json(data.get());
+    // Removing whitespace outside strings keeps the text valid JSON.
+    let raw = RawValue::from_string(compact)
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("payload re-encoding: {e}")))?;
+    Ok(Payload {
+        value,
+        raw: Arc::from(raw),
+    })
+}
+
+/// Removes insignificant whitespace (space, tab, CR, LF outside strings) from valid JSON text.
+pub fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\r' | '\n') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Parses one publication from JSON text: repeated keys, unknown fields, missing fields,
@@ -222,6 +285,22 @@ impl<'de> Visitor<'de> for Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_keep_their_bytes() {
+        let raw = |t: &str| RawValue::from_string(t.to_owned()).unwrap();
+        let p = accept_payload(&raw(r#"{"a":123456789012345678901234567890}"#)).unwrap();
+        assert_eq!(p.raw.get(), r#"{"a":123456789012345678901234567890}"#);
+        let p = accept_payload(&raw(
+            "{ \"b\" : [ 1.50 , 2e3 , -0 ],\n \"s\": \" a \\\" b \" }",
+        ))
+        .unwrap();
+        assert_eq!(p.raw.get(), r#"{"b":[1.50,2e3,-0],"s":" a \" b "}"#);
+        assert_eq!(p.value["b"][0], 1.5);
+        let e = accept_payload(&raw("1e400")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("number out of range"), "{}", e.message);
+    }
 
     #[test]
     fn repeated_keys_are_found_at_any_depth() {

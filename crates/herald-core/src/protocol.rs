@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -256,7 +257,8 @@ pub enum ClientFrame {
     Publish {
         id: Option<u64>,
         channel: String,
-        data: Value,
+        /// The payload as the client wrote it (see [`crate::input::accept_payload`]).
+        data: RawJson,
     },
     Presence {
         id: Option<u64>,
@@ -274,6 +276,24 @@ pub enum ClientFrame {
     },
 }
 
+/// A JSON value kept as its text. Equal when the texts are equal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<RawValue>);
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl RawJson {
+    /// Wraps JSON text known to be valid (tests, examples). Panics on invalid JSON.
+    pub fn from_value(value: &Value) -> Self {
+        Self(RawValue::from_string(value.to_string()).expect("a Value serializes to valid JSON"))
+    }
+}
+
 /// Why a client frame was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
@@ -283,8 +303,51 @@ pub enum FrameError {
     BadRequest { id: Option<u64>, message: String },
 }
 
+/// The `type` of a frame, everything else skipped.
+#[derive(Deserialize)]
+struct FrameType<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A `publish` frame, read as a plain struct so `data` keeps its text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFrame {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    id: Option<u64>,
+    channel: String,
+    data: RawJson,
+}
+
 /// Parses one client text frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    // One pass for the common case: straight from the text (a `Value` first would also lose
+    // the payload's exact bytes, which a publish must keep). A publish is read through its own
+    // struct: serde buffers the fields of an internally tagged enum, and a raw value cannot
+    // be read back from that buffer.
+    let parsed = match serde_json::from_str::<FrameType<'_>>(text) {
+        Ok(FrameType { kind: Some(k) }) if k == "publish" => {
+            serde_json::from_str::<PublishFrame>(text).map(|p| ClientFrame::Publish {
+                id: p.id,
+                channel: p.channel,
+                data: p.data,
+            })
+        }
+        _ => serde_json::from_str::<ClientFrame>(text),
+    };
+    // A `Value` keeps only the last of a repeated key, serde's derive the first or neither;
+    // the API refuses those, and so does the socket (one rule for every way a publication
+    // enters, `crate::input`).
+    let duplicate = match check_unique_keys(text) {
+        Err(KeyCheckError::Duplicate(d)) => Some(d),
+        _ => None,
+    };
+    if let (Ok(frame), None) = (&parsed, &duplicate) {
+        return Ok(frame.clone());
+    }
+    // Something is wrong: read it as a `Value` to say precisely what, with the id if usable.
     let value: Value = serde_json::from_str(text)
         .map_err(|e| FrameError::Unparseable(format!("not JSON: {e}")))?;
     let Value::Object(map) = &value else {
@@ -299,9 +362,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             message: "id must be a non-negative integer".into(),
         });
     }
-    // A `Value` kept only the last of a repeated key; the API refuses those, and so does the
-    // socket (one rule for every way a publication enters, `crate::input`).
-    if let Err(KeyCheckError::Duplicate(d)) = check_unique_keys(text) {
+    if let Some(d) = duplicate {
         let id = if d.pointer.is_empty() && d.key == "id" {
             None
         } else {
@@ -312,10 +373,11 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             message: d.to_string(),
         });
     }
-    serde_json::from_value(value).map_err(|e| FrameError::BadRequest {
-        id,
-        message: e.to_string(),
-    })
+    let message = match parsed {
+        Err(e) => crate::input::without_position(&e),
+        Ok(_) => "malformed frame".into(),
+    };
+    Err(FrameError::BadRequest { id, message })
 }
 
 /// A channel position as sent in `welcome` and replies.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::broker::Position;
 use crate::protocol::{ErrorBody, ErrorCode};
@@ -28,7 +28,7 @@ pub trait Publisher: Send + Sync + 'static {
         &self,
         source: SourceKind,
         channel: &str,
-        data: &Value,
+        data: &RawValue,
         idempotency_key: Option<String>,
     ) -> Result<Position, ErrorBody>;
 

@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use herald_core::broker::{HistoryQuery, HistoryResult, random_id};
+use herald_core::input::accept_payload;
 use herald_core::name::Params;
-use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, Goodbye, raw_json};
+use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, Goodbye};
 use herald_core::registry::ResolveError;
 use herald_core::source::{Publisher, SourceKind};
 use herald_core::{
     Authenticator, Broker, BrokerError, Config, Descriptor, Identity, Position, PublishRequest,
 };
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,7 +54,7 @@ impl Publisher for Node {
         &self,
         source: SourceKind,
         channel: &str,
-        data: &Value,
+        data: &RawValue,
         idempotency_key: Option<String>,
     ) -> Result<Position, ErrorBody> {
         let source = match source {
@@ -159,7 +160,7 @@ impl Node {
         &self,
         source: Source,
         channel: &str,
-        data: &Value,
+        data: &RawValue,
         idempotency_key: Option<String>,
         identity: Option<&Identity>,
     ) -> Result<Position, ErrorBody> {
@@ -192,7 +193,7 @@ impl Node {
     async fn publish_inner(
         &self,
         channel: &str,
-        data: &Value,
+        data: &RawValue,
         idempotency_key: Option<String>,
         identity: Option<&Identity>,
     ) -> Result<Position, ErrorBody> {
@@ -202,12 +203,15 @@ impl Node {
                 .authorize_publish(&params, identity)
                 .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
         }
-        descriptor.validate(data).map_err(|v| ErrorBody {
+        // Validated as a value, delivered as the bytes the publisher sent (whitespace aside):
+        // the gateway vouches for the payload, it does not rewrite it.
+        let payload = accept_payload(data)?;
+        descriptor.validate(&payload.value).map_err(|v| ErrorBody {
             code: ErrorCode::InvalidPayload,
             message: v.message,
             pointer: Some(v.pointer),
         })?;
-        let raw = raw_json(data);
+        let raw = payload.raw;
         let limit = self.config.limits.max_payload_bytes;
         if raw.get().len() > limit {
             return Err(ErrorBody::new(

@@ -45,7 +45,7 @@ use futures_util::StreamExt;
 use herald_core::config::PostgresSourceConfig;
 use herald_core::input::{check_idempotency_key, parse_publish};
 use herald_core::source::{Publisher, SourceKind, is_permanent, scoped_key};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -330,7 +330,10 @@ async fn consume_batch(
         let text: String = row.get(2);
         let key: Option<String> = row.get(3);
         let created: i64 = row.get(4);
-        let data: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        // jsonb's text form keeps numbers exactly (Postgres `numeric`); the gateway keeps
+        // these bytes (whitespace aside), so nothing is rounded on the way to the browser.
+        let data = RawValue::from_string(text)
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
         // Scoped to this outbox: the same id (or key) in another database, table or cluster,
         // or from the API, is another message. The creation time tells a reused id (restored
         // backup, reset sequence) from a redelivery of the same row.

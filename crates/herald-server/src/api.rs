@@ -231,7 +231,7 @@ pub async fn history(
     State(gw): Gw,
     Path(channel): Path<String>,
     Query(params): Query<HistoryParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let (descriptor, _) = gw.resolve(&channel)?;
     if descriptor.history.is_none() {
         return Err(ApiError::new(
@@ -249,17 +249,26 @@ pub async fn history(
             },
         )
         .await?;
-    let publications: Vec<PublicationView<'_>> = result
-        .publications
-        .iter()
-        .map(PublicationView::from)
-        .collect();
-    Ok(Json(json!({
-        "channel": channel,
-        "offset": result.position.offset,
-        "epoch": result.position.epoch,
-        "publications": publications,
-    })))
+    /// Serialized directly (not through `json!`, whose `Value` would re-encode the payloads'
+    /// raw bytes).
+    #[derive(Serialize)]
+    struct History<'a> {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        publications: Vec<PublicationView<'a>>,
+    }
+    Ok(Json(History {
+        channel: &channel,
+        offset: result.position.offset,
+        epoch: &result.position.epoch,
+        publications: result
+            .publications
+            .iter()
+            .map(PublicationView::from)
+            .collect(),
+    })
+    .into_response())
 }
 
 pub async fn presence(State(gw): Gw, Path(channel): Path<String>) -> Result<Json<Value>, ApiError> {

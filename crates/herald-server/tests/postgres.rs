@@ -341,6 +341,50 @@ async fn raw_notify_is_published_or_counted() {
     );
 }
 
+/// Issue 12, class 4 (payload fidelity) through the Postgres doors: an outbox row and a NOTIFY
+/// payload reach subscribers with their numbers as written (jsonb keeps `numeric` exactly; a
+/// `Value` round trip used to round them to `f64`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_payloads_keep_their_numbers() {
+    use futures_util::StreamExt;
+    let server = setup().await;
+    let s = gateway(&server, "").await;
+    let mut c = s.client("alice").await;
+    assert_eq!(c.subscribe("bench.feed").await["ok"], true);
+    let db = pg(&server.url()).await;
+    db.batch_execute(
+        r#"SELECT herald_publish('bench.feed', '{"a": 123456789012345678901234567890, "b": 0.10000000000000000555}'::jsonb);
+           NOTIFY app_events, '{"channel":"bench.feed","data":{"n":98765432109876543210987654321}}';"#,
+    )
+    .await
+    .unwrap();
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(15), c.ws.next())
+            .await
+            .expect("publications within 15 s")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg
+            && t.starts_with(r#"{"type":"pub""#)
+        {
+            texts.push(t.to_string());
+        }
+    }
+    texts.sort();
+    assert!(
+        texts.iter().any(|t| t
+            .contains(r#""data":{"a":123456789012345678901234567890,"b":0.10000000000000000555}"#)),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(r#""data":{"n":98765432109876543210987654321}"#)),
+        "{texts:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issue 20, class 1: `herald_publish()` must never fail, wait or time out inside the
 // application's transaction, whatever channels it publishes to and in whatever order, and

@@ -13,7 +13,7 @@ impl Session {
     pub(super) async fn publish(
         &mut self,
         channel: &str,
-        data: &serde_json::Value,
+        data: &serde_json::value::RawValue,
     ) -> Result<Position, ErrorBody> {
         let node = self.node().clone();
         if !self.publishes.take() {

@@ -270,7 +270,7 @@ impl Session {
                 Err(e) => self.fail(id, e),
             },
             ClientFrame::Publish { id, channel, data } => {
-                let r = self.publish(&channel, &data).await;
+                let r = self.publish(&channel, &data.0).await;
                 self.answer(
                     id,
                     r.map(|pos| {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_core::Config;
 use herald_core::identity::mint_hs256;
-use herald_core::protocol::{ClientFrame, Goodbye, Since};
+use herald_core::protocol::{ClientFrame, Goodbye, RawJson, Since};
 use herald_memory::MemoryBroker;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -277,7 +277,7 @@ async fn the_publish_rate_refuses_without_closing() {
             .request(|id| ClientFrame::Publish {
                 id,
                 channel: "chat.room.1".into(),
-                data: json!({"text": "x"}),
+                data: RawJson::from_value(&json!({"text": "x"})),
             })
             .await;
         codes.push(r["error"]["code"].as_str().unwrap_or("ok").to_owned());
@@ -288,7 +288,7 @@ async fn the_publish_rate_refuses_without_closing() {
         .request(|id| ClientFrame::Publish {
             id,
             channel: "chat.room.1".into(),
-            data: json!({"text": "x"}),
+            data: RawJson::from_value(&json!({"text": "x"})),
         })
         .await;
     assert_eq!(r["ok"], true, "refilled after a second: {r}");
@@ -336,7 +336,7 @@ async fn resuming_at_connect_replays_then_goes_live() {
             .request(|id| ClientFrame::Publish {
                 id,
                 channel: "chat.room.1".into(),
-                data: json!({"text": n.to_string()}),
+                data: RawJson::from_value(&json!({"text": n.to_string()})),
             })
             .await;
         assert_eq!(r["ok"], true);

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::TestServer;
+use std::time::Duration;
+
+use common::sse::SseClient;
+use common::{TestServer, token};
 use serde_json::{Value, json};
 
 /// One sample of `/metrics` (unlabelled series only), `None` when the series is absent.
@@ -183,4 +186,117 @@ async fn idle_channel_records_are_capped() {
         .await;
     assert_eq!(r["recovered"], true, "{r}");
     assert_eq!(r["publications"][0]["data"], json!({"n": 1}));
+}
+
+/// A recovery the connection's outbound queue could not hold used to be queued anyway: the
+/// queue overflowed, the client was closed as a slow consumer (4008), came back with the same
+/// `since` and was closed again, forever, each time after the gateway encoded the whole replay.
+/// Past half of `limits.outbound_queue_bytes` the gap is now not recovered, as past
+/// `max_recovery`, and the connection stays up.
+#[tokio::test]
+async fn a_replay_larger_than_the_outbound_queue_is_not_recovered() {
+    let s = small_queue().await;
+    let mut epoch = String::new();
+    // 40 × ~2 KB ≈ 80 KB of replay: more than the whole 64 KiB queue.
+    for n in 1..=40u64 {
+        let (status, body) = s.publish("mem.r", payload(0, n)).await;
+        assert_eq!(status, 200, "{body}");
+        epoch = body["epoch"].as_str().unwrap().to_owned();
+    }
+    let mut c = s.client("alice").await;
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "mem.r",
+                        "since": {"offset": 0, "epoch": epoch}}))
+        .await;
+    let summary = json!([
+        r["ok"],
+        r["recovered"],
+        r["offset"],
+        r["publications"].as_array().map(Vec::len)
+    ]);
+    assert_eq!(summary, json!([true, false, 40, 0]));
+    // Still connected and subscribed.
+    s.publish("mem.r", payload(0, 41)).await;
+    let p = c.next().await;
+    assert_eq!(
+        (p["type"].as_str(), p["offset"].as_u64()),
+        (Some("pub"), Some(41))
+    );
+    // A gap that fits is replayed.
+    c.request(json!({"type": "unsubscribe", "channel": "mem.r"}))
+        .await;
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "mem.r",
+                        "since": {"offset": 31, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["recovered"], true);
+    assert_eq!(r["publications"].as_array().map(Vec::len), Some(10));
+}
+
+/// A gateway whose connections queue at most 64 KiB.
+async fn small_queue() -> TestServer {
+    TestServer::with_config(&common::config_toml(
+        r#"
+[limits]
+max_payload_bytes = 4096
+outbound_queue_bytes = 65536
+
+[[channel]]
+name = "mem.{n}"
+scope = "public"
+history = { size = 100, ttl = "10m" }
+schema = { type = "object" }
+"#,
+    ))
+    .await
+}
+
+/// The same bound when an SSE connection resumes several channels at once (`Last-Event-ID`):
+/// their replays share the queue, so once they would take more than half of it the next
+/// channel is resumed with `recovered: false` rather than overflowing the queue.
+#[tokio::test]
+async fn resuming_several_channels_shares_the_replay_budget() {
+    let s = small_queue().await;
+    let mut cursor = Vec::new();
+    // 12 × ~2 KB ≈ 25 KB per channel: either fits alone, not both.
+    for channel in ["mem.a", "mem.b"] {
+        let mut epoch = String::new();
+        for n in 1..=12u64 {
+            let (_, body) = s.publish(channel, payload(0, n)).await;
+            epoch = body["epoch"].as_str().unwrap().to_owned();
+        }
+        cursor.push(format!("{channel}:0:{epoch}"));
+    }
+    let tok = token("alice", &[], Duration::from_secs(60));
+    let mut c = SseClient::connect(&s.url(""), Some(&tok), "", Some(&cursor.join(",")))
+        .await
+        .expect("connected");
+    let recovered: Vec<(Value, Value)> = c.welcome["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["channel"] != "notifications.user.alice")
+        .map(|e| (e["channel"].clone(), e["recovered"].clone()))
+        .collect();
+    assert_eq!(
+        recovered,
+        [
+            (json!("mem.a"), json!(true)),
+            (json!("mem.b"), json!(false))
+        ]
+    );
+    for n in 1..=12u64 {
+        let p = c.next().await;
+        assert_eq!(
+            (p["channel"].as_str(), p["offset"].as_u64()),
+            (Some("mem.a"), Some(n))
+        );
+    }
+    // Live delivery on both afterwards: the connection was not closed.
+    s.publish("mem.b", payload(0, 13)).await;
+    let p = c.next().await;
+    assert_eq!(
+        (p["channel"].as_str(), p["offset"].as_u64()),
+        (Some("mem.b"), Some(13))
+    );
 }

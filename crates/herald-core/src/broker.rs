@@ -6,6 +6,7 @@
 //! channel in offset order; that is the only ordering promise, and the one clients rely on.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -112,6 +113,28 @@ pub trait PublicationSink: Send + Sync + 'static {
     fn resync(&self, channel: &str, position: &Position) {
         let _ = (channel, position);
     }
+}
+
+/// What a broker holds in this process's memory and what it had to let go of to stay within
+/// its bounds: counters the broker updates and the node exports in `/metrics`. The memory
+/// broker fills them; a broker whose state lives elsewhere (Redis) leaves them at zero.
+#[derive(Debug, Default)]
+pub struct MemoryStats {
+    /// Bytes of retained history (payloads plus per-publication bookkeeping).
+    pub history_bytes: AtomicU64,
+    /// Publications retained in history.
+    pub history_publications: AtomicU64,
+    /// Publications evicted from history before their size or TTL said so, to stay within
+    /// the history byte budget.
+    pub history_evictions: AtomicU64,
+    /// Channel records held (offset and epoch of every channel seen recently).
+    pub channels: AtomicU64,
+    /// Channel records that retained nothing and were dropped at the cap.
+    pub channel_evictions: AtomicU64,
+    /// Idempotency keys remembered.
+    pub idempotency_keys: AtomicU64,
+    /// Idempotency keys forgotten before their window ended, at the cap.
+    pub idempotency_evictions: AtomicU64,
 }
 
 /// The fan-out, history and presence backend shared by all transports.

@@ -228,6 +228,17 @@ pub struct BrokerConfig {
     /// cleaning up disappear after this long.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// Memory broker: most bytes of history held across all channels (payloads plus about
+    /// 110 bytes of bookkeeping each). Past it the oldest publications are evicted first, and
+    /// recovering across them answers `recovered: false`.
+    pub history_budget_bytes: usize,
+    /// Memory broker: most idempotency keys remembered at once; past it the oldest is
+    /// forgotten before its window ends.
+    pub max_idempotency_keys: usize,
+    /// Memory broker: most channel records kept that retain no history (a channel's offset
+    /// and epoch); past it the least recently used are dropped, and such a channel starts a
+    /// new epoch when used again.
+    pub max_idle_channels: usize,
 }
 
 impl Default for BrokerConfig {
@@ -237,6 +248,9 @@ impl Default for BrokerConfig {
             url: None,
             prefix: "herald".into(),
             presence_ttl: Duration::from_secs(30),
+            history_budget_bytes: 256 << 20,
+            max_idempotency_keys: 100_000,
+            max_idle_channels: 100_000,
         }
     }
 }
@@ -683,7 +697,7 @@ impl Config {
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
         validate_general(&server, &auth, &limits, &mut problems);
-        validate_broker(&broker, &mut problems);
+        validate_broker(&broker, &limits, &mut problems);
         for (i, pg) in source.postgres.iter().enumerate() {
             let field = |f: &str| format!("source.postgres.{i}.{f}");
             if !(pg.url.starts_with("postgres://") || pg.url.starts_with("postgresql://")) {
@@ -860,7 +874,7 @@ fn remove(value: &mut Value, path: &[String]) -> bool {
     }
 }
 
-fn validate_broker(broker: &BrokerConfig, p: &mut Problems) {
+fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
     if broker.kind == BrokerKind::Redis {
         match broker.url.as_deref() {
             None => p.push(None, "broker.url", "required when kind = \"redis\""),
@@ -888,6 +902,25 @@ fn validate_broker(broker: &BrokerConfig, p: &mut Problems) {
     }
     if broker.presence_ttl < Duration::from_secs(1) {
         p.push(None, "broker.presence_ttl", "must be at least 1s");
+    }
+    // A budget smaller than one publication would evict every publication as it is stored.
+    if broker.history_budget_bytes < limits.max_payload_bytes {
+        p.push(
+            None,
+            "broker.history_budget_bytes",
+            format!(
+                "must be at least limits.max_payload_bytes ({})",
+                limits.max_payload_bytes
+            ),
+        );
+    }
+    for (field, value) in [
+        ("broker.max_idempotency_keys", broker.max_idempotency_keys),
+        ("broker.max_idle_channels", broker.max_idle_channels),
+    ] {
+        if value == 0 {
+            p.push(None, field, "must be greater than 0");
+        }
     }
 }
 
@@ -1050,6 +1083,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn memory_bounds_have_defaults_and_are_validated() {
+        let c = Config::from_toml_str(MINIMAL, Path::new(".")).unwrap();
+        assert_eq!(c.broker.history_budget_bytes, 256 << 20);
+        let toml = format!(
+            "{MINIMAL}\n[broker]\nhistory_budget_bytes = 1000\nmax_idempotency_keys = 0\n\
+             max_idle_channels = 0"
+        );
+        let err = Config::from_toml_str(&toml, Path::new(".")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "broker.history_budget_bytes",
+                "broker.max_idempotency_keys",
+                "broker.max_idle_channels"
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("max_payload_bytes (65536)"),
+            "{err}"
+        );
     }
 
     #[test]

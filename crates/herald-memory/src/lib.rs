@@ -1,27 +1,40 @@
 //! The in-memory broker: one node, history and offsets in this process.
 //!
 //! Each channel is a `Stream` behind its own mutex: assigning the offset, appending to history,
-//! remembering the idempotency key and handing the publication to the sink all happen under
-//! that lock, so the sink sees each channel in offset order and a replayed history can never
-//! race a live publication. The lock is never held across an `.await`.
+//! checking and remembering the idempotency key and handing the publication to the sink all
+//! happen under that lock, so the sink sees each channel in offset order and a replayed
+//! history can never race a live publication. No lock is ever held across an `.await`.
 //!
-//! Every stream gets a random epoch when it is created. Streams that hold nothing worth keeping
-//! (no retained history, no live idempotency key) and have been idle for [`IDLE_EVICTION`] are
-//! dropped by [`MemoryBroker::sweep`]; if the channel is used again it starts a new epoch, so a
-//! client recovering across that gap is told `recovered: false` instead of being shown a silent
-//! hole.
+//! Every stream gets a random epoch when it is created. What the broker holds grows with its
+//! input, so each kind of state has a bound (see [`MemoryOptions`]):
+//! - **history**, across all channels, is kept under a byte budget. Every retained publication
+//!   gets a global sequence number in an age index; when the budget is exceeded the oldest
+//!   publications of the whole broker are evicted first, whatever their channel. Eviction only
+//!   ever removes a channel's *oldest* retained publications, so a history stays contiguous
+//!   and recovery across an evicted gap answers `recovered: false` like any trimmed history;
+//! - **idempotency keys** are remembered for the window, and at most a fixed number at once
+//!   (the oldest forgotten first);
+//! - **channel records** that retain nothing (a channel subscribed to but never published to,
+//!   or whose history expired) are dropped after [`IDLE_EVICTION`] by [`MemoryBroker::sweep`],
+//!   and beyond a fixed number at once, least recently used first. A channel used again starts
+//!   a new epoch, so a client recovering across that gap is told `recovered: false` instead of
+//!   being shown a silent hole.
+//!
+//! Lock order: the channel map, then a stream, then the age index or the idempotency table.
+//! Eviction takes the age index alone, lets it go, then locks the stream it names.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::broker::{HistoryQuery, HistoryResult, new_epoch};
+use herald_core::broker::{HistoryQuery, HistoryResult, MemoryStats, new_epoch};
 use herald_core::protocol::ClientInfo;
-use herald_core::registry::HistoryPolicy;
 use herald_core::{
     Broker, BrokerError, Position, PresenceEvent, Publication, PublicationSink, PublishRequest,
 };
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 /// Idle streams with nothing retained are forgotten after this long.
@@ -30,12 +43,65 @@ pub const IDLE_EVICTION: Duration = Duration::from_secs(3600);
 /// How often the background sweeper runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// Bytes charged to the history budget for each retained publication on top of its payload:
+/// the history entry, the payload's `Arc` header and the age index's share (a B-tree entry
+/// with its node overhead). An estimate, so that the budget follows what the process really
+/// holds and not only payload bytes. The channel name and epoch live once in the stream, not
+/// in each entry.
+pub const PUBLICATION_OVERHEAD: usize = std::mem::size_of::<Entry>() + 16 + 48;
+
+// A payload of a few hundred bytes must not cost several times its size: an entry that grows
+// (a field that belongs in the stream) fails the build here.
+const _: () = assert!(PUBLICATION_OVERHEAD <= 128);
+
+/// Bounds on what the broker keeps. Every field has a default sized for one node of a web app.
+#[derive(Debug, Clone)]
+pub struct MemoryOptions {
+    /// How long idempotency keys are remembered.
+    pub idempotency_window: Duration,
+    /// Most bytes of history (payloads plus [`PUBLICATION_OVERHEAD`] each) across channels.
+    pub history_budget_bytes: usize,
+    /// Most idempotency keys remembered at once, across channels.
+    pub max_idempotency_keys: usize,
+    /// Most channel records kept that retain no history.
+    pub max_idle_channels: usize,
+    /// Where the broker reports what it holds (the node exports it in `/metrics`).
+    pub stats: Arc<MemoryStats>,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        Self {
+            idempotency_window: Duration::from_secs(120),
+            history_budget_bytes: 256 << 20,
+            max_idempotency_keys: 100_000,
+            max_idle_channels: 100_000,
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// One retained publication: what is not already in its stream.
+struct Entry {
+    at: Instant,
+    /// Its key in the age index.
+    seq: u64,
+    offset: u64,
+    data: Arc<RawValue>,
+}
+
+impl Entry {
+    fn cost(&self) -> u64 {
+        (self.data.get().len() + PUBLICATION_OVERHEAD) as u64
+    }
+}
+
 struct Stream {
     epoch: Arc<str>,
     offset: u64,
-    history: VecDeque<(Instant, Publication)>,
-    idempotency: HashMap<String, (Instant, Position)>,
-    idempotency_order: VecDeque<(Instant, String)>,
+    history: VecDeque<Entry>,
+    /// The history TTL, learned from the channel's publish requests.
+    ttl: Option<Duration>,
     touched: Instant,
 }
 
@@ -45,8 +111,7 @@ impl Stream {
             epoch: Arc::from(new_epoch()),
             offset: 0,
             history: VecDeque::new(),
-            idempotency: HashMap::new(),
-            idempotency_order: VecDeque::new(),
+            ttl: None,
             touched: now,
         }
     }
@@ -57,26 +122,47 @@ impl Stream {
             epoch: self.epoch.clone(),
         }
     }
+}
 
-    /// Drops history past its TTL and idempotency keys past the window.
-    fn prune(&mut self, now: Instant, ttl: Option<Duration>, window: Duration) {
-        if let Some(ttl) = ttl {
-            while self
-                .history
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > ttl)
-            {
-                self.history.pop_front();
-            }
+/// Every retained publication by its global sequence number: the first entry is the oldest
+/// publication the broker holds, on whichever channel.
+#[derive(Default)]
+struct Ages {
+    next: u64,
+    index: BTreeMap<u64, Arc<str>>,
+}
+
+/// Idempotency keys of every channel, in the order they were first used.
+#[derive(Default)]
+struct Idempotency {
+    keys: HashMap<(Arc<str>, String), (Instant, Position)>,
+    order: VecDeque<(Instant, Arc<str>, String)>,
+}
+
+impl Idempotency {
+    /// Forgets keys past the window.
+    fn prune(&mut self, now: Instant, window: Duration) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > window)
+        {
+            self.pop_oldest();
         }
-        while let Some((t, _)) = self.idempotency_order.front() {
-            if now.duration_since(*t) <= window {
-                break;
-            }
-            if let Some((_, key)) = self.idempotency_order.pop_front() {
-                self.idempotency.remove(&key);
-            }
+    }
+
+    /// Forgets the oldest key; true when it was still live.
+    fn pop_oldest(&mut self) -> bool {
+        let Some((t, channel, key)) = self.order.pop_front() else {
+            return false;
+        };
+        let id = (channel, key);
+        // A key re-remembered after it expired has a newer entry: leave that one.
+        if self.keys.get(&id).is_some_and(|(at, _)| *at == t) {
+            self.keys.remove(&id);
+            return true;
         }
+        false
     }
 }
 
@@ -84,11 +170,13 @@ impl Stream {
 pub struct MemoryBroker {
     sink: Arc<dyn PublicationSink>,
     streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
-    /// TTL of each channel's history, remembered from its publish requests for pruning.
-    ttls: Mutex<HashMap<Arc<str>, Duration>>,
+    ages: Mutex<Ages>,
+    idempotency: Mutex<Idempotency>,
     /// Presence per channel, by client id.
     presence: Mutex<HashMap<String, BTreeMap<String, ClientInfo>>>,
-    idempotency_window: Duration,
+    /// Streams whose history is not empty (the others count against `max_idle_channels`).
+    retaining: AtomicUsize,
+    options: MemoryOptions,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -104,15 +192,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryBroker {
-    /// A broker delivering to `sink`, remembering idempotency keys for `idempotency_window`.
+    /// A broker delivering to `sink`, remembering idempotency keys for `idempotency_window`,
+    /// with the default bounds.
     pub fn new(sink: Arc<dyn PublicationSink>, idempotency_window: Duration) -> Arc<Self> {
+        Self::with_options(
+            sink,
+            MemoryOptions {
+                idempotency_window,
+                ..MemoryOptions::default()
+            },
+        )
+    }
+
+    /// A broker delivering to `sink`, bounded by `options`.
+    pub fn with_options(sink: Arc<dyn PublicationSink>, options: MemoryOptions) -> Arc<Self> {
         Arc::new(Self {
             sink,
             streams: Mutex::new(HashMap::new()),
-            ttls: Mutex::new(HashMap::new()),
+            ages: Mutex::new(Ages::default()),
+            idempotency: Mutex::new(Idempotency::default()),
             presence: Mutex::new(HashMap::new()),
-            idempotency_window,
+            retaining: AtomicUsize::new(0),
+            options,
         })
+    }
+
+    /// What the broker holds right now.
+    pub fn stats(&self) -> &Arc<MemoryStats> {
+        &self.options.stats
     }
 
     /// Runs [`MemoryBroker::sweep`] periodically until the broker is dropped.
@@ -132,19 +239,23 @@ impl MemoryBroker {
         });
     }
 
-    /// Prunes expired history and forgets idle streams that retain nothing.
+    /// Prunes expired history and idempotency keys, and forgets idle streams that retain
+    /// nothing.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let ttls = lock(&self.ttls).clone();
+        {
+            let mut idem = lock(&self.idempotency);
+            idem.prune(now, self.options.idempotency_window);
+            self.set_key_count(&idem);
+        }
         let mut streams = lock(&self.streams);
-        streams.retain(|name, stream| {
+        streams.retain(|_, stream| {
             let mut s = lock(stream);
-            s.prune(now, ttls.get(name).copied(), self.idempotency_window);
+            self.prune(&mut s, now);
             let idle = now.duration_since(s.touched) > IDLE_EVICTION;
-            !(idle && s.history.is_empty() && s.idempotency.is_empty())
+            !(idle && s.history.is_empty())
         });
-        let mut ttls = lock(&self.ttls);
-        ttls.retain(|name, _| streams.contains_key(name));
+        self.set_channel_count(&streams);
     }
 
     /// Number of channels with state (for tests and metrics).
@@ -152,55 +263,206 @@ impl MemoryBroker {
         lock(&self.streams).len()
     }
 
-    fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
+    fn set_channel_count(&self, streams: &HashMap<Arc<str>, Arc<Mutex<Stream>>>) {
+        let stats = &self.options.stats;
+        stats
+            .channels
+            .store(streams.len() as u64, Ordering::Relaxed);
+    }
+
+    fn set_key_count(&self, idem: &Idempotency) {
+        let stats = &self.options.stats;
+        stats
+            .idempotency_keys
+            .store(idem.keys.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The stream of `channel` (created if needed) and the name it is filed under, which
+    /// retained publications share instead of carrying a copy each.
+    fn stream(&self, channel: &str) -> (Arc<str>, Arc<Mutex<Stream>>) {
         let mut streams = lock(&self.streams);
-        if let Some(s) = streams.get(channel) {
-            return s.clone();
+        if let Some((name, s)) = streams.get_key_value(channel) {
+            return (name.clone(), s.clone());
         }
+        let name: Arc<str> = Arc::from(channel);
         let s = Arc::new(Mutex::new(Stream::new(Instant::now())));
-        streams.insert(Arc::from(channel), s.clone());
-        s
+        streams.insert(name.clone(), s.clone());
+        self.trim_idle(&mut streams);
+        self.set_channel_count(&streams);
+        (name, s)
+    }
+
+    /// Past `max_idle_channels` records that retain nothing, drops the least recently used
+    /// of them, down to nine tenths of the cap so that the pass (which looks at every record)
+    /// runs once per tenth of the cap of new channels, not on every one.
+    fn trim_idle(&self, streams: &mut HashMap<Arc<str>, Arc<Mutex<Stream>>>) {
+        let cap = self.options.max_idle_channels;
+        let idle = streams
+            .len()
+            .saturating_sub(self.retaining.load(Ordering::Relaxed));
+        if idle <= cap {
+            return;
+        }
+        let target = cap - cap / 10;
+        let mut candidates: Vec<(Instant, Arc<str>)> = streams
+            .iter()
+            // A stream someone holds right now (a publish or a read in flight) stays: dropping
+            // it would only make its next user start a new epoch for nothing.
+            .filter(|(_, s)| Arc::strong_count(s) == 1)
+            .filter_map(|(name, s)| {
+                let s = lock(s);
+                s.history.is_empty().then(|| (s.touched, name.clone()))
+            })
+            .collect();
+        candidates.sort_unstable_by_key(|(touched, _)| *touched);
+        let dropped = candidates.len().min(idle - target);
+        for (_, name) in candidates.into_iter().take(dropped) {
+            streams.remove(&name);
+        }
+        self.options
+            .stats
+            .channel_evictions
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+
+    /// Appends the stream's latest publication to its history, charging the budget.
+    fn retain(&self, name: &Arc<str>, s: &mut Stream, now: Instant, data: Arc<RawValue>) {
+        let seq = {
+            let mut ages = lock(&self.ages);
+            let seq = ages.next;
+            ages.next += 1;
+            ages.index.insert(seq, name.clone());
+            seq
+        };
+        let entry = Entry {
+            at: now,
+            seq,
+            offset: s.offset,
+            data,
+        };
+        let stats = &self.options.stats;
+        stats
+            .history_bytes
+            .fetch_add(entry.cost(), Ordering::Relaxed);
+        stats.history_publications.fetch_add(1, Ordering::Relaxed);
+        if s.history.is_empty() {
+            self.retaining.fetch_add(1, Ordering::Relaxed);
+        }
+        s.history.push_back(entry);
+    }
+
+    /// Removes a stream's oldest retained publication, giving its bytes back to the budget.
+    fn drop_oldest(&self, s: &mut Stream) -> Option<Entry> {
+        let entry = s.history.pop_front()?;
+        lock(&self.ages).index.remove(&entry.seq);
+        let stats = &self.options.stats;
+        stats
+            .history_bytes
+            .fetch_sub(entry.cost(), Ordering::Relaxed);
+        stats.history_publications.fetch_sub(1, Ordering::Relaxed);
+        if s.history.is_empty() {
+            self.retaining.fetch_sub(1, Ordering::Relaxed);
+            // A burst once grew this ring; an idle channel should not keep its capacity.
+            if s.history.capacity() > 16 {
+                s.history = VecDeque::new();
+            }
+        }
+        Some(entry)
+    }
+
+    /// Drops history past its TTL.
+    fn prune(&self, s: &mut Stream, now: Instant) {
+        let Some(ttl) = s.ttl else { return };
+        while s
+            .history
+            .front()
+            .is_some_and(|e| now.duration_since(e.at) > ttl)
+        {
+            self.drop_oldest(s);
+        }
+    }
+
+    /// Evicts the broker's oldest publications until history fits its budget again.
+    /// Called with no stream locked.
+    fn enforce_budget(&self) {
+        let stats = &self.options.stats;
+        let budget = self.options.history_budget_bytes as u64;
+        while stats.history_bytes.load(Ordering::Relaxed) > budget {
+            let Some((seq, name)) = lock(&self.ages).index.pop_first() else {
+                break;
+            };
+            let stream = lock(&self.streams).get(&name).cloned();
+            let Some(stream) = stream else { continue };
+            let mut s = lock(&stream);
+            // Within a stream sequence numbers grow, so everything up to `seq` is older than
+            // what the index still holds: gone too (a concurrent eviction may have taken an
+            // older one from the index already and not reached the stream yet).
+            while s.history.front().is_some_and(|e| e.seq <= seq) {
+                self.drop_oldest(&mut s);
+                stats.history_evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn publish_sync(&self, req: PublishRequest) -> Position {
-        let policy: Option<HistoryPolicy> = req.history;
-        if let Some(p) = policy {
-            let mut ttls = lock(&self.ttls);
-            if ttls.get(&req.channel) != Some(&p.ttl) {
-                ttls.insert(req.channel.clone(), p.ttl);
+        let (name, stream) = self.stream(&req.channel);
+        let position = {
+            let mut s = lock(&stream);
+            let now = Instant::now();
+            s.touched = now;
+            if let Some(p) = req.history {
+                s.ttl = Some(p.ttl);
             }
-        }
-        let stream = self.stream(&req.channel);
-        let mut s = lock(&stream);
-        let now = Instant::now();
-        s.touched = now;
-        s.prune(now, policy.map(|p| p.ttl), self.idempotency_window);
-        if let Some(key) = &req.idempotency_key
-            && let Some((_, pos)) = s.idempotency.get(key)
-        {
-            return pos.clone();
-        }
-        s.offset += 1;
-        let publication = Publication {
-            channel: req.channel,
-            offset: s.offset,
-            epoch: s.epoch.clone(),
-            data: req.data,
+            self.prune(&mut s, now);
+            let window = self.options.idempotency_window;
+            if let Some(key) = &req.idempotency_key {
+                let mut idem = lock(&self.idempotency);
+                idem.prune(now, window);
+                if let Some((_, pos)) = idem.keys.get(&(name.clone(), key.clone())) {
+                    return pos.clone();
+                }
+            }
+            s.offset += 1;
+            let publication = Publication {
+                channel: name.clone(),
+                offset: s.offset,
+                epoch: s.epoch.clone(),
+                data: req.data,
+            };
+            if let Some(p) = req.history {
+                self.retain(&name, &mut s, now, publication.data.clone());
+                while s.history.len() > p.size {
+                    self.drop_oldest(&mut s);
+                }
+            }
+            let position = s.position();
+            if let Some(key) = req.idempotency_key {
+                self.remember(name, key, now, position.clone());
+            }
+            // Delivered under the stream lock: this is what keeps per-channel order for the sink.
+            self.sink.deliver(&publication);
+            position
         };
-        if let Some(p) = policy {
-            s.history.push_back((now, publication.clone()));
-            while s.history.len() > p.size {
-                s.history.pop_front();
+        self.enforce_budget();
+        position
+    }
+
+    /// Remembers an idempotency key, forgetting the oldest beyond the cap.
+    fn remember(&self, channel: Arc<str>, key: String, now: Instant, position: Position) {
+        let mut idem = lock(&self.idempotency);
+        idem.order.push_back((now, channel.clone(), key.clone()));
+        idem.keys.insert((channel, key), (now, position));
+        let mut forgotten = 0;
+        while idem.keys.len() > self.options.max_idempotency_keys {
+            if idem.pop_oldest() {
+                forgotten += 1;
             }
         }
-        let position = s.position();
-        if let Some(key) = req.idempotency_key {
-            s.idempotency_order.push_back((now, key.clone()));
-            s.idempotency.insert(key, (now, position.clone()));
-        }
-        // Delivered under the stream lock: this is what keeps per-channel order for the sink.
-        self.sink.deliver(&publication);
-        position
+        let stats = &self.options.stats;
+        stats
+            .idempotency_evictions
+            .fetch_add(forgotten, Ordering::Relaxed);
+        self.set_key_count(&idem);
     }
 }
 
@@ -224,21 +486,24 @@ impl Broker for MemoryBroker {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryResult, BrokerError> {
-        let ttl = lock(&self.ttls).get(channel).copied();
-        let stream = self.stream(channel);
+        let (name, stream) = self.stream(channel);
         let mut s = lock(&stream);
         let now = Instant::now();
         s.touched = now;
-        s.prune(now, ttl, self.idempotency_window);
-        let earliest = s.history.front().map_or(s.offset + 1, |(_, p)| p.offset);
+        self.prune(&mut s, now);
+        let earliest = s.history.front().map_or(s.offset + 1, |e| e.offset);
         let after = query.after.unwrap_or(s.offset);
         let publications = s
             .history
             .iter()
-            .map(|(_, p)| p)
-            .filter(|p| p.offset > after)
+            .filter(|e| e.offset > after)
             .take(query.limit)
-            .cloned()
+            .map(|e| Publication {
+                channel: name.clone(),
+                offset: e.offset,
+                epoch: s.epoch.clone(),
+                data: e.data.clone(),
+            })
             .collect();
         Ok(HistoryResult {
             position: s.position(),
@@ -285,118 +550,9 @@ impl Broker for MemoryBroker {
     }
 
     fn idempotency_window(&self) -> Duration {
-        self.idempotency_window
+        self.options.idempotency_window
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use herald_core::protocol::raw_json;
-
-    #[derive(Default)]
-    struct Collect(Mutex<Vec<Publication>>);
-    impl PublicationSink for Collect {
-        fn deliver(&self, p: &Publication) {
-            lock(&self.0).push(p.clone());
-        }
-        fn presence(&self, _: &str, _: &PresenceEvent) {}
-    }
-
-    fn req(channel: &str, n: u64, history: Option<HistoryPolicy>) -> PublishRequest {
-        PublishRequest {
-            channel: Arc::from(channel),
-            data: raw_json(&serde_json::json!({ "n": n })),
-            history,
-            idempotency_key: None,
-        }
-    }
-
-    const KEEP3: Option<HistoryPolicy> = Some(HistoryPolicy {
-        size: 3,
-        ttl: Duration::from_secs(60),
-    });
-
-    #[tokio::test]
-    async fn offsets_are_consecutive_per_channel() {
-        let sink = Arc::new(Collect::default());
-        let b = MemoryBroker::new(sink.clone(), Duration::from_secs(120));
-        for n in 1..=5 {
-            assert_eq!(b.publish(req("a", n, None)).await.unwrap().offset, n);
-        }
-        assert_eq!(b.publish(req("b", 1, None)).await.unwrap().offset, 1);
-        let got = lock(&sink.0);
-        let offsets: Vec<u64> = got
-            .iter()
-            .filter(|p| &*p.channel == "a")
-            .map(|p| p.offset)
-            .collect();
-        assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn history_is_bounded_by_size_and_ttl() {
-        let b = MemoryBroker::new(Arc::new(Collect::default()), Duration::from_secs(120));
-        for n in 1..=5 {
-            b.publish(req("a", n, KEEP3)).await.unwrap();
-        }
-        let h = b
-            .history(
-                "a",
-                HistoryQuery {
-                    after: Some(0),
-                    limit: 10,
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(h.position.offset, 5);
-        assert_eq!(h.earliest, 3);
-        assert_eq!(
-            h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
-        tokio::time::advance(Duration::from_secs(61)).await;
-        let h = b
-            .history(
-                "a",
-                HistoryQuery {
-                    after: Some(0),
-                    limit: 10,
-                },
-            )
-            .await
-            .unwrap();
-        assert!(h.publications.is_empty());
-        assert_eq!(h.earliest, 6);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idempotent_publish_delivers_once() {
-        let sink = Arc::new(Collect::default());
-        let b = MemoryBroker::new(sink.clone(), Duration::from_secs(120));
-        let mut r = req("a", 1, None);
-        r.idempotency_key = Some("k".into());
-        let first = b.publish(r.clone()).await.unwrap();
-        let second = b.publish(r.clone()).await.unwrap();
-        assert_eq!(first, second);
-        assert_eq!(lock(&sink.0).len(), 1);
-        tokio::time::advance(Duration::from_secs(121)).await;
-        let third = b.publish(r).await.unwrap();
-        assert_eq!(third.offset, 2, "a key past its window publishes again");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_streams_are_evicted_with_a_new_epoch() {
-        let b = MemoryBroker::new(Arc::new(Collect::default()), Duration::from_secs(1));
-        let first = b.publish(req("a", 1, None)).await.unwrap();
-        b.sweep();
-        assert_eq!(b.stream_count(), 1, "recently used streams stay");
-        tokio::time::advance(IDLE_EVICTION + Duration::from_secs(1)).await;
-        b.sweep();
-        assert_eq!(b.stream_count(), 0);
-        let next = b.publish(req("a", 2, None)).await.unwrap();
-        assert_eq!(next.offset, 1);
-        assert_ne!(next.epoch, first.epoch);
-    }
-}
+mod tests;

@@ -34,14 +34,16 @@ use crate::session::transport::Outgoing;
 
 const SHARDS: usize = 64;
 
-/// Live publications buffered for one pending subscription before it is treated as too slow.
+/// Live publications buffered for one pending subscription before it is treated as too slow
+/// (besides the byte bound, the connection's outbox limit, which catches large payloads).
 const MAX_PENDING: usize = 10_000;
 
 /// The reason sent with `unsubscribed` when a subscriber must resubscribe to recover.
 pub const RESUBSCRIBE: &str = "resubscribe";
 
 enum State {
-    Pending(Vec<Arc<Prepared>>),
+    /// Publications buffered while the session reads its position, with their v1 bytes.
+    Pending(Vec<Arc<Prepared>>, usize),
     Active,
     /// Told to resubscribe; receives nothing until its session removes it.
     Evicted,
@@ -93,7 +95,7 @@ impl Hub {
         };
         ch.subs.push(Sub {
             conn: conn.clone(),
-            state: State::Pending(Vec::new()),
+            state: State::Pending(Vec::new(), 0),
         });
         self.metrics.subscriptions.inc();
         first
@@ -118,7 +120,7 @@ impl Hub {
         let Some(sub) = ch.subs.iter_mut().find(|s| Arc::ptr_eq(&s.conn, conn)) else {
             return;
         };
-        let State::Pending(pending) = std::mem::replace(&mut sub.state, State::Active) else {
+        let State::Pending(pending, _) = std::mem::replace(&mut sub.state, State::Active) else {
             return;
         };
         if let Some(reply) = reply {
@@ -228,8 +230,21 @@ impl PublicationSink for Hub {
                         delivered += 1;
                     }
                 }
-                State::Pending(buffer) if buffer.len() < MAX_PENDING => buffer.push(frame.clone()),
-                State::Pending(_) => sub.conn.outbox.close(Goodbye::SlowSubscription),
+                State::Pending(buffer, bytes)
+                    if buffer.len() < MAX_PENDING
+                        && *bytes + frame.v1().len() <= sub.conn.outbox.limit() =>
+                {
+                    *bytes += frame.v1().len();
+                    buffer.push(frame.clone());
+                }
+                State::Pending(..) => {
+                    // Activation queues the whole buffer at once, so past the outbox's bound
+                    // the subscriber could only overflow it then: close it now, and free the
+                    // buffer instead of holding it until the session cleans up.
+                    sub.state = State::Evicted;
+                    self.metrics.slow_consumers.inc();
+                    sub.conn.outbox.close(Goodbye::SlowSubscription);
+                }
                 State::Evicted => {}
             }
         }
@@ -349,6 +364,48 @@ mod tests {
         let frames = drained(&conn).await;
         assert_eq!(frames.len(), 2);
         assert!(frames[1].contains("resubscribe"));
+    }
+
+    /// A pending subscriber buffers at most its outbox's byte limit: a burst of large
+    /// publications while it reads history closes it and frees the buffer, rather than
+    /// holding up to `MAX_PENDING` copies of a large frame.
+    #[tokio::test]
+    async fn pending_buffers_are_bounded_in_bytes() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(metrics.clone());
+        let conn = Arc::new(SessionHandle::new(
+            Arc::from("n-1"),
+            None,
+            Outbox::new(64 * 1024),
+        ));
+        let channel: Arc<str> = Arc::from("c");
+        hub.add(&channel, &conn);
+        let big = |offset: u64| Publication {
+            data: Arc::from(RawValue::from_string(format!("\"{}\"", "x".repeat(20_000))).unwrap()),
+            ..publication(offset, "e")
+        };
+        for o in 1..=3 {
+            hub.deliver(&big(o));
+        }
+        {
+            let shard = lock(hub.shard("c"));
+            let State::Pending(buffer, bytes) = &shard["c"].subs[0].state else {
+                panic!("three 20 KB frames fit in 64 KiB");
+            };
+            assert_eq!(buffer.len(), 3);
+            assert!(*bytes > 60_000);
+        }
+        hub.deliver(&big(4));
+        assert!(
+            matches!(lock(hub.shard("c"))["c"].subs[0].state, State::Evicted),
+            "the buffer is dropped"
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            conn.outbox.next_batch(&mut out).await,
+            Some(Goodbye::SlowSubscription)
+        );
+        assert_eq!(metrics.slow_consumers.get(), 1);
     }
 
     #[tokio::test]

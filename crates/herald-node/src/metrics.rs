@@ -2,6 +2,17 @@
 //!
 //! Hot-path counters (deliveries) are plain atomics with no labels; labelled families are only
 //! touched on rarer events (publications, rejects), where their lookup cost does not matter.
+//! What the broker holds in memory ([`MemoryStats`]) is counted by the broker itself and read
+//! at scrape time, so the broker crate needs no metrics library.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use herald_core::broker::MemoryStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -60,7 +71,73 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Requests refused, by gate and code.
     pub rejects: Family<RejectLabels, Counter>,
+    /// What the broker holds in this process (filled by the memory broker).
+    pub memory: Arc<MemoryStats>,
     registry: Registry,
+}
+
+/// Exports [`MemoryStats`] at scrape time.
+#[derive(Debug)]
+struct MemoryCollector(Arc<MemoryStats>);
+
+impl Collector for MemoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0;
+        let read = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        let gauges = [
+            (
+                "history_bytes",
+                "Bytes of history held by the memory broker (payloads and bookkeeping)",
+                read(&m.history_bytes),
+            ),
+            (
+                "history_publications",
+                "Publications retained in the memory broker's history",
+                read(&m.history_publications),
+            ),
+            (
+                "broker_channels",
+                "Channel records (offset and epoch) held by the memory broker",
+                read(&m.channels),
+            ),
+            (
+                "idempotency_keys",
+                "Idempotency keys remembered by the memory broker",
+                read(&m.idempotency_keys),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "history_evictions",
+                "Publications evicted from history, oldest first, to stay within broker.history_budget_bytes",
+                read(&m.history_evictions),
+            ),
+            (
+                "broker_channel_evictions",
+                "Idle channel records dropped at broker.max_idle_channels",
+                read(&m.channel_evictions),
+            ),
+            (
+                "idempotency_evictions",
+                "Idempotency keys forgotten before their window ended, at broker.max_idempotency_keys",
+                read(&m.idempotency_evictions),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -74,6 +151,7 @@ impl Metrics {
             deliveries: Counter::default(),
             slow_consumers: Counter::default(),
             rejects: Family::default(),
+            memory: Arc::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -106,6 +184,7 @@ impl Metrics {
             "Requests refused, by gate and error code",
             m.rejects.clone(),
         );
+        registry.register_collector(Box::new(MemoryCollector(m.memory.clone())));
         Self { registry, ..m }
     }
 

@@ -112,6 +112,11 @@ impl Outbox {
         }
     }
 
+    /// The most bytes this outbox holds at a time.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes queued right now.
     pub fn queued_bytes(&self) -> usize {
         lock(&self.inner).bytes

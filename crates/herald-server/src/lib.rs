@@ -28,7 +28,7 @@ use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use herald_core::{Broker, Config};
-use herald_memory::MemoryBroker;
+use herald_memory::{MemoryBroker, MemoryOptions};
 use herald_redis::{RedisBroker, RedisOptions};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -56,7 +56,16 @@ pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
     let hub = Arc::new(Hub::new(metrics.clone()));
     let broker: Arc<dyn Broker> = match config.broker.kind {
         herald_core::config::BrokerKind::Memory => {
-            let b = MemoryBroker::new(hub.clone(), config.limits.idempotency_window);
+            let b = MemoryBroker::with_options(
+                hub.clone(),
+                MemoryOptions {
+                    idempotency_window: config.limits.idempotency_window,
+                    history_budget_bytes: config.broker.history_budget_bytes,
+                    max_idempotency_keys: config.broker.max_idempotency_keys,
+                    max_idle_channels: config.broker.max_idle_channels,
+                    stats: metrics.memory.clone(),
+                },
+            );
             b.spawn_sweeper();
             b
         }

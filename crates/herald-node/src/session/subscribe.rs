@@ -82,9 +82,14 @@ impl Session {
         }
 
         let max = node.config.limits.max_recovery;
+        // One budget for every channel resumed at once: their replays share the outbox.
+        let mut budget = replay_budget(self.handle().outbox.limit());
         let decided: Vec<(bool, &[Publication])> = opened
             .iter()
-            .map(|o| recover(o.since.as_ref(), &o.result, max))
+            .map(|o| {
+                let decision = recover(o.since.as_ref(), &o.result, max);
+                within_budget(decision, &o.channel, &mut budget)
+            })
             .collect();
         let welcome = ServerFrame::Welcome {
             client: &self.handle().id,
@@ -248,7 +253,11 @@ impl Session {
                 return Err(e);
             }
         };
-        let (recovered, replay) = recover(since.as_ref(), &result, node.config.limits.max_recovery);
+        let (recovered, replay) = within_budget(
+            recover(since.as_ref(), &result, node.config.limits.max_recovery),
+            &channel,
+            &mut replay_budget(self.handle().outbox.limit()),
+        );
         let reply = id.map(|id| {
             Outgoing::Own(Own {
                 kind: FrameKind::Reply,
@@ -301,6 +310,32 @@ impl Session {
         self.detach(channel).await;
         Ok(())
     }
+}
+
+/// Bytes of replay one subscribe (or one resume of several channels) may queue: half the
+/// outbox, leaving the rest for live publications arriving meanwhile.
+fn replay_budget(outbox_limit: usize) -> usize {
+    outbox_limit / 2
+}
+
+/// A replay the outbox cannot hold would close the client as a slow consumer (4008), and it
+/// would come back with the same `since` and be closed again, forever; encoding it would also
+/// cost up to `max_recovery` × `max_payload_bytes` at once. So past `budget` a gap is not
+/// recovered, as past `max_recovery`: `recovered: false`, nothing replayed. What a replay
+/// does queue is taken from `budget`.
+fn within_budget<'r>(
+    (recovered, replay): (bool, &'r [Publication]),
+    channel: &str,
+    budget: &mut usize,
+) -> (bool, &'r [Publication]) {
+    // The frame around each payload: `{"type":"pub","channel":…,"offset":…,"data":}`.
+    let frame = 64 + channel.len();
+    let bytes: usize = replay.iter().map(|p| p.data.get().len() + frame).sum();
+    if bytes > *budget {
+        return (false, &[]);
+    }
+    *budget -= bytes;
+    (recovered, replay)
 }
 
 /// What to read from history: only the position, or everything after `since` (one more than

@@ -444,7 +444,9 @@ async fn slow_consumer_is_cut_off<C: Conn>(slow: impl AsyncFnOnce(&TestServer) -
     const N: u64 = 600;
     let pad = "p".repeat(1000);
     let publisher = async {
-        for chunk in (1..=N).collect::<Vec<_>>().chunks(50) {
+        // Small batches: a healthy reader must never be more than a batch behind the queue
+        // limit, only the one that stopped reading.
+        for chunk in (1..=N).collect::<Vec<_>>().chunks(10) {
             let items: Vec<Value> = chunk
                 .iter()
                 .map(|n| json!({"channel": "bench.feed", "data": {"n": n, "pad": pad}}))

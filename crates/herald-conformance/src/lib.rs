@@ -99,7 +99,49 @@ fn request(channel: &str, n: u64, history: Option<HistoryPolicy>) -> PublishRequ
         data: raw_json(&json!({ "n": n, "text": "é \"quoted\"" })),
         history,
         idempotency_key: None,
+        from: None,
     }
+}
+
+/// The publisher travels with the publication, byte for byte: to every node's sink and into
+/// history. Server publications carry none.
+pub async fn the_publisher_travels_with_the_publication(s: Subject, rec: Arc<Recorder>) {
+    let ch = channel("from");
+    s.broker.subscribe(&ch).await.unwrap();
+    let keep = Some(HistoryPolicy {
+        size: 10,
+        ttl: Duration::from_secs(60),
+    });
+    let from = herald_core::protocol::client_from(Some("alice"), "n1-7");
+    s.broker
+        .publish(PublishRequest {
+            from: Some(from.clone()),
+            ..request(&ch, 1, keep)
+        })
+        .await
+        .unwrap();
+    s.broker.publish(request(&ch, 2, keep)).await.unwrap();
+    rec.until("both delivered", |r| r.publications(&ch).len() == 2)
+        .await;
+    let froms = |ps: &[Publication]| {
+        ps.iter()
+            .map(|p| p.from.as_ref().map(|f| f.get().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![Some(from.get().to_owned()), None];
+    assert_eq!(froms(&rec.publications(&ch)), expected);
+    let h = s
+        .broker
+        .history(
+            &ch,
+            HistoryQuery {
+                after: Some(0),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(froms(&h.publications), expected);
 }
 
 fn offsets(ps: &[Publication]) -> Vec<u64> {
@@ -330,7 +372,8 @@ macro_rules! conformance_tests {
             history_is_bounded_by_size,
             history_is_bounded_by_ttl,
             idempotent_publish,
-            presence_tracks_members);
+            presence_tracks_members,
+            the_publisher_travels_with_the_publication);
     };
     (@each $make:path, $($check:ident),+) => {
         $(

@@ -40,6 +40,10 @@ pub struct Publication {
     pub offset: u64,
     pub epoch: Arc<str>,
     pub data: Arc<RawValue>,
+    /// Who published it, as the gateway authenticated them: `{"user":…,"client":…}` for a
+    /// client publication, `None` for the server (the API, event sources). Never part of
+    /// `data`: no payload can set it.
+    pub from: Option<Arc<RawValue>>,
 }
 
 /// Where a channel's stream stands: the offset of its latest publication (0 before any) and
@@ -59,6 +63,8 @@ pub struct PublishRequest {
     pub history: Option<HistoryPolicy>,
     /// Same key within `idempotency_window` returns the first result and publishes nothing.
     pub idempotency_key: Option<String>,
+    /// The vouched publisher (see [`Publication::from`]); stored and delivered with it.
+    pub from: Option<Arc<RawValue>>,
 }
 
 /// What a history read returns.

@@ -392,11 +392,52 @@ pub struct ChannelPosition<'a> {
     pub recovered: Option<bool>,
 }
 
-/// A publication inside a subscribe reply or a history response.
-#[derive(Debug, Clone, Serialize)]
+/// A publication inside a subscribe reply or a history response:
+/// `{"offset":…,"data":…,"from":…}`.
+#[derive(Debug, Clone)]
 pub struct PublicationView<'a> {
     pub offset: u64,
     pub data: &'a RawValue,
+    pub from: Option<&'a RawValue>,
+}
+
+impl Serialize for PublicationView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("PublicationView", 3)?;
+        st.serialize_field("offset", &self.offset)?;
+        st.serialize_field("data", self.data)?;
+        match self.from {
+            Some(from) => st.serialize_field("from", from)?,
+            None => st.serialize_field("from", &ServerFrom { server: true })?,
+        }
+        st.end()
+    }
+}
+
+/// `from` of a publication the server made (the API, an event source).
+#[derive(Serialize)]
+struct ServerFrom {
+    server: bool,
+}
+
+/// The `from` text of a server publication.
+pub const FROM_SERVER: &str = r#"{"server":true}"#;
+
+/// The `from` of a client publication: the identity the gateway authenticated and the
+/// connection it came from, `{"user":"alice","client":"k3x9a0qz-17"}` (`user` is `null` for an
+/// anonymous connection).
+pub fn client_from(user: Option<&str>, client: &str) -> Arc<RawValue> {
+    #[derive(Serialize)]
+    struct From<'a> {
+        user: Option<&'a str>,
+        client: &'a str,
+    }
+    let text = serde_json::to_string(&From { user, client }).unwrap_or_default();
+    Arc::from(
+        RawValue::from_string(text)
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+    )
 }
 
 impl<'a> From<&'a Publication> for PublicationView<'a> {
@@ -404,6 +445,7 @@ impl<'a> From<&'a Publication> for PublicationView<'a> {
         Self {
             offset: p.offset,
             data: &p.data,
+            from: p.from.as_deref(),
         }
     }
 }
@@ -535,16 +577,19 @@ pub fn channel_error_frame(channel: Option<&str>, error: &ErrorBody) -> String {
     .unwrap_or_default()
 }
 
-/// Encodes `{"type":"pub","channel":…,"offset":…,"data":…}` once for all subscribers.
+/// Encodes `{"type":"pub","channel":…,"offset":…,"data":…,"from":…}` once for all subscribers.
 pub fn encode_pub(p: &Publication) -> String {
     let data = p.data.get();
-    let mut out = String::with_capacity(48 + p.channel.len() + data.len());
+    let from = p.from.as_deref().map_or(FROM_SERVER, RawValue::get);
+    let mut out = String::with_capacity(56 + p.channel.len() + data.len() + from.len());
     out.push_str(r#"{"type":"pub","channel":"#);
     // Channel names are [A-Za-z0-9_.-] only, but escape anyway: the encoder must never be the
     // place where an unvalidated name turns into broken JSON.
     push_json_str(&mut out, &p.channel);
     let _ = write!(out, r#","offset":{},"data":"#, p.offset);
     out.push_str(data);
+    out.push_str(r#","from":"#);
+    out.push_str(from);
     out.push('}');
     out
 }
@@ -636,12 +681,13 @@ mod tests {
             offset: 42,
             epoch: Arc::from("e"),
             data: raw_json(&serde_json::json!({"x": "y\"z"})),
+            from: None,
         };
         let bytes = encode_pub(&p);
         let v: Value = serde_json::from_str(&bytes).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"type":"pub","channel":"a.b","offset":42,"data":{"x":"y\"z"}})
+            serde_json::json!({"type":"pub","channel":"a.b","offset":42,"data":{"x":"y\"z"},"from":{"server":true}})
         );
     }
 

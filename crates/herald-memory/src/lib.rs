@@ -88,11 +88,14 @@ struct Entry {
     seq: u64,
     offset: u64,
     data: Arc<RawValue>,
+    /// The vouched publisher of a client publication (`None` for the server).
+    from: Option<Arc<RawValue>>,
 }
 
 impl Entry {
     fn cost(&self) -> u64 {
-        (self.data.get().len() + PUBLICATION_OVERHEAD) as u64
+        let from = self.from.as_ref().map_or(0, |f| f.get().len() + 16);
+        (self.data.get().len() + from + PUBLICATION_OVERHEAD) as u64
     }
 }
 
@@ -326,7 +329,14 @@ impl MemoryBroker {
     }
 
     /// Appends the stream's latest publication to its history, charging the budget.
-    fn retain(&self, name: &Arc<str>, s: &mut Stream, now: Instant, data: Arc<RawValue>) {
+    fn retain(
+        &self,
+        name: &Arc<str>,
+        s: &mut Stream,
+        now: Instant,
+        data: Arc<RawValue>,
+        from: Option<Arc<RawValue>>,
+    ) {
         let seq = {
             let mut ages = lock(&self.ages);
             let seq = ages.next;
@@ -339,6 +349,7 @@ impl MemoryBroker {
             seq,
             offset: s.offset,
             data,
+            from,
         };
         let stats = &self.options.stats;
         stats
@@ -428,9 +439,16 @@ impl MemoryBroker {
                 offset: s.offset,
                 epoch: s.epoch.clone(),
                 data: req.data,
+                from: req.from,
             };
             if let Some(p) = req.history {
-                self.retain(&name, &mut s, now, publication.data.clone());
+                self.retain(
+                    &name,
+                    &mut s,
+                    now,
+                    publication.data.clone(),
+                    publication.from.clone(),
+                );
                 while s.history.len() > p.size {
                     self.drop_oldest(&mut s);
                 }
@@ -503,6 +521,7 @@ impl Broker for MemoryBroker {
                 offset: e.offset,
                 epoch: s.epoch.clone(),
                 data: e.data.clone(),
+                from: e.from.clone(),
             })
             .collect();
         Ok(HistoryResult {

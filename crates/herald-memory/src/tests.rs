@@ -17,6 +17,7 @@ fn req(channel: &str, n: u64, history: Option<HistoryPolicy>) -> PublishRequest 
         data: raw_json(&serde_json::json!({ "n": n })),
         history,
         idempotency_key: None,
+        from: None,
     }
 }
 

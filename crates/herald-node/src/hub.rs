@@ -298,6 +298,7 @@ mod tests {
             offset,
             epoch: Arc::from(epoch),
             data: Arc::from(RawValue::from_string(offset.to_string()).unwrap()),
+            from: None,
         }
     }
 

@@ -23,6 +23,16 @@ use crate::hub::Hub;
 use crate::lock;
 use crate::metrics::{Gate, Metrics, Source};
 
+/// A client publication: the identity gate 3 checks, and the `from` the gateway vouches for
+/// (built with [`herald_core::protocol::client_from`]), delivered beside the payload.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientPublish<'a> {
+    /// The authenticated identity of the publishing connection.
+    pub identity: &'a Identity,
+    /// `{"user":…,"client":…}`.
+    pub from: &'a Arc<RawValue>,
+}
+
 /// One gateway node: everything a request handler, a session or a source needs.
 pub struct Node {
     /// The validated configuration (registry and authenticator included).
@@ -153,7 +163,7 @@ impl Node {
         Ok(descriptor)
     }
 
-    /// Gate 3 and the publish itself, for every source. `identity` is `None` for the server
+    /// Gate 3 and the publish itself, for every source. `client` is `None` for the server
     /// API and the event sources (trusted: only the schema applies), `Some` for clients (the
     /// descriptor must allow it). Counts the publication or the refusal under `source`.
     pub async fn publish_as(
@@ -162,10 +172,10 @@ impl Node {
         channel: &str,
         data: &RawValue,
         idempotency_key: Option<String>,
-        identity: Option<&Identity>,
+        client: Option<ClientPublish<'_>>,
     ) -> Result<Position, ErrorBody> {
         let result = self
-            .publish_inner(channel, data, idempotency_key, identity)
+            .publish_inner(channel, data, idempotency_key, client)
             .await;
         match &result {
             Ok(_) => self.metrics.published(source),
@@ -195,12 +205,12 @@ impl Node {
         channel: &str,
         data: &RawValue,
         idempotency_key: Option<String>,
-        identity: Option<&Identity>,
+        client: Option<ClientPublish<'_>>,
     ) -> Result<Position, ErrorBody> {
         let (descriptor, params) = self.resolve(channel)?;
-        if let Some(identity) = identity {
+        if let Some(client) = &client {
             descriptor
-                .authorize_publish(&params, identity)
+                .authorize_publish(&params, client.identity)
                 .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
         }
         // Validated as a value, delivered as the bytes the publisher sent (whitespace aside):
@@ -227,6 +237,7 @@ impl Node {
                 data: raw,
                 history: descriptor.history,
                 idempotency_key,
+                from: client.map(|c| c.from.clone()),
             })
             .await
             .map_err(broker_error)

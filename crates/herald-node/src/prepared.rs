@@ -141,11 +141,12 @@ mod tests {
             offset: 7,
             epoch: Arc::from("e"),
             data: Arc::from(RawValue::from_string("{\"x\":1}".into()).unwrap()),
+            from: None,
         };
         let prepared = Prepared::publication(&p);
         assert_eq!(
             prepared.v1(),
-            r#"{"type":"pub","channel":"a.b","offset":7,"data":{"x":1}}"#
+            r#"{"type":"pub","channel":"a.b","offset":7,"data":{"x":1},"from":{"server":true}}"#
         );
         let calls = AtomicUsize::new(0);
         for _ in 0..100 {

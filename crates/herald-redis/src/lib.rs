@@ -44,7 +44,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_LUA: &str = r#"
 -- KEYS: meta, stream, idempotency key (or meta again when unused)
 -- ARGV: pubsub channel, data, history size, history ttl ms, idem window ms (0: none),
---       epoch candidate, meta ttl s
+--       epoch candidate, meta ttl s, from (the vouched publisher's JSON; '' for the server)
 if tonumber(ARGV[5]) > 0 then
   local prev = redis.call('GET', KEYS[3])
   if prev then
@@ -63,7 +63,11 @@ local ttl = tonumber(ARGV[7])
 local size = tonumber(ARGV[3])
 if size > 0 then
   local hist_ms = tonumber(ARGV[4])
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 'o', offset, 'd', ARGV[2])
+  if ARGV[8] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 'o', offset, 'd', ARGV[2], 'f', ARGV[8])
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 'o', offset, 'd', ARGV[2])
+  end
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('XTRIM', KEYS[2], 'MINID', now_ms - hist_ms)
@@ -71,7 +75,9 @@ if size > 0 then
   if hist_ms / 1000 > ttl then ttl = math.ceil(hist_ms / 1000) end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('PUBLISH', ARGV[1], 'p ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2])
+local from = ARGV[8]
+if from == '' then from = '-' end
+redis.call('PUBLISH', ARGV[1], 'p ' .. offset .. ' ' .. epoch .. ' ' .. from .. ' ' .. ARGV[2])
 if tonumber(ARGV[5]) > 0 then
   redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[5])
 end
@@ -110,6 +116,7 @@ for i = #entries, 1, -1 do
   if o > after and picked < limit then
     table.insert(out, o)
     table.insert(out, fields[4])
+    table.insert(out, fields[6] or '')
     picked = picked + 1
   end
 end
@@ -286,7 +293,10 @@ impl Broker for RedisBroker {
             .arg(hist_ms)
             .arg(idem_ms)
             .arg(new_epoch())
-            .arg(self.meta_ttl());
+            .arg(self.meta_ttl())
+            // No space can occur in it (compact JSON of ids made of [A-Za-z0-9_-]), so the
+            // pub/sub message stays space-separated.
+            .arg(req.from.as_deref().map_or("", RawValue::get));
         let (offset, epoch): (u64, String) = timed(inv.invoke_async(&mut con)).await?;
         Ok(Position {
             offset,
@@ -438,15 +448,21 @@ fn parse_history(channel: &str, values: Vec<Value>) -> Result<HistoryResult, Bro
     let epoch: Arc<str> = Arc::from(epoch);
     let channel: Arc<str> = Arc::from(channel);
     let mut publications = Vec::new();
-    while let (Some(o), Some(d)) = (it.next(), it.next()) {
+    while let (Some(o), Some(d), Some(f)) = (it.next(), it.next(), it.next()) {
         let o: u64 = redis::from_redis_value(o).map_err(|_| bad())?;
         let d: String = redis::from_redis_value(d).map_err(|_| bad())?;
+        let f: String = redis::from_redis_value(f).map_err(|_| bad())?;
         let data = RawValue::from_string(d).map_err(|_| bad())?;
+        let from = match f.as_str() {
+            "" => None,
+            _ => Some(Arc::from(RawValue::from_string(f).map_err(|_| bad())?)),
+        };
         publications.push(Publication {
             channel: channel.clone(),
             offset: o,
             epoch: epoch.clone(),
             data: Arc::from(data),
+            from,
         });
     }
     Ok(HistoryResult {
@@ -467,11 +483,18 @@ fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
     let (kind, rest) = text.split_at(text.len().min(2));
     match kind {
         "p " => {
-            let mut parts = rest.splitn(3, ' ');
-            let (Some(o), Some(e), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+            let mut parts = rest.splitn(4, ' ');
+            let (Some(o), Some(e), Some(f), Some(d)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
                 return;
             };
-            let (Ok(offset), Ok(data)) = (o.parse::<u64>(), RawValue::from_string(d.to_owned()))
+            let from = match f {
+                "-" => Ok(None),
+                _ => RawValue::from_string(f.to_owned()).map(|f| Some(Arc::from(f))),
+            };
+            let (Ok(offset), Ok(data), Ok(from)) =
+                (o.parse::<u64>(), RawValue::from_string(d.to_owned()), from)
             else {
                 tracing::warn!(channel, "malformed publication from redis");
                 return;
@@ -481,6 +504,7 @@ fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
                 offset,
                 epoch: Arc::from(e),
                 data: Arc::from(data),
+                from,
             });
         }
         "j " | "l " => {

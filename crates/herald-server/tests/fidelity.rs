@@ -24,7 +24,7 @@ const PAYLOADS: &[&str] = &[
     r#"{"text":"  spaced  ","nested":{"y":[3,2,1],"x":{}}}"#,
 ];
 
-/// The raw text of the next `pub` frame's `data` (the frame's bytes after `"data":`).
+/// The raw text of the next `pub` frame's `data` (the bytes between `"data":` and `,"from":`).
 async fn next_pub_data(c: &mut Client) -> String {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(5), c.ws.next())
@@ -35,7 +35,9 @@ async fn next_pub_data(c: &mut Client) -> String {
         if let Message::Text(t) = msg {
             if t.starts_with(r#"{"type":"pub""#) {
                 let at = t.find(r#""data":"#).unwrap() + 7;
-                return t[at..t.len() - 1].to_owned();
+                // `from` follows `data` and contains no `,"from":` itself.
+                let end = t.rfind(r#","from":"#).unwrap();
+                return t[at..end].to_owned();
             }
         }
     }

@@ -463,7 +463,9 @@ async fn slow_consumer_is_cut_off_alone() {
     const N: u64 = 400;
     let pad = "p".repeat(1000);
     let publisher = async {
-        for chunk in (1..=N).collect::<Vec<_>>().chunks(50) {
+        // Batches of 10: a healthy reader is never a whole queue behind, only the one that
+        // stopped reading (batches of 50 let a healthy reader on a loaded machine overflow).
+        for chunk in (1..=N).collect::<Vec<_>>().chunks(10) {
             let items: Vec<Value> = chunk
                 .iter()
                 .map(|n| json!({"channel": "bench.feed", "data": {"n": n, "pad": pad}}))

@@ -411,6 +411,59 @@ async fn recovery_without_gap_or_duplicate<C: Conn>() {
     assert_eq!(c.next_pub().await["offset"], 8);
 }
 
+/// Issue 12, class 7: every publication says who sent it, as the gateway authenticated them,
+/// in `from` beside the payload: a client's user and connection (a payload claiming another
+/// user changes nothing), or the server. Replays carry it too.
+async fn publications_carry_the_vouched_publisher<C: Conn>() {
+    // A client-publishable channel that keeps history, so replays can be checked too.
+    let s = TestServer::with_config(&config_toml(
+        "[[channel]]\nname = \"room.{id}\"\nscope = \"authenticated\"\npublish = \"authenticated\"\nhistory = { size = 10, ttl = \"1m\" }\nschema = { type = \"object\" }",
+    ))
+    .await;
+    let mut alice = C::open(&s, &tok("alice")).await;
+    let alice_client = alice.welcome()["client"].clone();
+    let mut bob = C::open(&s, &tok("bob")).await;
+    let reply = bob.subscribe("room.3").await;
+    let epoch = reply["epoch"].as_str().unwrap().to_owned();
+    let r = alice
+        .request(json!({"type": "publish", "channel": "room.3",
+                        "data": {"text": "hi", "user": "bob", "from": {"server": true}}}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let p = bob.next_pub().await;
+    assert_eq!(
+        p["from"],
+        json!({"user": "alice", "client": alice_client}),
+        "{p}"
+    );
+    assert_eq!(
+        p["data"]["user"], "bob",
+        "the payload is delivered as sent, beside `from`"
+    );
+    s.publish("room.3", json!({"text": "from the backend"}))
+        .await;
+    assert_eq!(bob.next_pub().await["from"], json!({"server": true}));
+    // A recovery replay says the same.
+    let mut again = Ws::open(&s, &tok("bob")).await;
+    let r = again
+        .request(json!({"type": "subscribe", "channel": "room.3",
+                        "since": {"offset": 0, "epoch": epoch}}))
+        .await;
+    let froms: Vec<Value> = r["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["from"].clone())
+        .collect();
+    assert_eq!(
+        froms,
+        [
+            json!({"user": "alice", "client": alice_client}),
+            json!({"server": true})
+        ]
+    );
+}
+
 /// After a restart of the in-memory broker (a new epoch), resuming says `recovered:false`.
 async fn not_recovered_after_restart<C: Conn>() {
     let t = tok("alice");
@@ -751,6 +804,10 @@ macro_rules! transport_conformance {
             #[tokio::test]
             async fn recovery_without_gap_or_duplicate() {
                 super::recovery_without_gap_or_duplicate::<$conn>().await
+            }
+            #[tokio::test]
+            async fn publications_carry_the_vouched_publisher() {
+                super::publications_carry_the_vouched_publisher::<$conn>().await
             }
             #[tokio::test]
             async fn not_recovered_after_restart() {

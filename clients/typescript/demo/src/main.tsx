@@ -2,7 +2,7 @@
 // @herald/client and @herald/react, typed by `herald codegen typescript` (./channels.ts).
 import { StrictMode, useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
 import { createRoot } from "react-dom/client";
-import { Herald, HeraldError, type PresenceClient, type TransportName } from "@herald/client";
+import { Herald, HeraldError, type PresenceClient, type PublicationFrom, type TransportName } from "@herald/client";
 import { HeraldProvider, useChannel, useHerald } from "@herald/react";
 
 import type { HeraldChannels } from "./channels.js";
@@ -104,7 +104,7 @@ function Dashboard({ user }: { user: string }) {
     <main>
       <Notifications user={user} />
       <Feed />
-      <Chat user={user} />
+      <Chat />
     </main>
   );
 }
@@ -154,7 +154,12 @@ function Feed() {
   );
 }
 
-function Chat({ user }: { user: string }) {
+/** The vouched sender of a publication, for display. */
+function senderOf(from: PublicationFrom): string {
+  return "server" in from ? "server" : (from.user ?? "anonymous");
+}
+
+function Chat() {
   const herald = useHerald<HeraldChannels>();
   // A conversation reads top to bottom: oldest first, newest at the bottom, kept in view.
   const [messages, add] = useList<string>(100, true);
@@ -167,7 +172,9 @@ function Chat({ user }: { user: string }) {
   const [text, setText] = useState("");
   const [error, setError] = useState("");
 
-  useChannel<HeraldChannels, typeof ROOM>(ROOM, (m) => add(`${m.user ?? "?"}: ${m.text}`), {
+  // The sender shown is the one the gateway vouches for (`ctx.from`), never a name inside the
+  // payload: any user could write `{"user":"bob"}` into a message.
+  useChannel<HeraldChannels, typeof ROOM>(ROOM, (m, ctx) => add(`${senderOf(ctx.from)}: ${m.text}`), {
     // After every (re)subscription the presence list is fetched again; join/leave keep it current.
     onSubscribed: () => {
       herald.presence(ROOM).then(setPresent, (e: HeraldError) => setError(`${e.code}: ${e.message}`));
@@ -185,7 +192,7 @@ function Chat({ user }: { user: string }) {
     ev.preventDefault();
     if (!text) return;
     try {
-      await herald.publish(ROOM, { text, user });
+      await herald.publish(ROOM, { text });
       setText("");
       setError("");
     } catch (e) {

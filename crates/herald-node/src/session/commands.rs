@@ -7,6 +7,8 @@ use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode};
 use super::Session;
 use super::limits::deadline_of;
 use crate::metrics::{Gate, Source};
+use crate::node::ClientPublish;
+use herald_core::protocol::client_from;
 
 impl Session {
     /// `publish`. Errors: `rate_limited`, then whatever gate 3 says.
@@ -26,7 +28,12 @@ impl Session {
                 ),
             ));
         }
-        node.publish_as(Source::client, channel, data, None, Some(&self.identity))
+        let from = client_from(self.identity.user.as_deref(), &self.handle().id);
+        let client = ClientPublish {
+            identity: &self.identity,
+            from: &from,
+        };
+        node.publish_as(Source::client, channel, data, None, Some(client))
             .await
     }
 

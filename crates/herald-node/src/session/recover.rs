@@ -51,6 +51,7 @@ mod tests {
                 offset: o,
                 epoch: Arc::from("e"),
                 data: Arc::from(RawValue::from_string("1".into()).unwrap()),
+                from: None,
             })
             .collect::<Vec<_>>();
         HistoryResult {

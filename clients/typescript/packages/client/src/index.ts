@@ -25,4 +25,4 @@ export { CloseCode, ClientCloseCode, NO_RECONNECT_CODES, ERROR_CODES, type Serve
 export type { Transport, TransportClose, TransportEvents, TransportName, Refusal } from "./transport.js";
 export type { WebSocketConstructor, WebSocketLike } from "./transport-websocket.js";
 export { SseParser, type SseEvent } from "./transport-sse.js";
-export type { ClientFrame, ErrorBody, PresenceClient, PublishReply } from "./protocol.js";
+export type { ChannelPosition, ClientFrame, ErrorBody, PresenceClient, PublicationFrom, PublishReply } from "./protocol.js";

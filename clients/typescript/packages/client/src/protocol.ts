@@ -38,11 +38,18 @@ export interface ReplyFrame {
   [field: string]: unknown;
 }
 
+/**
+ * Who published a publication, as the gateway authenticated them (never part of `data`, so no
+ * payload can forge it): a client connection, or the server (the API, an event source).
+ */
+export type PublicationFrom = { user: string | null; client: string } | { server: true };
+
 export interface PubFrame {
   type: "pub";
   channel: string;
   offset: number;
   data: unknown;
+  from: PublicationFrom;
 }
 
 export interface PresenceChangeFrame {
@@ -93,7 +100,7 @@ export interface SubscribeReply {
   offset: number;
   epoch: string;
   recovered: boolean;
-  publications: { offset: number; data: unknown }[];
+  publications: { offset: number; data: unknown; from: PublicationFrom }[];
 }
 
 export interface PublishReply {

@@ -9,6 +9,7 @@ import type {
   ClientFrame,
   PresenceChangeFrame,
   PubFrame,
+  PublicationFrom,
   ReplyFrame,
   SubscribeReply,
   UnsubscribedFrame,
@@ -126,7 +127,7 @@ export class Subscriptions {
       ch.buffer.push(frame);
       return;
     }
-    this.deliver(ch, frame.offset, frame.data);
+    this.deliver(ch, frame.offset, frame.data, frame.from);
   }
 
   presence(frame: PresenceChangeFrame): void {
@@ -191,13 +192,13 @@ export class Subscriptions {
       // Start from the reply's position: nothing older is delivered.
       ch.position = { channel: ch.name, offset: reply.offset, epoch: reply.epoch };
     } else {
-      for (const p of reply.publications) this.deliver(ch, p.offset, p.data);
+      for (const p of reply.publications) this.deliver(ch, p.offset, p.data, p.from);
       if (ch.position && ch.position.offset < reply.offset) ch.position.offset = reply.offset;
     }
     ch.status = "subscribed";
     const buffered = ch.buffer;
     ch.buffer = [];
-    for (const p of buffered) this.deliver(ch, p.offset, p.data);
+    for (const p of buffered) this.deliver(ch, p.offset, p.data, p.from);
     this.established(ch, {
       channel: ch.name,
       offset: reply.offset,
@@ -219,11 +220,11 @@ export class Subscriptions {
   }
 
   /** Delivers each offset at most once: replays and live publications may overlap. */
-  private deliver(ch: Channel, offset: number, data: unknown): void {
+  private deliver(ch: Channel, offset: number, data: unknown, from: PublicationFrom): void {
     const pos = ch.position;
     if (pos && offset <= pos.offset) return;
     if (pos) pos.offset = offset;
-    const ctx: PublicationContext = { channel: ch.name, offset, epoch: pos?.epoch ?? "" };
+    const ctx: PublicationContext = { channel: ch.name, offset, epoch: pos?.epoch ?? "", from };
     ch.each((l) => {
       try {
         l.handler(data, ctx);

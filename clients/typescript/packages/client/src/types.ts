@@ -1,5 +1,6 @@
 // The public types of @herald/client: channel maps, options, subscription info and events.
 import type { HeraldError } from "./errors.js";
+import type { ChannelPosition, PublicationFrom } from "./protocol.js";
 import type { TransportName } from "./transport.js";
 import type { WebSocketConstructor } from "./transport-websocket.js";
 
@@ -59,15 +60,14 @@ export interface HeraldOptions {
   refreshToken?: boolean;
 }
 
-/** Where a publication sits in its channel's history. */
-export interface PublicationContext {
-  channel: string;
-  offset: number;
-  epoch: string;
+/** Where a publication sits in its channel's history, and who published it. */
+export interface PublicationContext extends ChannelPosition {
+  /** Who published it, vouched for by the gateway (never taken from the payload). */
+  from: PublicationFrom;
 }
 
 /** Reported each time a subscription is (re)established. */
-export interface SubscribedInfo extends PublicationContext {
+export interface SubscribedInfo extends ChannelPosition {
   /** True when this restores an earlier subscription (after a reconnect or a server request). */
   resubscribed: boolean;
   /** True when nothing was missed (or everything missed was replayed). */

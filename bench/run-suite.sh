@@ -5,6 +5,8 @@
 #   bench/run-suite.sh                                  # everything (~15-20 min on 2 cores)
 #   bench/run-suite.sh --peers herald,null --scenarios s3   # a subset
 #   bench/run-suite.sh --conditions "quiet machine"     # a note written into the report
+#   bench/run-suite.sh --peers herald,herald-sse --scenarios s1,s3   # WebSocket beside SSE
+#   bench/run-suite.sh --peers herald,herald-base --baseline-bin OLD/herald --scenarios s1
 #
 # Any other argument goes to `herald-bench suite` (see `herald-bench suite --help`).
 set -euo pipefail

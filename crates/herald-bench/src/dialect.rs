@@ -1,9 +1,11 @@
-//! The three ways the gateways under test talk: Herald protocol v1, Socket.IO v4 over the
-//! websocket transport only, and raw WebSocket text. Each knows its connect request, its
-//! handshake up to "ready to receive", and how to tell a publication from a keep-alive.
+//! The ways the gateways under test talk: Herald protocol v1 over WebSocket and over
+//! Server-Sent Events, Socket.IO v4 over the websocket transport only, and raw WebSocket text.
+//! Each knows its connect request, its handshake up to "ready to receive", and how to tell a
+//! publication from a keep-alive.
 
 use serde::{Deserialize, Serialize};
 
+use crate::sse::SseClient;
 use crate::wire::{Client, Event, WsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -15,6 +17,11 @@ pub enum Dialect {
     Socketio,
     /// Raw WebSocket: every text frame is a payload.
     Raw,
+    /// Herald protocol v1 over Server-Sent Events on `/v1/sse`, JWT in the Authorization
+    /// header; the broadcast channel is asked for at connect (`?channel=`), the per-user
+    /// channel is auto-subscribed. Publications are `event: pub` events whose data is the v1
+    /// frame.
+    Sse,
 }
 
 /// What a received text frame is.
@@ -27,9 +34,23 @@ pub enum Incoming {
 }
 
 impl Dialect {
-    /// Path and query of the upgrade request, and its extra headers.
-    pub fn request(self, user: &str, token: &str) -> (String, Vec<(String, String)>) {
+    /// Path and query of the upgrade (or SSE) request, and its extra headers. `subscribe`
+    /// is the broadcast channel, for the dialects that name it in the request.
+    pub fn request(
+        self,
+        user: &str,
+        token: &str,
+        subscribe: Option<&str>,
+    ) -> (String, Vec<(String, String)>) {
         match self {
+            Dialect::Sse => (
+                match subscribe {
+                    // Channel names are `[A-Za-z0-9_.-]`: nothing to percent-encode.
+                    Some(channel) => format!("/v1/sse?channel={channel}"),
+                    None => "/v1/sse".into(),
+                },
+                vec![("Authorization".into(), format!("Bearer {token}"))],
+            ),
             Dialect::Herald => (
                 "/v1/ws".into(),
                 vec![("Authorization".into(), format!("Bearer {token}"))],
@@ -48,6 +69,7 @@ impl Dialect {
     pub async fn handshake(self, c: &mut Client, subscribe: Option<&str>) -> Result<(), WsError> {
         match self {
             Dialect::Raw => Ok(()),
+            Dialect::Sse => Err(WsError::Protocol("SSE is not a WebSocket dialect")),
             Dialect::Herald => {
                 expect_text(self, c, |t| t.starts_with(br#"{"type":"welcome""#)).await?;
                 if let Some(channel) = subscribe {
@@ -76,10 +98,11 @@ impl Dialect {
         }
     }
 
+    /// What one received text frame (for SSE: one event's data) is.
     pub fn classify(self, text: &[u8]) -> Incoming {
         match self {
             Dialect::Raw => Incoming::Publication,
-            Dialect::Herald => {
+            Dialect::Herald | Dialect::Sse => {
                 if text.starts_with(br#"{"type":"pub""#) {
                     Incoming::Publication
                 } else if text.starts_with(br#"{"type":"ping""#) {
@@ -97,6 +120,27 @@ impl Dialect {
                     Incoming::Other
                 }
             }
+        }
+    }
+}
+
+/// The SSE handshake: the stream is ready once `welcome` arrives. A channel asked for in the
+/// request and refused comes as an `error` event instead of being in the welcome's list.
+pub async fn sse_handshake(c: &mut SseClient, subscribe: Option<&str>) -> Result<(), WsError> {
+    loop {
+        let ev = c.next().await?;
+        match ev.kind {
+            b"welcome" => {
+                if let Some(channel) = subscribe {
+                    let want = format!(r#""channel":"{channel}""#);
+                    if crate::wire::find(ev.data, want.as_bytes()).is_none() {
+                        return Err(WsError::Protocol("subscribe refused"));
+                    }
+                }
+                return Ok(());
+            }
+            b"disconnect" => return Err(WsError::Protocol("disconnected during handshake")),
+            _ => {}
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `herald-bench`: the instrument behind `docs/benchmarks.md`.
 //!
-//! It opens many WebSocket connections to a gateway (Herald, or one of the peers in
+//! It opens many WebSocket (or Server-Sent Events) connections to a gateway (Herald, or one of the peers in
 //! `bench/peers/`), publishes on an open-loop schedule and measures what arrives: latency from
 //! the *intended* send time (so a stalled server cannot hide its stalls by slowing the
 //! publisher down), loss and reordering from sequence numbers, and the server's CPU and memory
@@ -8,7 +8,9 @@
 //!
 //! - [`wire`]: a minimal WebSocket client (handshake and framing) written for throughput, so one
 //!   load core can keep up with a server core;
-//! - [`dialect`]: Herald protocol v1, Socket.IO v4 (websocket transport only) and raw text;
+//! - [`sse`]: a minimal Server-Sent Events client (HTTP/1.1, chunked), same budget as [`wire`];
+//! - [`dialect`]: Herald protocol v1 over WebSocket and over SSE, Socket.IO v4 (websocket
+//!   transport only) and raw text;
 //! - [`payload`]: the stamped payload and its cheap parser;
 //! - [`stats`]: per-step histograms and counters, mergeable and serializable;
 //! - [`procfs`]: CPU ticks and RSS of a process, and the fd limit;
@@ -21,6 +23,7 @@ pub mod load;
 pub mod null;
 pub mod payload;
 pub mod procfs;
+pub mod sse;
 pub mod stats;
 pub mod suite;
 pub mod wire;

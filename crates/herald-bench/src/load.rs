@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::dialect::{Dialect, Incoming};
 use crate::payload::{self, Stamp};
 use crate::procfs;
+use crate::sse::SseClient;
 use crate::stats::{Latency, Recorder, SeqCheck};
 use crate::wire::{self, Client, Event};
 
@@ -358,7 +359,7 @@ async fn connection(
     slow: bool,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-    mut go: watch::Receiver<bool>,
+    go: watch::Receiver<bool>,
 ) {
     let args = &shared.args;
     let user = format!("u{}", args.user_offset + i);
@@ -372,21 +373,27 @@ async fn connection(
             Duration::from_secs(3600),
         )
         .map_err(|_| wire::WsError::Protocol("cannot mint a token"))?;
-        let (path, headers) = args.dialect.request(&user, &token);
+        let subscribe = (args.mode == Mode::Broadcast
+            && matches!(args.dialect, Dialect::Herald | Dialect::Sse))
+        .then_some(args.channel.as_str());
+        let (path, headers) = args.dialect.request(&user, &token, subscribe);
         let headers: Vec<(&str, &str)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let source = wire::source_addr(i, args.sources);
-        let mut c = Client::connect(source, args.server, &path, &headers).await?;
-        let subscribe = (args.mode == Mode::Broadcast
-            && args.dialect == crate::dialect::Dialect::Herald)
-            .then_some(args.channel.as_str());
-        args.dialect.handshake(&mut c, subscribe).await?;
-        Ok::<_, wire::WsError>(c)
+        if args.dialect == Dialect::Sse {
+            let mut c = SseClient::connect(source, args.server, &path, &headers).await?;
+            crate::dialect::sse_handshake(&mut c, subscribe).await?;
+            Ok::<_, wire::WsError>(Conn::Sse(c))
+        } else {
+            let mut c = Client::connect(source, args.server, &path, &headers).await?;
+            args.dialect.handshake(&mut c, subscribe).await?;
+            Ok(Conn::Ws(c))
+        }
     };
     let timeout = Duration::from_secs_f64(args.connect_timeout_secs);
-    let mut client = match tokio::time::timeout(timeout, opened).await {
+    let conn = match tokio::time::timeout(timeout, opened).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -406,6 +413,47 @@ async fn connection(
     shared.ready.fetch_add(1, Ordering::Relaxed);
     drop(permit);
 
+    let stride = if args.mode == Mode::Unicast {
+        args.connections as u64
+    } else {
+        1
+    };
+    let seq = SeqCheck::new(stride);
+    match conn {
+        Conn::Ws(client) => receive_ws(i, slow, &shared, client, go, seq).await,
+        Conn::Sse(client) => receive_sse(i, slow, &shared, client, go, seq).await,
+    }
+}
+
+/// An open connection of either kind.
+enum Conn {
+    Ws(Client),
+    Sse(SseClient),
+}
+
+/// Records one received publication: latency from its intended time, and its sequence number.
+fn record(shared: &Shared, i: usize, seq: &mut SeqCheck, frame: &[u8]) {
+    if let Some(stamp) = payload::parse(frame) {
+        let now = payload::unix_ns();
+        let (gaps, reorder) = seq.observe(stamp.seq);
+        let lat_us = now.saturating_sub(stamp.intended_ns) / 1000;
+        shared
+            .rec
+            .record(i, stamp.step as usize, lat_us, gaps, reorder);
+    }
+}
+
+/// Receives on a WebSocket until it ends, answering keep-alives; a slow one stops reading
+/// when publishing starts.
+async fn receive_ws(
+    i: usize,
+    slow: bool,
+    shared: &Shared,
+    mut client: Client,
+    mut go: watch::Receiver<bool>,
+    mut seq: SeqCheck,
+) {
+    let args = &shared.args;
     if slow {
         // Keep answering keep-alives until publishing starts, then never read again: the
         // server sees a consumer whose receive window fills and stays full.
@@ -431,24 +479,11 @@ async fn connection(
         return;
     }
 
-    let stride = if args.mode == Mode::Unicast {
-        args.connections as u64
-    } else {
-        1
-    };
-    let mut seq = SeqCheck::new(stride);
     let why = loop {
         let reply: Option<(u8, &'static str)> = match client.next().await {
             Ok(Event::Text(t)) => match args.dialect.classify(t) {
                 Incoming::Publication => {
-                    if let Some(stamp) = payload::parse(t) {
-                        let now = payload::unix_ns();
-                        let (gaps, reorder) = seq.observe(stamp.seq);
-                        let lat_us = now.saturating_sub(stamp.intended_ns) / 1000;
-                        shared
-                            .rec
-                            .record(i, stamp.step as usize, lat_us, gaps, reorder);
-                    }
+                    record(shared, i, &mut seq, t);
                     None
                 }
                 Incoming::Ping(pong) => Some((0x1, pong)),
@@ -463,6 +498,52 @@ async fn connection(
             && let Err(e) = client.send(op, text.as_bytes()).await
         {
             break error_key(&e);
+        }
+    };
+    shared.healthy_gone.fetch_add(1, Ordering::Relaxed);
+    bump(&shared.disconnects, why);
+}
+
+/// Receives on an SSE stream until it ends. Nothing is ever sent back: keep-alives are
+/// comments the parser skips. A slow one stops reading when publishing starts.
+async fn receive_sse(
+    i: usize,
+    slow: bool,
+    shared: &Shared,
+    mut client: SseClient,
+    mut go: watch::Receiver<bool>,
+    mut seq: SeqCheck,
+) {
+    if slow {
+        loop {
+            let ended = tokio::select! {
+                _ = go.wait_for(|g| *g) => break,
+                ev = client.next() => ev.err().map(|e| error_key(&e)),
+            };
+            if let Some(why) = ended {
+                bump(&shared.disconnects, format!("slow-before-go:{why}"));
+                return;
+            }
+        }
+        client.stall().await;
+        return;
+    }
+    let why = loop {
+        match client.next().await {
+            Ok(ev) if ev.kind == b"pub" => record(shared, i, &mut seq, ev.data),
+            // The server's goodbye names its code: `{"type":"disconnect","code":4008,…}`.
+            Ok(ev) if ev.kind == b"disconnect" => {
+                let code = crate::wire::find(ev.data, br#""code":"#)
+                    .map(|at| &ev.data[at + 7..])
+                    .map(|rest| {
+                        let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                        String::from_utf8_lossy(&rest[..n]).into_owned()
+                    })
+                    .unwrap_or_default();
+                break format!("disconnect:{code}");
+            }
+            Ok(_) => {}
+            Err(e) => break error_key(&e),
         }
     };
     shared.healthy_gone.fetch_add(1, Ordering::Relaxed);

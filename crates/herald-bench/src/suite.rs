@@ -32,8 +32,15 @@ pub struct SuiteArgs {
     /// The `bench/` directory (config and peers).
     #[arg(long, default_value = "bench")]
     pub bench_dir: PathBuf,
+    /// Gateways to run, in the report's order: `herald` (WebSocket), `herald-sse` (the same
+    /// server over Server-Sent Events), `herald-base` (WebSocket against `--baseline-bin`),
+    /// `null`, `ws`, `socketio`.
     #[arg(long, value_delimiter = ',', default_value = "herald,null,ws,socketio")]
     pub peers: Vec<String>,
+    /// Another `herald` binary (e.g. built from an older commit) run as the `herald-base`
+    /// peer, for before/after comparisons within one run.
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
     #[arg(long, value_delimiter = ',', default_value = "s1,s3,s4,s7")]
     pub scenarios: Vec<String>,
     /// CPU list for the servers (`taskset -c`).
@@ -52,6 +59,10 @@ pub struct SuiteArgs {
     pub s3_rates: Vec<u64>,
     #[arg(long, value_delimiter = ',', default_value = "100,1024")]
     pub s3_sizes: Vec<usize>,
+    /// Run every S3 rate even after a step fails, so gateways compare at the same rates
+    /// (on a busy machine the first step may already miss the p99 limit).
+    #[arg(long)]
+    pub s3_keep_going: bool,
     #[arg(long, default_value_t = 18_000)]
     pub s4_users: usize,
     #[arg(
@@ -88,6 +99,18 @@ const PEERS: &[Peer] = &[
     Peer {
         name: "herald",
         label: "Herald",
+        dialect: "herald",
+        publisher: "herald",
+    },
+    Peer {
+        name: "herald-sse",
+        label: "Herald SSE",
+        dialect: "sse",
+        publisher: "herald",
+    },
+    Peer {
+        name: "herald-base",
+        label: "Herald, baseline binary",
         dialect: "herald",
         publisher: "herald",
     },
@@ -179,8 +202,13 @@ impl Env {
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg(&self.args.server_cpu);
         match peer.name {
-            "herald" => {
-                cmd.arg(self.bin_dir.join("herald"))
+            "herald" | "herald-sse" | "herald-base" => {
+                let bin = match (&self.args.baseline_bin, peer.name) {
+                    (Some(base), "herald-base") => base.clone(),
+                    (None, "herald-base") => bail!("the herald-base peer needs --baseline-bin"),
+                    _ => self.bin_dir.join("herald"),
+                };
+                cmd.arg(bin)
                     .arg("serve")
                     .arg("--config")
                     .arg(self.args.bench_dir.join("herald-bench.toml"))
@@ -356,22 +384,22 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 step(&format!("S3 {size} B"), &mut |env, logs| {
                     let srv = env.start(peer)?;
                     logs.push(srv.log.clone());
-                    let rep = env.load(
-                        peer,
-                        &srv,
-                        &[
-                            s("--mode"),
-                            s("broadcast"),
-                            s("--connections"),
-                            s(args.s3_subscribers),
-                            s("--payload-bytes"),
-                            s(size),
-                            s("--rates"),
-                            rates(&args.s3_rates),
-                            s("--step-secs"),
-                            s(args.step_secs),
-                        ],
-                    )?;
+                    let mut extra = vec![
+                        s("--mode"),
+                        s("broadcast"),
+                        s("--connections"),
+                        s(args.s3_subscribers),
+                        s("--payload-bytes"),
+                        s(size),
+                        s("--rates"),
+                        rates(&args.s3_rates),
+                        s("--step-secs"),
+                        s(args.step_secs),
+                    ];
+                    if args.s3_keep_going {
+                        extra.push(s("--keep-going"));
+                    }
+                    let rep = env.load(peer, &srv, &extra)?;
                     r.s3.push(rep);
                     Ok(())
                 });
@@ -614,6 +642,14 @@ fn machine(env: &Env) -> Vec<(String, String)> {
                 env.bin_dir.join("herald").display()
             ))
             .replace('\n', " @ "),
+        ),
+        (
+            "herald baseline".into(),
+            env.args
+                .baseline_bin
+                .as_ref()
+                .map(|b| shell(&format!("{} --version", b.display())))
+                .unwrap_or_else(|| "–".into()),
         ),
         ("node".into(), shell("node --version")),
         ("ws".into(), pkg("ws", "ws")),

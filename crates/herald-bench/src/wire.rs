@@ -249,7 +249,7 @@ fn parse_frame(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, WsError> {
     Ok(Some((b0 & 0x0f, hdr, len)))
 }
 
-fn parse_status(head: &[u8]) -> Option<u16> {
+pub(crate) fn parse_status(head: &[u8]) -> Option<u16> {
     let line = head.split(|&b| b == b'\r').next()?;
     let text = std::str::from_utf8(line).ok()?;
     text.split_whitespace().nth(1)?.parse().ok()

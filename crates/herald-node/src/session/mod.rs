@@ -137,23 +137,34 @@ impl Session {
 
     /// Runs the session over `transport` until it ends, then says goodbye the transport's way
     /// and releases every subscription, presence entry and slot.
-    pub async fn run<T: Transport>(mut self, mut transport: T, opening: Opening) {
-        let node = self.node().clone();
-        node.metrics.connections.inc();
-        let ending = match self.welcome(opening).await {
-            Ok(()) => self.serve(&mut transport).await,
-            Err(e) => {
-                tracing::warn!(client = %self.handle().id, error = %e.message, "auto-subscribe failed");
-                Ending::Goodbye(Goodbye::Unavailable)
-            }
-        };
-        // Release first: once the client sees the goodbye, its subscriptions, presence and
-        // slot are gone (a reconnect is not refused for a slot still held by a closing socket).
-        self.cleanup().await;
-        node.metrics.connections.dec();
-        let Session { slot, .. } = self;
-        drop(slot);
-        transport.close(ending).await;
+    // Not an `async fn` on purpose: rustc keeps an async fn's arguments in the future *and*
+    // moves them into locals of their own (rust-lang/rust#62958), so `self` and `transport`
+    // were stored twice, 600 B more per idle connection. The `async move` block below uses
+    // the captured values in place (S1 in docs/benchmarks.md: 6.48 → 5.88 KB per connection).
+    #[allow(clippy::manual_async_fn)]
+    pub fn run<T: Transport>(
+        mut self,
+        mut transport: T,
+        opening: Opening,
+    ) -> impl std::future::Future<Output = ()> {
+        async move {
+            let node = self.node().clone();
+            node.metrics.connections.inc();
+            let ending = match self.welcome(opening).await {
+                Ok(()) => self.serve(&mut transport).await,
+                Err(e) => {
+                    tracing::warn!(client = %self.handle().id, error = %e.message, "auto-subscribe failed");
+                    Ending::Goodbye(Goodbye::Unavailable)
+                }
+            };
+            // Release first: once the client sees the goodbye, its subscriptions, presence and
+            // slot are gone (a reconnect is not refused for a slot still held by a closing socket).
+            self.cleanup().await;
+            node.metrics.connections.dec();
+            let Session { slot, .. } = self;
+            drop(slot);
+            transport.close(ending).await;
+        }
     }
 
     async fn serve<T: Transport>(&mut self, transport: &mut T) -> Ending {

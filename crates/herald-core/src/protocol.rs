@@ -109,6 +109,11 @@ pub enum Goodbye {
     Kicked,
     /// The client stayed silent past `ping_interval + pong_timeout` (4408).
     PingTimeout,
+    /// The client broke the WebSocket framing rules (1002, RFC 6455 §7.4.1): reserved bits,
+    /// unknown opcodes, fragmented or oversized control frames, bad continuations.
+    ProtocolError,
+    /// A text message (or fragment) that is not valid UTF-8 (1007, RFC 6455 §8.1).
+    InvalidUtf8,
 }
 
 impl Goodbye {
@@ -124,6 +129,8 @@ impl Goodbye {
             Goodbye::NotJson | Goodbye::Binary => 4400,
             Goodbye::Kicked => 4403,
             Goodbye::PingTimeout => 4408,
+            Goodbye::ProtocolError => 1002,
+            Goodbye::InvalidUtf8 => 1007,
         }
     }
 
@@ -141,6 +148,8 @@ impl Goodbye {
             Goodbye::Binary => "binary frames are not supported",
             Goodbye::Kicked => "disconnected by the server",
             Goodbye::PingTimeout => "no pong from client",
+            Goodbye::ProtocolError => "websocket protocol error",
+            Goodbye::InvalidUtf8 => "text is not valid UTF-8",
         }
     }
 
@@ -149,12 +158,24 @@ impl Goodbye {
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            Goodbye::FrameTooLarge | Goodbye::NotJson | Goodbye::Binary | Goodbye::Kicked
+            Goodbye::FrameTooLarge
+                | Goodbye::NotJson
+                | Goodbye::Binary
+                | Goodbye::Kicked
+                | Goodbye::ProtocolError
+                | Goodbye::InvalidUtf8
         )
     }
 
+    /// True for failures of the WebSocket layer itself (RFC 6455 §7.1.7, "Fail the WebSocket
+    /// Connection"): the peer's framing cannot be trusted, so the close frame alone says
+    /// goodbye, with no v1 `disconnect` frame before it.
+    pub fn fails_the_websocket(self) -> bool {
+        matches!(self, Goodbye::ProtocolError | Goodbye::InvalidUtf8)
+    }
+
     /// Every goodbye, for tables and tests.
-    pub const ALL: [Goodbye; 11] = [
+    pub const ALL: [Goodbye; 13] = [
         Goodbye::GoingAway,
         Goodbye::Unavailable,
         Goodbye::TokenExpired,
@@ -166,6 +187,8 @@ impl Goodbye {
         Goodbye::Binary,
         Goodbye::Kicked,
         Goodbye::PingTimeout,
+        Goodbye::ProtocolError,
+        Goodbye::InvalidUtf8,
     ];
 
     /// The v1 `disconnect` frame that announces this goodbye.
@@ -569,7 +592,9 @@ mod tests {
                 (4400, false),
                 (4400, false),
                 (4403, false),
-                (4408, true)
+                (4408, true),
+                (1002, false),
+                (1007, false)
             ]
         );
         for g in Goodbye::ALL {

@@ -16,6 +16,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
@@ -64,17 +65,50 @@ pub async fn upgrade(
         Ok(a) => a,
         Err(r) => return refused(r),
     };
-    let max_frame = node.config.limits.max_frame_bytes;
+    configure(ws, node.config.limits.max_frame_bytes).on_upgrade(move |socket| {
+        node.tasks
+            .track_future(Session::new(admitted).run(WsTransport::new(socket), Opening::default()))
+    })
+}
+
+/// The WebSocket settings of every Herald upgrade: small buffers, and frames and messages
+/// bounded by `max_frame` (`limits.max_frame_bytes`). Shared with the Autobahn echo server
+/// (`examples/ws_echo.rs`) so the conformance run tests these exact settings.
+pub fn configure(ws: WebSocketUpgrade, max_frame: usize) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            node.tasks.track_future(
-                Session::new(admitted).run(WsTransport::new(socket), Opening::default()),
-            )
-        })
+}
+
+/// One read from the socket at the WebSocket layer, before protocol v1 looks at the text.
+#[derive(Debug)]
+pub enum WsRead {
+    /// A complete text message (UTF-8 already checked by the library).
+    Text(Utf8Bytes),
+    /// A complete binary message.
+    Binary(Bytes),
+    /// A Ping or Pong. The library has queued the Pong answer; the next read or write flushes it.
+    Control,
+    /// The peer's close frame; the library has queued its echo (RFC 6455 §5.5.1).
+    Closed,
+    /// The peer broke a rule: the connection ends with this goodbye.
+    Violation(Goodbye),
+    /// EOF, reset or another I/O error: nobody is left to tell.
+    Gone,
+}
+
+/// Reads the next message and classifies it. Cancel-safe (a single `recv`).
+pub async fn read(socket: &mut WebSocket) -> WsRead {
+    match socket.recv().await {
+        None => WsRead::Gone,
+        Some(Err(e)) => read_error(&e),
+        Some(Ok(Message::Text(text))) => WsRead::Text(text),
+        Some(Ok(Message::Binary(bytes))) => WsRead::Binary(bytes),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => WsRead::Control,
+        Some(Ok(Message::Close(_))) => WsRead::Closed,
+    }
 }
 
 /// The WebSocket wire of one session.
@@ -95,14 +129,13 @@ impl Transport for WsTransport {
     }
 
     async fn recv(&mut self) -> Inbound {
-        match self.socket.recv().await {
-            None => Inbound::Gone,
-            Some(Err(e)) if is_capacity_error(&e) => Inbound::Violation(Goodbye::FrameTooLarge),
-            Some(Err(_)) => Inbound::Gone,
-            Some(Ok(Message::Text(text))) => Inbound::from_v1_text(&text),
-            Some(Ok(Message::Binary(_))) => Inbound::Violation(Goodbye::Binary),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
-            Some(Ok(Message::Close(_))) => Inbound::Closed,
+        match read(&mut self.socket).await {
+            WsRead::Text(text) => Inbound::from_v1_text(&text),
+            WsRead::Binary(_) => Inbound::Violation(Goodbye::Binary),
+            WsRead::Control => Inbound::Alive,
+            WsRead::Closed => Inbound::Closed,
+            WsRead::Violation(g) => Inbound::Violation(g),
+            WsRead::Gone => Inbound::Gone,
         }
     }
 
@@ -129,43 +162,64 @@ impl Transport for WsTransport {
     }
 
     async fn close(mut self, ending: Ending) {
-        let socket = &mut self.socket;
-        match ending {
-            Ending::Gone => {}
-            // The library queued the echo of the peer's close frame (RFC 6455 §5.5.1); it
-            // leaves with the next flush.
-            Ending::PeerClosed => {
-                let _ = tokio::time::timeout(CLOSE_LINGER, socket.flush()).await;
-            }
-            Ending::Goodbye(g) => {
-                let bye = async {
+        finish(&mut self.socket, ending).await;
+    }
+}
+
+/// Ends a WebSocket connection the way every Herald path does, bounded by [`CLOSE_LINGER`]:
+/// a goodbye sends the v1 `disconnect` frame (not for a failure of the WebSocket layer, see
+/// [`Goodbye::fails_the_websocket`]) and the close frame, then reads and discards until the
+/// peer's close (RFC 6455 §7.1.1); a peer's close gets its queued echo flushed.
+pub async fn finish(socket: &mut WebSocket, ending: Ending) {
+    match ending {
+        Ending::Gone => {}
+        // The library queued the echo of the peer's close frame (RFC 6455 §5.5.1); it
+        // leaves with the next flush.
+        Ending::PeerClosed => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, socket.flush()).await;
+        }
+        Ending::Goodbye(g) => {
+            let bye = async {
+                if !g.fails_the_websocket() {
                     socket
                         .feed(Message::Text(Utf8Bytes::from(g.frame())))
                         .await?;
-                    socket
-                        .send(Message::Close(Some(CloseFrame {
-                            code: g.code(),
-                            reason: Utf8Bytes::from_static(g.reason()),
-                        })))
-                        .await?;
-                    // §7.1.1: having sent a close frame, read (and discard) until the peer's
-                    // close arrives, so the peer sees a clean close, not a reset.
-                    while let Some(msg) = socket.recv().await {
-                        if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
-                            break;
-                        }
+                }
+                socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: g.code(),
+                        reason: Utf8Bytes::from_static(g.reason()),
+                    })))
+                    .await?;
+                // §7.1.1: having sent a close frame, read (and discard) until the peer's
+                // close arrives, so the peer sees a clean close, not a reset. (After a read
+                // error the library reads nothing more: the socket closes at once, as §7.1.7
+                // wants for a failed connection.)
+                while let Some(msg) = socket.recv().await {
+                    if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
+                        break;
                     }
-                    Ok::<(), axum::Error>(())
-                };
-                let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
-            }
+                }
+                Ok::<(), axum::Error>(())
+            };
+            let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
         }
     }
 }
 
-/// True when tungstenite refused a frame or message over `max_frame_bytes`.
-fn is_capacity_error(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+/// What a read error means for the connection. A peer that broke the framing rules is told
+/// so with a close frame (RFC 6455 §7.1.7: 1002, or 1007 for bad UTF-8) instead of a silent
+/// TCP close that its library would report as 1006; only a vanished peer gets nothing.
+fn read_error(e: &axum::Error) -> WsRead {
+    use tungstenite::error::ProtocolError;
+    match std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>()) {
+        Some(tungstenite::Error::Capacity(_)) => WsRead::Violation(Goodbye::FrameTooLarge),
+        Some(tungstenite::Error::Utf8(_)) => WsRead::Violation(Goodbye::InvalidUtf8),
+        // EOF in the middle of the connection: the peer is gone, not misbehaving.
+        Some(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+            WsRead::Gone
+        }
+        Some(tungstenite::Error::Protocol(_)) => WsRead::Violation(Goodbye::ProtocolError),
+        _ => WsRead::Gone,
+    }
 }

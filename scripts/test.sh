@@ -17,6 +17,10 @@ fi
 echo "==> cargo test --workspace"
 cargo test --workspace
 
+# WebSocket conformance: Autobahn sections 1-7 against the transport's echo example.
+echo "==> Autobahn (scripts/autobahn.sh)"
+scripts/autobahn.sh
+
 # The TypeScript client, React bindings, codegen and the demo page in a real browser, all
 # against the real `herald` binary.
 if [ ! -x /usr/bin/chromium ]; then

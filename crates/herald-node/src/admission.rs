@@ -83,14 +83,16 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// The value of cookie `name` in `Cookie` header values (RFC 6265 §5.4: `name=value` pairs
-/// separated by `; `); the first non-empty match wins.
+/// separated by `; `); the first non-empty match wins. Emptiness is judged after removing the
+/// optional quotes (RFC 6265 §4.1.1), so a cleared `name=""` never hides a later real value.
 pub fn cookie_value<'a>(cookies: &[&'a str], name: &str) -> Option<&'a str> {
     cookies
         .iter()
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
+        .filter(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+        .find(|v| !v.is_empty())
 }
 
 /// Compares two origins (`scheme://host[:port]`) as RFC 6454 §5 does for the serialised form:
@@ -343,6 +345,14 @@ mod tests {
         assert_eq!(cookie_value(&["a=1", "herald=tok"], "herald"), Some("tok"));
         assert_eq!(cookie_value(&["herald="], "herald"), None);
         assert_eq!(cookie_value(&["xherald=1"], "herald"), None);
+        // Found by the `admission` fuzz target: a quoted empty value counted as a credential
+        // (an empty token), hiding the real one after it.
+        assert_eq!(cookie_value(&[r#"herald="""#], "herald"), None);
+        assert_eq!(cookie_value(&["herald=\"", "herald="], "herald"), None);
+        assert_eq!(
+            cookie_value(&[r#"herald=""; herald=tok"#], "herald"),
+            Some("tok")
+        );
     }
 
     #[test]

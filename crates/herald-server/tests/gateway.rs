@@ -440,6 +440,34 @@ impl SendBinary
     }
 }
 
+/// A cleared cookie (`name=""`) before the real one does not hide it. Found by the `admission`
+/// fuzz target: the quoted empty value was taken as an empty token, so the upgrade got 401.
+#[tokio::test]
+async fn a_quoted_empty_cookie_does_not_hide_the_real_one() {
+    use futures_util::StreamExt;
+    use tungstenite::client::IntoClientRequest;
+    let toml = format!(
+        "[auth]\nhs256_secret = \"{}\"\ncookie = \"herald_token\"\n[api]\nkey = \"{API_KEY}\"\n{}",
+        common::SECRET,
+        common::CHANNELS
+    );
+    let s = TestServer::with_config(&toml).await;
+    let jwt = token("alice", &[], Duration::from_secs(60));
+    let mut req = s.ws_url().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        format!("herald_token=\"\"; herald_token={jwt}")
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the real cookie is used");
+    let welcome = ws.next().await.unwrap().unwrap();
+    let welcome: Value = serde_json::from_str(welcome.to_text().unwrap()).unwrap();
+    assert_eq!(welcome["user"], "alice", "{welcome}");
+}
+
 /// A client that breaks the WebSocket framing rules gets a close frame saying so (RFC 6455
 /// §7.1.7: 1002, or 1007 for text that is not UTF-8), not a silent TCP close that its library
 /// would report as 1006. Raw bytes, because no client library sends such frames; each case is

@@ -17,6 +17,10 @@ fi
 echo "==> cargo test --workspace"
 cargo test --workspace
 
+# Fuzz every parser briefly from its committed corpus (about a minute, plus the build).
+echo "==> fuzz targets (scripts/fuzz.sh)"
+scripts/fuzz.sh
+
 # WebSocket conformance: Autobahn sections 1-7 against the transport's echo example.
 echo "==> Autobahn (scripts/autobahn.sh)"
 scripts/autobahn.sh

@@ -84,7 +84,8 @@ impl ErrorBody {
 /// whether the client should reconnect. Every transport says it its own way (a v1 `disconnect`
 /// frame and the WebSocket close frame, an SSE `disconnect` event, a Socket.IO DISCONNECT), with
 /// the same code and reason. The codes are the WebSocket close codes of `docs/protocol.md`:
-/// 1001 and 1013 from RFC 6455 §7.4.1 / the IANA registry, the 4xxx range is Herald's.
+/// 1001, 1002, 1007 and 1013 from RFC 6455 §7.4.1 / the IANA registry, the 4xxx range is
+/// Herald's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Goodbye {
     /// The node is shutting down (1001); reconnect elsewhere.
@@ -154,16 +155,14 @@ impl Goodbye {
     }
 
     /// Whether the client should reconnect (with backoff). False for input that would be
-    /// refused again unchanged, and for kicks.
+    /// refused again unchanged, and for kicks. True for the WebSocket-layer failures (1002,
+    /// 1007): no `disconnect` frame tells the client anything there, so it goes by the close
+    /// code alone, and browsers cannot send such frames: a middlebox that mangled the stream
+    /// is the likely cause, and a new connection is the cure.
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            Goodbye::FrameTooLarge
-                | Goodbye::NotJson
-                | Goodbye::Binary
-                | Goodbye::Kicked
-                | Goodbye::ProtocolError
-                | Goodbye::InvalidUtf8
+            Goodbye::FrameTooLarge | Goodbye::NotJson | Goodbye::Binary | Goodbye::Kicked
         )
     }
 
@@ -593,8 +592,8 @@ mod tests {
                 (4400, false),
                 (4403, false),
                 (4408, true),
-                (1002, false),
-                (1007, false)
+                (1002, true),
+                (1007, true)
             ]
         );
         for g in Goodbye::ALL {

@@ -37,6 +37,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test --workspace"
 HERALD_BIN="$herald_bin" cargo test --workspace
 
+# Fuzz every parser briefly from its committed corpus (about a minute, plus the build).
+echo "==> fuzz targets (scripts/fuzz.sh)"
+scripts/fuzz.sh
+
+# WebSocket conformance: Autobahn sections 1-7 against the transport's echo example.
+echo "==> Autobahn (scripts/autobahn.sh)"
+scripts/autobahn.sh
+
 # The TypeScript client, React bindings, codegen and the demo page in a real browser, all
 # against the real `herald` binary.
 if [ ! -x /usr/bin/chromium ]; then

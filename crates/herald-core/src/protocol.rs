@@ -89,7 +89,8 @@ impl ErrorBody {
 /// whether the client should reconnect. Every transport says it its own way (a v1 `disconnect`
 /// frame and the WebSocket close frame, an SSE `disconnect` event, a Socket.IO DISCONNECT), with
 /// the same code and reason. The codes are the WebSocket close codes of `docs/protocol.md`:
-/// 1001 and 1013 from RFC 6455 §7.4.1 / the IANA registry, the 4xxx range is Herald's.
+/// 1001, 1002, 1007 and 1013 from RFC 6455 §7.4.1 / the IANA registry, the 4xxx range is
+/// Herald's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Goodbye {
     /// The node is shutting down (1001); reconnect elsewhere.
@@ -110,15 +111,15 @@ pub enum Goodbye {
     NotJson,
     /// A binary frame where only text is spoken (4400).
     Binary,
-    /// A WebSocket protocol violation (1002, RFC 6455 §7.4.1): bad framing, reserved bits,
-    /// a fragmented control frame…
-    ProtocolError,
-    /// A text message that is not valid UTF-8 (1007, RFC 6455 §8.1).
-    InvalidText,
     /// Kicked by the server API (4403); do not reconnect.
     Kicked,
     /// The client stayed silent past `ping_interval + pong_timeout` (4408).
     PingTimeout,
+    /// The client broke the WebSocket framing rules (1002, RFC 6455 §7.4.1): reserved bits,
+    /// unknown opcodes, fragmented or oversized control frames, bad continuations.
+    ProtocolError,
+    /// A text message (or fragment) that is not valid UTF-8 (1007, RFC 6455 §8.1).
+    InvalidUtf8,
 }
 
 impl Goodbye {
@@ -127,8 +128,6 @@ impl Goodbye {
         match self {
             Goodbye::GoingAway => 1001,
             Goodbye::Unavailable => 1013,
-            Goodbye::ProtocolError => 1002,
-            Goodbye::InvalidText => 1007,
             Goodbye::TokenExpired => 4001,
             Goodbye::SlowConsumer | Goodbye::SlowSubscription => 4008,
             Goodbye::FrameTooLarge => 4009,
@@ -136,6 +135,8 @@ impl Goodbye {
             Goodbye::NotJson | Goodbye::Binary => 4400,
             Goodbye::Kicked => 4403,
             Goodbye::PingTimeout => 4408,
+            Goodbye::ProtocolError => 1002,
+            Goodbye::InvalidUtf8 => 1007,
         }
     }
 
@@ -144,8 +145,6 @@ impl Goodbye {
         match self {
             Goodbye::GoingAway => "server shutting down",
             Goodbye::Unavailable => "temporarily unavailable",
-            Goodbye::ProtocolError => "websocket protocol error",
-            Goodbye::InvalidText => "text frame is not valid UTF-8",
             Goodbye::TokenExpired => "token expired",
             Goodbye::SlowConsumer => "slow consumer: outbound queue full",
             Goodbye::SlowSubscription => "slow consumer: subscription could not catch up",
@@ -155,29 +154,34 @@ impl Goodbye {
             Goodbye::Binary => "binary frames are not supported",
             Goodbye::Kicked => "disconnected by the server",
             Goodbye::PingTimeout => "no pong from client",
+            Goodbye::ProtocolError => "websocket protocol error",
+            Goodbye::InvalidUtf8 => "text is not valid UTF-8",
         }
     }
 
     /// Whether the client should reconnect (with backoff). False for input that would be
-    /// refused again unchanged, and for kicks.
+    /// refused again unchanged, and for kicks. True for the WebSocket-layer failures (1002,
+    /// 1007): no `disconnect` frame tells the client anything there, so it goes by the close
+    /// code alone, and browsers cannot send such frames: a middlebox that mangled the stream
+    /// is the likely cause, and a new connection is the cure.
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            Goodbye::FrameTooLarge
-                | Goodbye::NotJson
-                | Goodbye::Binary
-                | Goodbye::Kicked
-                | Goodbye::ProtocolError
-                | Goodbye::InvalidText
+            Goodbye::FrameTooLarge | Goodbye::NotJson | Goodbye::Binary | Goodbye::Kicked
         )
+    }
+
+    /// True for failures of the WebSocket layer itself (RFC 6455 §7.1.7, "Fail the WebSocket
+    /// Connection"): the peer's framing cannot be trusted, so the close frame alone says
+    /// goodbye, with no v1 `disconnect` frame before it.
+    pub fn fails_the_websocket(self) -> bool {
+        matches!(self, Goodbye::ProtocolError | Goodbye::InvalidUtf8)
     }
 
     /// Every goodbye, for tables and tests.
     pub const ALL: [Goodbye; 13] = [
         Goodbye::GoingAway,
         Goodbye::Unavailable,
-        Goodbye::ProtocolError,
-        Goodbye::InvalidText,
         Goodbye::TokenExpired,
         Goodbye::SlowConsumer,
         Goodbye::SlowSubscription,
@@ -187,6 +191,8 @@ impl Goodbye {
         Goodbye::Binary,
         Goodbye::Kicked,
         Goodbye::PingTimeout,
+        Goodbye::ProtocolError,
+        Goodbye::InvalidUtf8,
     ];
 
     /// The v1 `disconnect` frame that announces this goodbye.
@@ -702,8 +708,6 @@ mod tests {
             [
                 (1001, true),
                 (1013, true),
-                (1002, false),
-                (1007, false),
                 (4001, true),
                 (4008, true),
                 (4008, true),
@@ -712,7 +716,9 @@ mod tests {
                 (4400, false),
                 (4400, false),
                 (4403, false),
-                (4408, true)
+                (4408, true),
+                (1002, true),
+                (1007, true)
             ]
         );
         for g in Goodbye::ALL {

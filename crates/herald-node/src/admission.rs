@@ -87,20 +87,16 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// The value of cookie `name` in `Cookie` header values (RFC 6265 §5.4: `name=value` pairs
-/// separated by `; `; a value in double quotes is unquoted, §4.1.1); the first non-empty match
-/// wins.
+/// separated by `; `); the first non-empty match wins. Emptiness is judged after removing the
+/// optional quotes (RFC 6265 §4.1.1), so a cleared `name=""` never hides a later real value.
 pub fn cookie_value<'a>(cookies: &[&'a str], name: &str) -> Option<&'a str> {
     cookies
         .iter()
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| {
-            v.strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v)
-        })
-        .filter(|v| !v.is_empty())
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .find(|v| !v.is_empty())
 }
 
 /// An origin as RFC 6454 compares it: scheme and host lowercased, the port made explicit.
@@ -442,5 +438,13 @@ mod tests {
         assert_eq!(cookie_value(&["herald="], "herald"), None);
         assert_eq!(cookie_value(&["xherald=1"], "herald"), None);
         assert_eq!(cookie_value(&["herald=\"tok\""], "herald"), Some("tok"));
+        // Found by the `admission` fuzz target: a quoted empty value counted as a credential
+        // (an empty token), hiding the real one after it.
+        assert_eq!(cookie_value(&[r#"herald="""#], "herald"), None);
+        assert_eq!(cookie_value(&["herald=\"", "herald="], "herald"), None);
+        assert_eq!(
+            cookie_value(&[r#"herald=""; herald=tok"#], "herald"),
+            Some("tok")
+        );
     }
 }

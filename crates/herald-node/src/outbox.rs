@@ -156,4 +156,88 @@ mod tests {
         assert_eq!(out.iter().map(Outgoing::v1).collect::<Vec<_>>(), ["a"]);
         assert_eq!(o.next_batch(&mut out).await, Some(Goodbye::GoingAway));
     }
+
+    mod properties {
+        use std::collections::VecDeque;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Push a frame of this many bytes.
+            Push(usize),
+            /// A graceful close (kick, expiry, shutdown) with this reason.
+            Close(Goodbye),
+            /// The session takes a batch (only when one is ready, so the test never waits).
+            Drain,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (1usize..40).prop_map(Op::Push),
+                1 => prop::sample::select(Goodbye::ALL.to_vec()).prop_map(Op::Close),
+                3 => Just(Op::Drain),
+            ]
+        }
+
+        proptest! {
+            /// Against a model of the policy: queued bytes never exceed the limit; a push that
+            /// would exceed it drops everything queued and closes with SlowConsumer; a closed
+            /// outbox takes nothing; a graceful close delivers what was queued first, in order,
+            /// then its (first) reason.
+            #[test]
+            fn outbox_follows_the_slow_consumer_policy(
+                limit in 1usize..100,
+                ops in prop::collection::vec(op(), 0..60),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let outbox = Outbox::new(limit);
+                let mut queued: VecDeque<String> = VecDeque::new();
+                let mut closed: Option<Goodbye> = None;
+                for (n, op) in ops.into_iter().enumerate() {
+                    match op {
+                        Op::Push(len) => {
+                            let text = format!("{n:0len$}").chars().take(len).collect::<String>();
+                            let bytes: usize = queued.iter().map(String::len).sum();
+                            let expected = if closed.is_some() {
+                                Pushed::Closed
+                            } else if bytes + text.len() > limit {
+                                queued.clear();
+                                closed = Some(Goodbye::SlowConsumer);
+                                Pushed::Overflowed
+                            } else {
+                                queued.push_back(text.clone());
+                                Pushed::Queued
+                            };
+                            prop_assert_eq!(outbox.push(frame(&text)), expected);
+                        }
+                        Op::Close(g) => {
+                            outbox.close(g);
+                            closed.get_or_insert(g);
+                        }
+                        Op::Drain => {
+                            if queued.is_empty() && closed.is_none() {
+                                continue;
+                            }
+                            let mut out = Vec::new();
+                            let end = rt.block_on(outbox.next_batch(&mut out));
+                            let got: Vec<&str> = out.iter().map(Outgoing::v1).collect();
+                            if queued.is_empty() {
+                                prop_assert_eq!(end, closed);
+                                prop_assert!(got.is_empty());
+                            } else {
+                                prop_assert_eq!(end, None);
+                                prop_assert_eq!(got, queued.drain(..).collect::<Vec<_>>());
+                            }
+                        }
+                    }
+                    let bytes: usize = queued.iter().map(String::len).sum();
+                    prop_assert!(outbox.queued_bytes() <= limit);
+                    prop_assert_eq!(outbox.queued_bytes(), bytes);
+                }
+            }
+        }
+    }
 }

@@ -440,6 +440,111 @@ impl SendBinary
     }
 }
 
+/// A cleared cookie (`name=""`) before the real one does not hide it. Found by the `admission`
+/// fuzz target: the quoted empty value was taken as an empty token, so the upgrade got 401.
+#[tokio::test]
+async fn a_quoted_empty_cookie_does_not_hide_the_real_one() {
+    use futures_util::StreamExt;
+    use tungstenite::client::IntoClientRequest;
+    let toml = format!(
+        "[auth]\nhs256_secret = \"{}\"\ncookie = \"herald_token\"\n[api]\nkey = \"{API_KEY}\"\n{}",
+        common::SECRET,
+        common::CHANNELS
+    );
+    let s = TestServer::with_config(&toml).await;
+    let jwt = token("alice", &[], Duration::from_secs(60));
+    let mut req = s.ws_url().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        format!("herald_token=\"\"; herald_token={jwt}")
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the real cookie is used");
+    let welcome = ws.next().await.unwrap().unwrap();
+    let welcome: Value = serde_json::from_str(welcome.to_text().unwrap()).unwrap();
+    assert_eq!(welcome["user"], "alice", "{welcome}");
+}
+
+/// A client that breaks the WebSocket framing rules gets a close frame saying so (RFC 6455
+/// §7.1.7: 1002, or 1007 for text that is not UTF-8), not a silent TCP close that its library
+/// would report as 1006. Raw bytes, because no client library sends such frames; each case is
+/// one Autobahn found answered by a bare TCP close (sections 2, 3, 4, 5, 6).
+#[tokio::test]
+async fn websocket_protocol_errors_get_a_close_frame() {
+    let s = TestServer::start().await;
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        ("reserved bit RSV1 set", masked(0xC1, b"{}"), 1002),
+        ("unknown data opcode 3", masked(0x83, b"x"), 1002),
+        ("ping of 126 bytes", masked(0x89, &[b'p'; 126]), 1002),
+        ("fragmented ping", masked(0x09, b"p"), 1002),
+        (
+            "continuation with nothing to continue",
+            masked(0x80, b"x"),
+            1002,
+        ),
+        (
+            "text that is not UTF-8",
+            masked(0x81, &[b'"', 0xFF, b'"']),
+            1007,
+        ),
+    ];
+    for (what, frame, code) in cases {
+        let mut c = s.client("alice").await;
+        let (closed, rest) = raw_exchange(&mut c, &frame).await;
+        let close = closed.unwrap_or_else(|| panic!("{what}: no close frame, only {rest:?}"));
+        assert_eq!(close, code, "{what}");
+    }
+    // The node is unharmed: a new connection still works.
+    let mut c = s.client("alice").await;
+    assert_eq!(c.subscribe("blog.article.feed").await["ok"], true);
+}
+
+/// A client frame (masked, as RFC 6455 §5.3 requires) with the given first byte.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(
+        payload.len() <= 126,
+        "this helper writes 7-bit and 16-bit lengths only"
+    );
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut out = vec![first];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Writes `frame` on the client's TCP stream, then reads raw bytes until EOF (5 s at most).
+/// Returns the code of the first close frame the server sent, and every byte received.
+async fn raw_exchange(c: &mut Client, frame: &[u8]) -> (Option<u16>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::MaybeTlsStream;
+    let MaybeTlsStream::Plain(tcp) = c.ws.get_mut() else {
+        panic!("plain TCP expected");
+    };
+    tcp.write_all(frame).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    // Server frames are unmasked; skip any text frames (none expected) up to the close.
+    let mut at = 0;
+    while at + 2 <= got.len() {
+        let (opcode, len) = (got[at] & 0x0F, usize::from(got[at + 1] & 0x7F));
+        assert!(len < 126, "short frames only from the server here");
+        if opcode == 0x8 && len >= 2 && at + 4 <= got.len() {
+            return (Some(u16::from_be_bytes([got[at + 2], got[at + 3]])), got);
+        }
+        at += 2 + len;
+    }
+    (None, got)
+}
+
 /// Acceptance 10: a client that stops reading is closed with 4008 within the queue bound while
 /// 100 others keep receiving every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

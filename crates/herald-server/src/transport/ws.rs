@@ -79,13 +79,7 @@ pub async fn upgrade(
         Ok(a) => a,
         Err(r) => return refused(r),
     };
-    let max_frame = node.config.limits.max_frame_bytes;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
+    let config = config(node.config.limits.max_frame_bytes);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
@@ -100,19 +94,35 @@ pub async fn upgrade(
             .run(WsTransport::new(socket), Opening::default())
             .await;
     });
+    switching_protocols(&key)
+}
+
+/// The socket settings of every Herald WebSocket: small buffers (an idle connection costs a
+/// few KB), frames and messages bounded by `max_frame` bytes.
+pub fn config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
+/// The `101 Switching Protocols` answer (RFC 6455 §4.2.2) for a `Sec-WebSocket-Accept` value.
+pub fn switching_protocols(accept: &str) -> Response {
     let mut res = Response::new(axum::body::Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&key) {
+    if let Ok(accept) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     res
 }
 
 /// What a request's headers say about an upgrade (RFC 6455 §4.2.1).
-enum Upgrade {
+pub enum Upgrade {
     /// A plain HTTP request: the probe.
     No,
     /// An upgrade request that cannot be honoured, with the answer.
@@ -121,7 +131,9 @@ enum Upgrade {
     Key(String),
 }
 
-fn upgrade_key(headers: &HeaderMap) -> Upgrade {
+/// Reads an upgrade request's headers: not an upgrade, a bad one (with its answer), or the
+/// `Sec-WebSocket-Accept` value of a good one.
+pub fn upgrade_key(headers: &HeaderMap) -> Upgrade {
     let has_token = |name, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -175,15 +187,13 @@ impl Transport for WsTransport {
     }
 
     async fn recv(&mut self) -> Inbound {
-        match self.socket.next().await {
-            None => Inbound::Gone,
-            Some(Err(e)) => inbound_error(&e),
-            Some(Ok(Message::Text(text))) => Inbound::from_v1_text(&text),
-            Some(Ok(Message::Binary(_))) => Inbound::Violation(Goodbye::Binary),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
-            Some(Ok(Message::Close(_))) => Inbound::Closed,
-            // Only produced when writing raw frames; never read.
-            Some(Ok(Message::Frame(_))) => Inbound::Alive,
+        match read(&mut self.socket).await {
+            WsRead::Text(text) => Inbound::from_v1_text(&text),
+            WsRead::Binary(_) => Inbound::Violation(Goodbye::Binary),
+            WsRead::Control => Inbound::Alive,
+            WsRead::Closed => Inbound::Closed,
+            WsRead::Violation(g) => Inbound::Violation(g),
+            WsRead::Gone => Inbound::Gone,
         }
     }
 
@@ -210,60 +220,97 @@ impl Transport for WsTransport {
     }
 
     async fn close(mut self, ending: Ending) {
-        let socket = &mut self.socket;
-        match ending {
-            Ending::Gone => {}
-            // The library queued the echo of the peer's close frame (RFC 6455 §5.5.1); it
-            // leaves with the next flush, and then the server closes TCP (§7.1.1).
-            Ending::PeerClosed => {
-                let _ = tokio::time::timeout(CLOSE_LINGER, socket.flush()).await;
-            }
-            Ending::Goodbye(g) => {
-                let bye = async {
+        finish(&mut self.socket, ending).await;
+    }
+}
+
+/// One read from a WebSocket, classified.
+#[derive(Debug)]
+pub enum WsRead {
+    /// A text message.
+    Text(Utf8Bytes),
+    /// A binary message.
+    Binary(axum::body::Bytes),
+    /// A Ping or Pong (answered by the library); it still counts as a frame.
+    Control,
+    /// The peer's close frame.
+    Closed,
+    /// The peer broke a rule: the connection ends with this goodbye.
+    Violation(Goodbye),
+    /// EOF, reset or another I/O error: nobody is left to tell.
+    Gone,
+}
+
+/// Reads the next message and classifies it. Cancel-safe (one `next`).
+pub async fn read(socket: &mut Socket) -> WsRead {
+    match socket.next().await {
+        None => WsRead::Gone,
+        Some(Err(e)) => read_error(&e),
+        Some(Ok(Message::Text(text))) => WsRead::Text(text),
+        Some(Ok(Message::Binary(bytes))) => WsRead::Binary(bytes),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => WsRead::Control,
+        Some(Ok(Message::Close(_))) => WsRead::Closed,
+    }
+}
+
+/// Ends a WebSocket connection the way every Herald path does, bounded by [`CLOSE_LINGER`]:
+/// a goodbye sends the v1 `disconnect` frame (not for a failure of the WebSocket layer, whose
+/// framing cannot be trusted: RFC 6455 §7.1.7, [`Goodbye::fails_the_websocket`]) and the close
+/// frame, then reads and discards until the peer's close (§7.1.1); a peer's close gets its
+/// queued echo flushed (§5.5.1). When the framing is lost (a frame over the limit, a protocol
+/// error) the client's remaining bytes are drained raw until it has been quiet for
+/// [`DRAIN_QUIET`], so closing never makes the kernel reset the connection (a reset makes the
+/// client's kernel drop our close frame before the application reads it).
+pub async fn finish(socket: &mut Socket, ending: Ending) {
+    match ending {
+        Ending::Gone => {}
+        Ending::PeerClosed => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, socket.flush()).await;
+        }
+        Ending::Goodbye(g) => {
+            let bye = async {
+                if !g.fails_the_websocket() {
                     let _ = socket.feed(Message::Text(Utf8Bytes::from(g.frame()))).await;
-                    let _ = socket
-                        .send(Message::Close(Some(CloseFrame {
-                            code: g.code().into(),
-                            reason: Utf8Bytes::from_static(g.reason()),
-                        })))
-                        .await;
-                    // §7.1.1: having sent a close frame, read (and discard) until the peer's
-                    // close, so the peer sees a clean close, not a reset.
-                    loop {
-                        match socket.next().await {
-                            Some(Ok(Message::Close(_))) => return,
-                            Some(Ok(_)) => {}
-                            // After an error the library may also just end the stream.
-                            Some(Err(_)) | None => break,
-                        }
+                }
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: g.code().into(),
+                        reason: Utf8Bytes::from_static(g.reason()),
+                    })))
+                    .await;
+                loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Close(_))) => return,
+                        Some(Ok(_)) => {}
+                        // After an error the library may also just end the stream.
+                        Some(Err(_)) | None => break,
                     }
-                    // The framing is lost (a frame over the limit, a protocol error): drain
-                    // what the client still sends, raw, so that closing the socket with
-                    // unread data does not make the kernel reset the connection (and the
-                    // client lose our close frame).
-                    let raw = socket.get_mut();
-                    let mut buf = [0u8; 4096];
-                    while let Ok(Ok(n)) =
-                        tokio::time::timeout(DRAIN_QUIET, raw.read(&mut buf)).await
-                    {
-                        if n == 0 {
-                            break;
-                        }
+                }
+                let raw = socket.get_mut();
+                let mut buf = [0u8; 4096];
+                while let Ok(Ok(n)) = tokio::time::timeout(DRAIN_QUIET, raw.read(&mut buf)).await {
+                    if n == 0 {
+                        break;
                     }
-                };
-                let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
-            }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
         }
     }
 }
 
-/// What a read error means for the session.
-fn inbound_error(e: &tungstenite::Error) -> Inbound {
+/// What a read error means for the connection. A peer that broke the framing rules is told
+/// so with a close frame (RFC 6455 §7.1.7: 1002, or 1007 for bad UTF-8) instead of a silent
+/// TCP close that its library would report as 1006; only a vanished peer gets nothing.
+fn read_error(e: &tungstenite::Error) -> WsRead {
     use tungstenite::Error;
+    use tungstenite::error::ProtocolError;
     match e {
-        Error::Capacity(_) => Inbound::Violation(Goodbye::FrameTooLarge),
-        Error::Protocol(_) => Inbound::Violation(Goodbye::ProtocolError),
-        Error::Utf8(_) => Inbound::Violation(Goodbye::InvalidText),
-        _ => Inbound::Gone,
+        Error::Capacity(_) => WsRead::Violation(Goodbye::FrameTooLarge),
+        Error::Utf8(_) => WsRead::Violation(Goodbye::InvalidUtf8),
+        // EOF in the middle of the connection: the peer is gone, not misbehaving.
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => WsRead::Gone,
+        Error::Protocol(_) => WsRead::Violation(Goodbye::ProtocolError),
+        _ => WsRead::Gone,
     }
 }

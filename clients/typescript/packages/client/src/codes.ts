@@ -7,10 +7,10 @@
 export const CloseCode = {
   /** Server shutting down. */
   GoingAway: 1001,
-  /** A WebSocket protocol error (bad framing). */
+  /** A WebSocket protocol error (bad framing; likely a middlebox: reconnect). */
   ProtocolError: 1002,
-  /** A text frame that is not valid UTF-8. */
-  InvalidText: 1007,
+  /** A text message that is not valid UTF-8 (reconnect). */
+  InvalidUtf8: 1007,
   /** Temporarily unavailable (the broker refused the auto-subscriptions). */
   Unavailable: 1013,
   /** Token expired: `refresh` before `exp` avoids it. */
@@ -31,8 +31,6 @@ export const CloseCode = {
 
 /** Close codes after which the server asks the client not to come back. */
 export const NO_RECONNECT_CODES: ReadonlySet<number> = new Set([
-  CloseCode.ProtocolError,
-  CloseCode.InvalidText,
   CloseCode.FrameTooLarge,
   CloseCode.BadFrame,
   CloseCode.Kicked,

@@ -1,0 +1,74 @@
+//! An echo server over Herald's WebSocket transport, for the Autobahn conformance suite only
+//! (`scripts/autobahn.sh`). The product endpoint `/v1/ws` speaks protocol v1, not echo, so
+//! this example upgrades with the same handshake and settings ([`ws::upgrade_key`],
+//! [`ws::config`]), reads with the same classification ([`ws::read`]) and ends connections
+//! with the same close logic ([`ws::finish`]) as `WsTransport`; only the middle differs: text
+//! and binary messages are sent back instead of being handed to a session. It is an example so
+//! that it is built by `cargo test` and never part of the `herald` binary.
+//!
+//! Usage: `cargo run -p herald-server --example ws_echo -- [ADDR]` (default `127.0.0.1:9001`);
+//! it prints `listening on ADDR` once bound.
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::SinkExt;
+use herald_core::config::Limits;
+use herald_node::Ending;
+use herald_server::transport::ws::{self, Upgrade, WsRead};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::io::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".to_owned());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let app = Router::new().route("/", get(upgrade));
+    axum::serve(listener, app).await
+}
+
+async fn upgrade(mut req: Request) -> Response {
+    let key = match ws::upgrade_key(req.headers()) {
+        Upgrade::Key(key) => key,
+        Upgrade::Bad(res) => return res,
+        Upgrade::No => return Response::new("send an upgrade".into()),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        // The product's default frame limit (128 KiB): Autobahn sections 1–7 stay under it;
+        // the large-message sections (9, 10, 12, 13) are not run.
+        let config = ws::config(Limits::default().max_frame_bytes);
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        echo(socket).await;
+    });
+    ws::switching_protocols(&key)
+}
+
+/// Echoes until the connection ends, then closes it the product's way.
+async fn echo(mut socket: ws::Socket) {
+    let ending = loop {
+        let reply = match ws::read(&mut socket).await {
+            WsRead::Text(text) => Message::Text(text),
+            WsRead::Binary(bytes) => Message::Binary(bytes),
+            WsRead::Control => continue,
+            WsRead::Closed => break Ending::PeerClosed,
+            WsRead::Violation(g) => break Ending::Goodbye(g),
+            WsRead::Gone => break Ending::Gone,
+        };
+        if socket.send(reply).await.is_err() {
+            break Ending::Gone;
+        }
+    };
+    ws::finish(&mut socket, ending).await;
+}

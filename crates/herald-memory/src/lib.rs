@@ -11,7 +11,7 @@
 //! client recovering across that gap is told `recovered: false` instead of being shown a silent
 //! hole.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -88,6 +88,8 @@ pub struct MemoryBroker {
     ttls: Mutex<HashMap<Arc<str>, Duration>>,
     /// Presence per channel, by client id.
     presence: Mutex<HashMap<String, BTreeMap<String, ClientInfo>>>,
+    /// Open sessions per user (the per-user limit and the kick's count).
+    sessions: Mutex<HashMap<String, BTreeSet<String>>>,
     idempotency_window: Duration,
 }
 
@@ -111,6 +113,7 @@ impl MemoryBroker {
             streams: Mutex::new(HashMap::new()),
             ttls: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             idempotency_window,
         })
     }
@@ -280,6 +283,40 @@ impl Broker for MemoryBroker {
             .unwrap_or_default())
     }
 
+    async fn session_open(&self, client: &ClientInfo, max: usize) -> Result<bool, BrokerError> {
+        let Some(user) = &client.user else {
+            return Ok(true);
+        };
+        let mut sessions = lock(&self.sessions);
+        let open = sessions.entry(user.clone()).or_default();
+        if open.len() >= max && !open.contains(&client.client) {
+            return Ok(false);
+        }
+        open.insert(client.client.clone());
+        Ok(true)
+    }
+
+    async fn session_close(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let Some(user) = &client.user else {
+            return Ok(());
+        };
+        let mut sessions = lock(&self.sessions);
+        if let Some(open) = sessions.get_mut(user) {
+            open.remove(&client.client);
+            if open.is_empty() {
+                sessions.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn kick(&self, user: &str) -> Result<usize, BrokerError> {
+        let n = lock(&self.sessions).get(user).map_or(0, BTreeSet::len);
+        // One node: its sink is every node there is.
+        self.sink.kick(user);
+        Ok(n)
+    }
+
     async fn health(&self) -> Result<(), BrokerError> {
         Ok(())
     }
@@ -301,6 +338,7 @@ mod tests {
             lock(&self.0).push(p.clone());
         }
         fn presence(&self, _: &str, _: &PresenceEvent) {}
+        fn kick(&self, _: &str) {}
     }
 
     fn req(channel: &str, n: u64, history: Option<HistoryPolicy>) -> PublishRequest {

@@ -18,14 +18,15 @@
 //! publish or read, so clients see `recovered: false` rather than a gap.
 //!
 //! Cluster-wide state per node: every node has a random id and a heartbeat in the sorted set
-//! `<prefix>:nodes` (score: the moment it counts as dead, [`NODE_LIFE`] of `presence_ttl` after
-//! its last beat; it beats every [`BEATS`]th of `presence_ttl`). Each node records what it owns
+//! `<prefix>:nodes` (score: the moment it counts as dead, 3/5 of `presence_ttl` after its last
+//! beat; it beats [`BEATS`] times per `presence_ttl`). Each node records what it owns
 //! under `<prefix>:node:<id>:presence` (its members of every presence channel) and
 //! `<prefix>:node:<id>:sessions` (its users' sessions), and each user's sessions are in
 //! `<prefix>:user:<user>` (session → node). At every beat each node also reaps the nodes whose
 //! heartbeat is over: one script removes a dead node's presence entries and publishes a `leave`
 //! for each, and frees its users' sessions. So a node killed without a goodbye has its members
-//! leave well within `presence_ttl`, and its sessions stop counting against the per-user limit.
+//! leave within 4/5 of `presence_ttl`, and its sessions stop counting against the per-user
+//! limit.
 //! The per-user limit and the kick read `<prefix>:user:<user>`, counting only live nodes'
 //! sessions; a kick is published on `<prefix>:ctl`, which every node listens to. A node that was
 //! reaped while alive (cut off from Redis for longer than its life) notices at its next beat

@@ -172,7 +172,13 @@ async fn read_until(
 ) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done(seen) {
-        assert!(Instant::now() < deadline, "reader stuck: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "reader stuck after 20 s at {:?}; leaves seen: {:?}; unexpected: {:?}",
+            seen.position,
+            seen.leaves,
+            seen.unexpected
+        );
         match c.next_within(Duration::from_millis(200)).await {
             Some(f) => seen.absorb(&f),
             // A quiet socket of a live node is just quiet; of a killed node it is gone.

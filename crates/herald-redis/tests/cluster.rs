@@ -118,3 +118,103 @@ async fn a_redis_that_lost_its_data_gets_every_nodes_members_and_sessions_back()
         "a's session counts again"
     );
 }
+
+/// A TCP proxy in front of Redis that can be cut (every connection dropped, new ones refused)
+/// and restored: a network partition between one node and Redis.
+struct Proxy {
+    port: u16,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    async fn start(redis_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(tokio::sync::watch::Sender::new(false));
+        let watch = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                let mut cut = watch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// A node cut off from Redis for longer than its life is taken for dead by the others (its
+/// members leave, its sessions stop counting); when the link is back it notices at its next
+/// beat, announces its members again (`join`) and counts its sessions again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_and_taken_for_dead_comes_back() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let rec = Arc::new(Recorder::default());
+    let observer = node(&server, rec.clone());
+    let cut_off = RedisBroker::start(
+        RedisOptions {
+            url: format!("redis://127.0.0.1:{}", proxy.port),
+            prefix: "herald-test".into(),
+            presence_ttl: TTL,
+            idempotency_window: Duration::from_secs(120),
+        },
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    let ch = channel("partition");
+    observer.subscribe(&ch).await.unwrap();
+    let member = ClientInfo {
+        client: "cut-1".into(),
+        user: Some("wes".into()),
+    };
+    cut_off.presence_add(&ch, member.clone()).await.unwrap();
+    assert!(cut_off.session_open(&member, 1).await.unwrap());
+    rec.until("the join", |r| !r.events(&ch).is_empty()).await;
+
+    proxy.set_cut(true);
+    rec.until("the leave of the cut-off node's member", |r| {
+        r.events(&ch)
+            .contains(&PresenceEvent::Leave(member.clone()))
+    })
+    .await;
+    assert!(observer.presence(&ch).await.unwrap().is_empty());
+    let elsewhere = ClientInfo {
+        client: "obs-1".into(),
+        user: Some("wes".into()),
+    };
+    assert!(observer.session_open(&elsewhere, 2).await.unwrap());
+    observer.session_close(&elsewhere).await.unwrap();
+
+    proxy.set_cut(false);
+    rec.until("the member to join again", |r| {
+        r.events(&ch)
+            == [
+                PresenceEvent::Join(member.clone()),
+                PresenceEvent::Leave(member.clone()),
+                PresenceEvent::Join(member.clone()),
+            ]
+    })
+    .await;
+    assert_eq!(observer.presence(&ch).await.unwrap(), vec![member.clone()]);
+    assert!(
+        !observer.session_open(&elsewhere, 1).await.unwrap(),
+        "the cut-off node's session counts again"
+    );
+}

@@ -108,14 +108,18 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n
 "#;
 
-/// One beat: this node's expiry moves on; answers whether it had been reaped meanwhile.
+/// One beat: this node's expiry moves on. Answers whether it had been reaped meanwhile, and
+/// how many sessions and members Redis holds for it (fewer than it has: Redis lost them).
 const BEAT_LUA: &str = r#"
--- KEYS: nodes zset, this node's reaped marker
+-- KEYS: nodes zset, this node's reaped marker, its sessions hash, its presence hash
 -- ARGV: node id, expiry ms
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-local reaped = redis.call('GET', KEYS[2])
-if reaped then redis.call('DEL', KEYS[2]) return 1 end
-return 0
+local reaped = 0
+if redis.call('GET', KEYS[2]) then
+  redis.call('DEL', KEYS[2])
+  reaped = 1
+end
+return {reaped, redis.call('HLEN', KEYS[3]), redis.call('HLEN', KEYS[4])}
 "#;
 
 /// Removes every node whose heartbeat is over: its presence entries (publishing `leave` for
@@ -855,9 +859,12 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
     let mut inv = inner.beat.prepare_invoke();
     inv.key(broker.global_key("nodes"))
         .key(broker.node_key("reaped"))
+        .key(broker.node_key("sessions"))
+        .key(broker.node_key("presence"))
         .arg(&inner.node)
         .arg(broker.node_expiry());
-    let reaped: u64 = timed(inv.invoke_async(&mut con)).await?;
+    let (reaped, held_sessions, held_members): (u64, usize, usize) =
+        timed(inv.invoke_async(&mut con)).await?;
     if reaped == 1 {
         tracing::warn!(
             "this node was taken for dead (cut off from redis for too long): announcing its members again"
@@ -881,7 +888,12 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if !entries.is_empty() || !sessions.is_empty() {
+    // Sessions and the reaper's record of members are written again only when Redis lost
+    // them (reaped, or restarted empty); the members' own entries carry an expiry that every
+    // beat moves on.
+    let restore_sessions = reaped == 1 || held_sessions < sessions.len();
+    let restore_members = reaped == 1 || held_members < entries.len();
+    if !entries.is_empty() || restore_sessions {
         let ttl_ms = inner.opts.presence_ttl.as_millis() as u64;
         let exp = now_ms() + ttl_ms;
         let mut pipe = redis::pipe();
@@ -892,8 +904,10 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
             let json = serde_json::to_string(info).unwrap_or_default();
             pipe.hset(&key, client, entry.to_string()).ignore();
             pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
-            pipe.hset(&node_presence, member_field(channel, info), &json)
-                .ignore();
+            if restore_members {
+                pipe.hset(&node_presence, member_field(channel, info), &json)
+                    .ignore();
+            }
             if reaped == 1 {
                 // The others were told this member left; it is still here.
                 pipe.publish(
@@ -904,14 +918,16 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
             }
         }
         let node_sessions = broker.node_key("sessions");
-        for (client, user) in &sessions {
-            pipe.hset(
-                broker.global_key(&format!("user:{user}")),
-                client,
-                &inner.node,
-            )
-            .ignore();
-            pipe.hset(&node_sessions, client, user).ignore();
+        if restore_sessions {
+            for (client, user) in &sessions {
+                pipe.hset(
+                    broker.global_key(&format!("user:{user}")),
+                    client,
+                    &inner.node,
+                )
+                .ignore();
+                pipe.hset(&node_sessions, client, user).ignore();
+            }
         }
         timed(pipe.query_async::<()>(&mut con)).await?;
     }

@@ -29,6 +29,7 @@ pub struct Subject {
 pub struct Recorder {
     publications: Mutex<Vec<Publication>>,
     events: Mutex<Vec<(String, PresenceEvent)>>,
+    kicks: Mutex<Vec<String>>,
     changed: Notify,
 }
 
@@ -48,6 +49,14 @@ impl PublicationSink for Recorder {
             .push((channel.to_owned(), event.clone()));
         self.changed.notify_waiters();
     }
+
+    fn kick(&self, user: &str) {
+        self.kicks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(user.to_owned());
+        self.changed.notify_waiters();
+    }
 }
 
 impl Recorder {
@@ -59,6 +68,11 @@ impl Recorder {
             .filter(|p| &*p.channel == channel)
             .cloned()
             .collect()
+    }
+
+    /// The users whose kick reached this sink, in order.
+    pub fn kicks(&self) -> Vec<String> {
+        self.kicks.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn events(&self, channel: &str) -> Vec<PresenceEvent> {
@@ -361,6 +375,44 @@ pub async fn presence_tracks_members(s: Subject, rec: Arc<Recorder>) {
     assert!(s.broker.health().await.is_ok());
 }
 
+/// The per-user session count: at most `max` per user, anonymous sessions never counted,
+/// a closed session frees its slot; a kick reaches the sink and answers how many the user had.
+pub async fn sessions_are_counted_per_user_and_kicked(s: Subject, rec: Arc<Recorder>) {
+    // A subscription first: a broker with a separate fan-out link has it up after this.
+    s.broker.subscribe(&channel("sessions")).await.unwrap();
+    let user = channel("user");
+    let info = |n: u32| ClientInfo {
+        client: format!("{user}-c{n}"),
+        user: Some(user.clone()),
+    };
+    assert!(s.broker.session_open(&info(1), 2).await.unwrap());
+    assert!(s.broker.session_open(&info(2), 2).await.unwrap());
+    assert!(
+        !s.broker.session_open(&info(3), 2).await.unwrap(),
+        "a third session over max 2"
+    );
+    let anonymous = ClientInfo {
+        client: format!("{user}-anon"),
+        user: None,
+    };
+    assert!(s.broker.session_open(&anonymous, 0).await.unwrap());
+    s.broker.session_close(&info(1)).await.unwrap();
+    s.broker.session_close(&info(9)).await.unwrap();
+    s.broker.session_close(&anonymous).await.unwrap();
+    assert!(
+        s.broker.session_open(&info(3), 2).await.unwrap(),
+        "a freed slot"
+    );
+
+    assert_eq!(s.broker.kick(&user).await.unwrap(), 2);
+    rec.until("the kick to reach the sink", |r| r.kicks().contains(&user))
+        .await;
+    assert_eq!(s.broker.kick(&channel("nobody")).await.unwrap(), 0);
+    s.broker.session_close(&info(2)).await.unwrap();
+    s.broker.session_close(&info(3)).await.unwrap();
+    assert_eq!(s.broker.kick(&user).await.unwrap(), 0);
+}
+
 /// Generates one `#[tokio::test]` per check. `$make` is an async fn
 /// `(Arc<dyn PublicationSink>) -> Subject`.
 #[macro_export]
@@ -373,7 +425,8 @@ macro_rules! conformance_tests {
             history_is_bounded_by_ttl,
             idempotent_publish,
             presence_tracks_members,
-            the_publisher_travels_with_the_publication);
+            the_publisher_travels_with_the_publication,
+            sessions_are_counted_per_user_and_kicked);
     };
     (@each $make:path, $($check:ident),+) => {
         $(

@@ -119,6 +119,9 @@ pub trait PublicationSink: Send + Sync + 'static {
     fn resync(&self, channel: &str, position: &Position) {
         let _ = (channel, position);
     }
+
+    /// Close every session of `user` on this node (4403): a kick made on any node.
+    fn kick(&self, user: &str);
 }
 
 /// What a broker holds in this process's memory and what it had to let go of to stay within
@@ -171,6 +174,21 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The clients present on `channel`, sorted by client id.
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;
+
+    /// Registers a session of `client.user` cluster-wide, unless the user already has `max`
+    /// sessions open on live nodes: `Ok(false)` then, and nothing is registered. Anonymous
+    /// sessions (no user) are not counted and always admitted. Sessions of a node that died
+    /// stop counting once the broker has noticed (see each broker's docs).
+    async fn session_open(&self, client: &ClientInfo, max: usize) -> Result<bool, BrokerError>;
+
+    /// Unregisters a session registered by [`Broker::session_open`]. Closing an unknown or
+    /// anonymous session is not an error.
+    async fn session_close(&self, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Tells every node to close the sessions of `user` (each node's sink gets
+    /// [`PublicationSink::kick`]) and returns how many sessions of the user were registered on
+    /// live nodes when the kick was made: the number that are being closed, cluster-wide.
+    async fn kick(&self, user: &str) -> Result<usize, BrokerError>;
 
     /// Whether the backend is reachable (drives `/readyz`).
     async fn health(&self) -> Result<(), BrokerError>;

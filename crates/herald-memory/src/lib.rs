@@ -23,7 +23,7 @@
 //! Lock order: the channel map, then a stream, then the age index or the idempotency table.
 //! Eviction takes the age index alone, lets it go, then locks the stream it names.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -180,6 +180,8 @@ pub struct MemoryBroker {
     /// Streams whose history is not empty (the others count against `max_idle_channels`).
     retaining: AtomicUsize,
     options: MemoryOptions,
+    /// Open sessions per user (the per-user limit and the kick's count).
+    sessions: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -217,6 +219,7 @@ impl MemoryBroker {
             presence: Mutex::new(HashMap::new()),
             retaining: AtomicUsize::new(0),
             options,
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -562,6 +565,40 @@ impl Broker for MemoryBroker {
             .get(channel)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn session_open(&self, client: &ClientInfo, max: usize) -> Result<bool, BrokerError> {
+        let Some(user) = &client.user else {
+            return Ok(true);
+        };
+        let mut sessions = lock(&self.sessions);
+        let open = sessions.entry(user.clone()).or_default();
+        if open.len() >= max && !open.contains(&client.client) {
+            return Ok(false);
+        }
+        open.insert(client.client.clone());
+        Ok(true)
+    }
+
+    async fn session_close(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let Some(user) = &client.user else {
+            return Ok(());
+        };
+        let mut sessions = lock(&self.sessions);
+        if let Some(open) = sessions.get_mut(user) {
+            open.remove(&client.client);
+            if open.is_empty() {
+                sessions.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn kick(&self, user: &str) -> Result<usize, BrokerError> {
+        let n = lock(&self.sessions).get(user).map_or(0, BTreeSet::len);
+        // One node: its sink is every node there is.
+        self.sink.kick(user);
+        Ok(n)
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

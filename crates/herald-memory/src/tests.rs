@@ -9,6 +9,7 @@ impl PublicationSink for Collect {
         lock(&self.0).push(p.clone());
     }
     fn presence(&self, _: &str, _: &PresenceEvent) {}
+    fn kick(&self, _: &str) {}
 }
 
 fn req(channel: &str, n: u64, history: Option<HistoryPolicy>) -> PublishRequest {

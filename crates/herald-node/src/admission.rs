@@ -9,8 +9,8 @@
 //! cookie. A cookie is sent by the browser on its own, so a cookie-authenticated request must
 //! pass the origin check (CSRF).
 //!
-//! [`Sessions`] is the node's table of live sessions: by user (kicks, the per-user connection
-//! limit) and, for transports whose commands arrive on separate HTTP requests (SSE), by an
+//! [`Sessions`] is the node's table of live sessions: by user (kicks, this node's share of the
+//! per-user connection limit; the broker keeps the cluster-wide count) and, for transports whose commands arrive on separate HTTP requests (SSE), by an
 //! unguessable session id.
 
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use herald_core::Identity;
 use herald_core::broker::random_id;
-use herald_core::protocol::{ErrorBody, ErrorCode};
+use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
 
 use crate::lock;
@@ -278,8 +278,10 @@ impl Node {
     }
 
     /// Gate 1: credentials, origin, and a per-user connection slot
-    /// (`limits.max_connections_per_user`; anonymous connections are not counted).
-    pub fn admit(self: &Arc<Self>, h: &Handshake<'_>) -> Result<Admitted, Refusal> {
+    /// (`limits.max_connections_per_user`, counted across every node through the broker;
+    /// anonymous connections are not counted). When the broker cannot be asked, the
+    /// connection is refused with `unavailable` (503) rather than admitted past the limit.
+    pub async fn admit(self: &Arc<Self>, h: &Handshake<'_>) -> Result<Admitted, Refusal> {
         let identity = self.authenticate(h)?;
         let handle = Arc::new(SessionHandle::new(
             self.next_client_id(),
@@ -287,22 +289,37 @@ impl Node {
             Outbox::new(self.config.limits.outbound_queue_bytes),
         ));
         let max = self.config.limits.max_connections_per_user;
-        if !self.sessions.register(&handle, max) {
+        let too_many = || {
             self.metrics
                 .reject(Gate::connect, ErrorCode::TooManyConnections);
-            return Err(Refusal(ErrorBody::new(
+            Refusal(ErrorBody::new(
                 ErrorCode::TooManyConnections,
                 format!("at most {max} connections per user"),
-            )));
+            ))
+        };
+        // This node's own count first: no round trip to refuse what is over it here.
+        if !self.sessions.register(&handle, max) {
+            return Err(too_many());
         }
-        Ok(Admitted {
-            identity,
-            slot: Slot {
-                node: self.clone(),
-                handle,
-                route: None,
-            },
-        })
+        // From here on, dropping the slot undoes both registrations.
+        let mut slot = Slot {
+            node: self.clone(),
+            handle,
+            route: None,
+            shared: false,
+        };
+        match self.broker.session_open(&slot.client_info(), max).await {
+            Ok(true) => slot.shared = true,
+            Ok(false) => return Err(too_many()),
+            Err(e) => {
+                self.metrics.reject(Gate::connect, ErrorCode::Unavailable);
+                return Err(Refusal(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("the per-user connection count cannot be checked: {e}"),
+                )));
+            }
+        }
+        Ok(Admitted { identity, slot })
     }
 }
 
@@ -313,9 +330,18 @@ pub struct Slot {
     node: Arc<Node>,
     handle: Arc<SessionHandle>,
     route: Option<Arc<str>>,
+    /// Registered with the broker (the cluster-wide count): unregistered on drop.
+    shared: bool,
 }
 
 impl Slot {
+    fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            client: self.handle.id.to_string(),
+            user: self.handle.user.as_deref().map(str::to_owned),
+        }
+    }
+
     /// The node the session lives on.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
@@ -347,6 +373,18 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.node.sessions.unregister(&self.handle);
+        if self.shared
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // Drop cannot wait; the broker retries by itself when Redis is away.
+            let broker = self.node.broker.clone();
+            let info = self.client_info();
+            rt.spawn(async move {
+                if let Err(e) = broker.session_close(&info).await {
+                    tracing::debug!(error = %e, "session unregister deferred");
+                }
+            });
+        }
         if let Some(key) = &self.route {
             lock(&self.node.sessions.routes).remove(key);
         }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use herald_core::protocol::Goodbye;
 use herald_core::{Position, PresenceEvent, Publication, PublicationSink};
 
+use crate::admission::Sessions;
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::outbox::Pushed;
@@ -52,6 +53,11 @@ enum State {
 struct Sub {
     conn: Arc<SessionHandle>,
     state: State,
+    /// The position the subscriber was told at activation (its reply or replay ended there).
+    /// With Redis the position is read on another connection than the fan-out's, so the
+    /// publications up to it may still be on their way to this node: when they arrive they
+    /// are skipped for this subscriber, which has them already.
+    told: Option<(u64, Arc<str>)>,
 }
 
 #[derive(Default)]
@@ -68,6 +74,9 @@ pub struct Hub {
     shards: Box<[Shard]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
+    /// The node's live sessions, shared with [`crate::Node`]: a kick made on any node reaches
+    /// this node through the broker, as a call on the hub.
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 impl Hub {
@@ -77,6 +86,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             metrics,
+            sessions: Arc::default(),
         }
     }
 
@@ -96,6 +106,7 @@ impl Hub {
         ch.subs.push(Sub {
             conn: conn.clone(),
             state: State::Pending(Vec::new(), 0),
+            told: None,
         });
         self.metrics.subscriptions.inc();
         first
@@ -123,6 +134,7 @@ impl Hub {
         let State::Pending(pending, _) = std::mem::replace(&mut sub.state, State::Active) else {
             return;
         };
+        sub.told = Some((position.offset, position.epoch.clone()));
         if let Some(reply) = reply {
             self.push(conn, reply);
         }
@@ -226,6 +238,13 @@ impl PublicationSink for Hub {
         for sub in ch.subs.iter_mut() {
             match &mut sub.state {
                 State::Active => {
+                    if sub
+                        .told
+                        .as_ref()
+                        .is_some_and(|(o, e)| *e == p.epoch && p.offset <= *o)
+                    {
+                        continue;
+                    }
                     if self.push(&sub.conn, Outgoing::Shared(frame.clone())) {
                         delivered += 1;
                     }
@@ -267,6 +286,19 @@ impl PublicationSink for Hub {
             if matches!(sub.state, State::Active) && *sub.conn.id != *info.client {
                 self.push(&sub.conn, Outgoing::Shared(frame.clone()));
             }
+        }
+    }
+
+    fn kick(&self, user: &str) {
+        let sessions = self.sessions.of_user(user);
+        for s in &sessions {
+            s.outbox.close(Goodbye::Kicked);
+        }
+        if !sessions.is_empty() {
+            tracing::info!(
+                sessions = sessions.len(),
+                "kicked a user's sessions on this node"
+            );
         }
     }
 
@@ -407,6 +439,33 @@ mod tests {
             Some(Goodbye::SlowSubscription)
         );
         assert_eq!(metrics.slow_consumers.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_told_a_position_ahead_of_the_fan_out_gets_no_duplicate() {
+        // The node's stream is at 1; the new subscriber read offset 3 (its reply replayed
+        // 2 and 3) before 2 and 3 reached this node.
+        let (hub, old) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        let conn = Arc::new(SessionHandle::new(
+            Arc::from("n-2"),
+            None,
+            Outbox::new(1 << 20),
+        ));
+        let channel: Arc<str> = Arc::from("c");
+        hub.add(&channel, &conn);
+        let position = Position {
+            offset: 3,
+            epoch: Arc::from("e"),
+        };
+        hub.activate("c", &conn, &position, None);
+        for o in 2..=4 {
+            hub.deliver(&publication(o, "e"));
+        }
+        let frames = drained(&conn).await;
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert!(frames[0].contains(r#""offset":4"#));
+        assert_eq!(drained(&old).await.len(), 4, "the others get every one");
     }
 
     #[tokio::test]

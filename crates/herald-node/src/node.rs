@@ -45,7 +45,7 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Live sessions by user (kicks, the per-user limit) and by session id (request-routed
     /// transports).
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     /// Cancelled when shutdown begins: sessions then say goodbye, spread over
     /// `server.shutdown_spread`.
     pub shutdown: CancellationToken,
@@ -100,12 +100,13 @@ impl Node {
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let sessions = hub.sessions.clone();
         Self {
             config,
             hub,
             broker,
             metrics,
-            sessions: Sessions::default(),
+            sessions,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
@@ -271,13 +272,27 @@ impl Node {
             .map_err(broker_error)
     }
 
-    /// Closes every session of `user` on this node with 4403; returns how many.
-    pub fn kick(&self, user: &str) -> usize {
-        let sessions = self.sessions.of_user(user);
-        for s in &sessions {
+    /// Closes every session of `user`, on every node, with 4403. Returns how many sessions
+    /// the user had open cluster-wide when the kick was made (the broker's registry; see
+    /// [`Broker::kick`]). This node's sessions are also closed directly, so they go even when
+    /// the broker is down; the error then says that only this node was reached.
+    pub async fn kick(&self, user: &str) -> Result<usize, ErrorBody> {
+        // The broker counts before anything closes here: a session closed first would
+        // unregister itself and be missing from the count.
+        let counted = self.broker.kick(user).await;
+        let here = self.sessions.of_user(user);
+        for s in &here {
             s.outbox.close(Goodbye::Kicked);
         }
-        sessions.len()
+        counted.map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "closed {} session(s) on this node, but other nodes could not be told: {e}",
+                    here.len()
+                ),
+            )
+        })
     }
 }
 

@@ -17,6 +17,22 @@
 //! recover with `since`. A Redis that lost its data gives the channel a new epoch at the next
 //! publish or read, so clients see `recovered: false` rather than a gap.
 //!
+//! Cluster-wide state per node: every node has a random id and a heartbeat in the sorted set
+//! `<prefix>:nodes` (score: the moment it counts as dead, 3/5 of `presence_ttl` after its last
+//! beat; it beats [`BEATS`] times per `presence_ttl`). Each node records what it owns
+//! under `<prefix>:node:<id>:presence` (its members of every presence channel) and
+//! `<prefix>:node:<id>:sessions` (its users' sessions), and each user's sessions are in
+//! `<prefix>:user:<user>` (session → node). At every beat each node also reaps the nodes whose
+//! heartbeat is over: one script removes a dead node's presence entries and publishes a `leave`
+//! for each, and frees its users' sessions. So a node killed without a goodbye has its members
+//! leave within 4/5 of `presence_ttl`, and its sessions stop counting against the per-user
+//! limit.
+//! The per-user limit and the kick read `<prefix>:user:<user>`, counting only live nodes'
+//! sessions; a kick is published on `<prefix>:ctl`, which every node listens to. A node that was
+//! reaped while alive (cut off from Redis for longer than its life) notices at its next beat
+//! and announces its members again (`join`) and re-registers its sessions. These scripts name
+//! keys they compute, which Redis Cluster forbids: another reason Cluster is not supported.
+//!
 //! Supported URLs are those of the `redis` crate built without TLS: `redis://` and
 //! `redis+unix://`/`unix://`. Sentinel and Cluster are not supported yet.
 
@@ -27,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use herald_core::broker::{HistoryQuery, HistoryResult, PresenceEvent, new_epoch};
+use herald_core::broker::{HistoryQuery, HistoryResult, PresenceEvent, new_epoch, random_id};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -40,6 +56,102 @@ const META_IDLE: Duration = Duration::from_secs(3600);
 
 /// Every command gives up after this, so a dead Redis answers 503 quickly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A node beats this many times per `presence_ttl`.
+pub const BEATS: u32 = 5;
+
+/// A node counts as dead this many beats after its last one (so one or two late beats on a
+/// loaded machine do not kill it), which is 3/5 of `presence_ttl`; the next beat of a survivor
+/// reaps it, so its members' `leave` is published within 4/5 of `presence_ttl`.
+const NODE_LIFE: u32 = 3;
+
+/// Registers a session unless its user has `max` on live nodes (dropping entries of dead ones).
+const SESSION_OPEN_LUA: &str = r#"
+-- KEYS: user hash, nodes zset, this node's sessions hash
+-- ARGV: client, node id, max, now ms, this node's expiry ms, user
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+local entries = redis.call('HGETALL', KEYS[1])
+local now = tonumber(ARGV[4])
+local n = 0
+for i = 1, #entries, 2 do
+  local alive = redis.call('ZSCORE', KEYS[2], entries[i + 1])
+  if entries[i] == ARGV[1] then
+    -- already registered (a retry)
+  elseif alive and tonumber(alive) >= now then
+    n = n + 1
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+if n >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[6])
+return 1
+"#;
+
+/// Counts the user's sessions on live nodes and tells every node to close them.
+const KICK_LUA: &str = r#"
+-- KEYS: user hash, nodes zset
+-- ARGV: now ms, control channel, message
+local entries = redis.call('HGETALL', KEYS[1])
+local now = tonumber(ARGV[1])
+local n = 0
+for i = 1, #entries, 2 do
+  local alive = redis.call('ZSCORE', KEYS[2], entries[i + 1])
+  if alive and tonumber(alive) >= now then
+    n = n + 1
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n
+"#;
+
+/// One beat: this node's expiry moves on. Answers whether it had been reaped meanwhile, and
+/// how many sessions and members Redis holds for it (fewer than it has: Redis lost them).
+const BEAT_LUA: &str = r#"
+-- KEYS: nodes zset, this node's reaped marker, its sessions hash, its presence hash
+-- ARGV: node id, expiry ms
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local reaped = 0
+if redis.call('GET', KEYS[2]) then
+  redis.call('DEL', KEYS[2])
+  reaped = 1
+end
+return {reaped, redis.call('HLEN', KEYS[3]), redis.call('HLEN', KEYS[4])}
+"#;
+
+/// Removes every node whose heartbeat is over: its presence entries (publishing `leave` for
+/// each) and its sessions. Only one node wins each dead node (ZREM answers 1 once).
+const REAP_LUA: &str = r#"
+-- KEYS: nodes zset
+-- ARGV: now ms, key prefix, reaped marker ttl ms
+local prefix = ARGV[2]
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local reaped = 0
+for _, node in ipairs(dead) do
+  if redis.call('ZREM', KEYS[1], node) == 1 then
+    reaped = reaped + 1
+    local nk = prefix .. ':node:' .. node
+    local members = redis.call('HGETALL', nk .. ':presence')
+    for i = 1, #members, 2 do
+      local sep = string.find(members[i], '\n', 1, true)
+      local channel = string.sub(members[i], 1, sep - 1)
+      local client = string.sub(members[i], sep + 1)
+      redis.call('HDEL', prefix .. ':{' .. channel .. '}:presence', client)
+      redis.call('PUBLISH', prefix .. ':ch:' .. channel, 'l ' .. members[i + 1])
+    end
+    local sessions = redis.call('HGETALL', nk .. ':sessions')
+    for i = 1, #sessions, 2 do
+      redis.call('HDEL', prefix .. ':user:' .. sessions[i + 1], sessions[i])
+    end
+    redis.call('DEL', nk .. ':presence', nk .. ':sessions')
+    redis.call('SET', nk .. ':reaped', '1', 'PX', ARGV[3])
+  end
+end
+return reaped
+"#;
 
 const PUBLISH_LUA: &str = r#"
 -- KEYS: meta, stream, idempotency key (or meta again when unused)
@@ -149,6 +261,17 @@ struct Inner {
     pubsub_up: AtomicBool,
     /// Presence entries this node owns, refreshed so they outlive `presence_ttl`.
     local_presence: Mutex<HashMap<(String, String), ClientInfo>>,
+    /// Sessions this node registered (client → user), re-registered if the node was reaped.
+    local_sessions: Mutex<HashMap<String, String>>,
+    /// Sessions whose unregistering failed (Redis was away): retried at every beat, so a
+    /// user is never locked out by a slot nobody holds.
+    orphans: Mutex<Vec<ClientInfo>>,
+    /// This node's name in `<prefix>:nodes`.
+    node: String,
+    session_open: Script,
+    kick: Script,
+    beat: Script,
+    reap: Script,
     /// `<prefix>:ch:`, stripped from every pub/sub message (computed once, not per message).
     channel_prefix: String,
 }
@@ -220,10 +343,17 @@ impl RedisBroker {
             control: tx,
             pubsub_up: AtomicBool::new(false),
             local_presence: Mutex::new(HashMap::new()),
+            local_sessions: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
+            node: random_id(12),
+            session_open: Script::new(SESSION_OPEN_LUA),
+            kick: Script::new(KICK_LUA),
+            beat: Script::new(BEAT_LUA),
+            reap: Script::new(REAP_LUA),
             channel_prefix: pubsub_channel(&opts_prefix, ""),
         });
         tokio::spawn(pubsub_task(Arc::downgrade(&inner), client, rx));
-        tokio::spawn(presence_task(Arc::downgrade(&inner)));
+        tokio::spawn(heartbeat_task(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -234,6 +364,21 @@ impl RedisBroker {
 
     fn meta_ttl(&self) -> u64 {
         META_IDLE.as_secs()
+    }
+
+    /// `<prefix>:<what>`: keys that belong to no channel.
+    fn global_key(&self, what: &str) -> String {
+        format!("{}:{what}", self.inner.opts.prefix)
+    }
+
+    /// `<prefix>:node:<this node>:<what>`.
+    fn node_key(&self, what: &str) -> String {
+        format!("{}:node:{}:{what}", self.inner.opts.prefix, self.inner.node)
+    }
+
+    /// When this node counts as dead if it does not beat again.
+    fn node_expiry(&self) -> u64 {
+        now_ms() + (self.inner.opts.presence_ttl * NODE_LIFE / BEATS).as_millis() as u64
     }
 
     async fn publish_presence(
@@ -256,14 +401,48 @@ impl RedisBroker {
         if kind == 'j' {
             pipe.hset(&key, &info.client, entry).ignore();
             pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
+            // What the reaper needs to say `leave` for this member if this node dies.
+            pipe.hset(
+                self.node_key("presence"),
+                member_field(channel, info),
+                &json,
+            )
+            .ignore();
         }
         pipe.publish(pubsub, format!("{kind} {json}")).ignore();
         timed(pipe.query_async::<()>(&mut con)).await
     }
 }
 
+impl RedisBroker {
+    async fn unregister(&self, client: &str, user: &str) -> Result<(), BrokerError> {
+        let mut con = self.inner.cmd.clone();
+        timed(
+            redis::pipe()
+                .atomic()
+                .hdel(self.global_key(&format!("user:{user}")), client)
+                .ignore()
+                .hdel(self.node_key("sessions"), client)
+                .ignore()
+                .query_async::<()>(&mut con),
+        )
+        .await
+    }
+}
+
+/// The field of a member in its node's presence hash: `<channel>\n<client>` (a channel name
+/// has no newline, so the reaper can split it).
+fn member_field(channel: &str, info: &ClientInfo) -> String {
+    format!("{channel}\n{}", info.client)
+}
+
 fn pubsub_channel(prefix: &str, channel: &str) -> String {
     format!("{prefix}:ch:{channel}")
+}
+
+/// Where kicks are published: every node listens.
+fn control_channel(prefix: &str) -> String {
+    format!("{prefix}:ctl")
 }
 
 #[async_trait]
@@ -377,10 +556,11 @@ impl Broker for RedisBroker {
     async fn presence_remove(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
         lock(&self.inner.local_presence).remove(&(channel.to_owned(), client.client.clone()));
         let mut con = self.inner.cmd.clone();
-        let removed: u64 = timed(
-            redis::cmd("HDEL")
-                .arg(self.key(channel, "presence"))
-                .arg(&client.client)
+        let (removed, _): (u64, u64) = timed(
+            redis::pipe()
+                .atomic()
+                .hdel(self.key(channel, "presence"), &client.client)
+                .hdel(self.node_key("presence"), member_field(channel, &client))
                 .query_async(&mut con),
         )
         .await?;
@@ -421,6 +601,57 @@ impl Broker for RedisBroker {
         }
         out.sort();
         Ok(out)
+    }
+
+    async fn session_open(&self, client: &ClientInfo, max: usize) -> Result<bool, BrokerError> {
+        let Some(user) = &client.user else {
+            return Ok(true);
+        };
+        let mut con = self.inner.cmd.clone();
+        let mut inv = self.inner.session_open.prepare_invoke();
+        inv.key(self.global_key(&format!("user:{user}")))
+            .key(self.global_key("nodes"))
+            .key(self.node_key("sessions"))
+            .arg(&client.client)
+            .arg(&self.inner.node)
+            .arg(max)
+            .arg(now_ms())
+            .arg(self.node_expiry())
+            .arg(user);
+        let admitted: u64 = timed(inv.invoke_async(&mut con)).await?;
+        if admitted == 1 {
+            lock(&self.inner.local_sessions).insert(client.client.clone(), user.clone());
+        }
+        Ok(admitted == 1)
+    }
+
+    async fn session_close(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let Some(user) = &client.user else {
+            return Ok(());
+        };
+        if lock(&self.inner.local_sessions)
+            .remove(&client.client)
+            .is_none()
+        {
+            return Ok(());
+        }
+        let result = self.unregister(&client.client, user).await;
+        if result.is_err() {
+            lock(&self.inner.orphans).push(client.clone());
+        }
+        result
+    }
+
+    async fn kick(&self, user: &str) -> Result<usize, BrokerError> {
+        let mut con = self.inner.cmd.clone();
+        let mut inv = self.inner.kick.prepare_invoke();
+        inv.key(self.global_key(&format!("user:{user}")))
+            .key(self.global_key("nodes"))
+            .arg(now_ms())
+            .arg(self.global_key("ctl"))
+            .arg(format!("k {user}"));
+        let n: u64 = timed(inv.invoke_async(&mut con)).await?;
+        Ok(n as usize)
     }
 
     async fn health(&self) -> Result<(), BrokerError> {
@@ -475,6 +706,12 @@ fn parse_history(channel: &str, values: Vec<Value>) -> Result<HistoryResult, Bro
 /// Parses one pub/sub message and hands it to the sink.
 fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
     let Some(channel) = redis_channel.strip_prefix(&inner.channel_prefix) else {
+        if redis_channel == control_channel(&inner.opts.prefix)
+            && let Some(user) = payload.strip_prefix(b"k ")
+            && let Ok(user) = std::str::from_utf8(user)
+        {
+            inner.sink.kick(user);
+        }
         return;
     };
     let Ok(text) = std::str::from_utf8(payload) else {
@@ -556,8 +793,12 @@ async fn pubsub_task(
             Some(inner) => inner.opts.prefix.clone(),
             None => return,
         };
-        let mut ok = true;
+        // Kicks come on the control channel, whatever channels this node serves.
+        let mut ok = sink.subscribe(control_channel(&prefix)).await.is_ok();
         for ch in &channels {
+            if !ok {
+                break;
+            }
             if sink.subscribe(pubsub_channel(&prefix, ch)).await.is_err() {
                 ok = false;
                 break;
@@ -616,36 +857,116 @@ async fn pubsub_task(
     }
 }
 
-/// Refreshes this node's presence entries so they stay alive; stops with the broker.
-async fn presence_task(weak: Weak<Inner>) {
+/// This node's heartbeat, every `presence_ttl / BEATS`, until the broker is dropped: keeps the
+/// node alive in `<prefix>:nodes`, refreshes its presence entries and sessions, retries failed
+/// unregisterings, and reaps dead nodes (their members leave, their sessions stop counting).
+async fn heartbeat_task(weak: Weak<Inner>) {
     let every = match weak.upgrade() {
-        Some(inner) => inner.opts.presence_ttl / 3,
+        Some(inner) => inner.opts.presence_ttl / BEATS,
         None => return,
     };
     let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
-        let entries: Vec<((String, String), ClientInfo)> = lock(&inner.local_presence)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if entries.is_empty() {
-            continue;
-        }
         let broker = RedisBroker { inner };
-        let ttl_ms = broker.inner.opts.presence_ttl.as_millis() as u64;
+        if let Err(e) = beat(&broker).await {
+            tracing::warn!(error = %e, "redis heartbeat failed");
+        }
+    }
+}
+
+async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
+    let inner = &broker.inner;
+    let mut con = inner.cmd.clone();
+    let mut inv = inner.beat.prepare_invoke();
+    inv.key(broker.global_key("nodes"))
+        .key(broker.node_key("reaped"))
+        .key(broker.node_key("sessions"))
+        .key(broker.node_key("presence"))
+        .arg(&inner.node)
+        .arg(broker.node_expiry());
+    let (reaped, held_sessions, held_members): (u64, usize, usize) =
+        timed(inv.invoke_async(&mut con)).await?;
+    if reaped == 1 {
+        tracing::warn!(
+            "this node was taken for dead (cut off from redis for too long): announcing its members again"
+        );
+    }
+
+    let orphans = std::mem::take(&mut *lock(&inner.orphans));
+    for o in orphans {
+        if let Some(user) = &o.user
+            && broker.unregister(&o.client, user).await.is_err()
+        {
+            lock(&inner.orphans).push(o);
+        }
+    }
+
+    let entries: Vec<((String, String), ClientInfo)> = lock(&inner.local_presence)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let sessions: Vec<(String, String)> = lock(&inner.local_sessions)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // Sessions and the reaper's record of members are written again only when Redis lost
+    // them (reaped, or restarted empty); the members' own entries carry an expiry that every
+    // beat moves on.
+    let restore_sessions = reaped == 1 || held_sessions < sessions.len();
+    let restore_members = reaped == 1 || held_members < entries.len();
+    if !entries.is_empty() || restore_sessions {
+        let ttl_ms = inner.opts.presence_ttl.as_millis() as u64;
         let exp = now_ms() + ttl_ms;
         let mut pipe = redis::pipe();
+        let node_presence = broker.node_key("presence");
         for ((channel, client), info) in &entries {
             let key = broker.key(channel, "presence");
             let entry = serde_json::json!({ "client": client, "user": info.user, "exp": exp });
+            let json = serde_json::to_string(info).unwrap_or_default();
             pipe.hset(&key, client, entry.to_string()).ignore();
             pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
+            if restore_members {
+                pipe.hset(&node_presence, member_field(channel, info), &json)
+                    .ignore();
+            }
+            if reaped == 1 {
+                // The others were told this member left; it is still here.
+                pipe.publish(
+                    pubsub_channel(&inner.opts.prefix, channel),
+                    format!("j {json}"),
+                )
+                .ignore();
+            }
         }
-        let mut con = broker.inner.cmd.clone();
-        if let Err(e) = timed(pipe.query_async::<()>(&mut con)).await {
-            tracing::warn!(error = %e, "presence refresh failed");
+        let node_sessions = broker.node_key("sessions");
+        if restore_sessions {
+            for (client, user) in &sessions {
+                pipe.hset(
+                    broker.global_key(&format!("user:{user}")),
+                    client,
+                    &inner.node,
+                )
+                .ignore();
+                pipe.hset(&node_sessions, client, user).ignore();
+            }
         }
+        timed(pipe.query_async::<()>(&mut con)).await?;
     }
+
+    let mut inv = inner.reap.prepare_invoke();
+    inv.key(broker.global_key("nodes"))
+        .arg(now_ms())
+        .arg(&inner.opts.prefix)
+        .arg(86_400_000u64);
+    let dead: u64 = timed(inv.invoke_async(&mut con)).await?;
+    if dead > 0 {
+        tracing::info!(
+            nodes = dead,
+            "reaped nodes that stopped beating: their members left"
+        );
+    }
+    Ok(())
 }

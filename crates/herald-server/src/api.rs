@@ -277,8 +277,13 @@ pub async fn presence(State(gw): Gw, Path(channel): Path<String>) -> Result<Json
     Ok(Json(json!({ "channel": channel, "clients": clients })))
 }
 
-pub async fn disconnect_user(State(gw): Gw, Path(user): Path<String>) -> Json<Value> {
-    Json(json!({ "disconnected": gw.kick(&user) }))
+/// Closes every connection of the user on every node; `disconnected` is how many the user
+/// had open cluster-wide (503 when the broker could not tell the other nodes).
+pub async fn disconnect_user(
+    State(gw): Gw,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "disconnected": gw.kick(&user).await? })))
 }
 
 pub async fn healthz() -> Json<Value> {

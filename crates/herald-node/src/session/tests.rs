@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use herald_core::Config;
 use herald_core::identity::mint_hs256;
 use herald_core::protocol::{ClientFrame, Goodbye, RawJson, Since};
@@ -102,6 +103,8 @@ fn connect(node: &Arc<Node>, user: &str, ttl: Duration, answers_pings: bool) -> 
             authorization: vec![&bearer],
             ..Handshake::default()
         })
+        .now_or_never()
+        .expect("the memory broker answers at once")
         .unwrap();
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
@@ -349,6 +352,8 @@ async fn resuming_at_connect_replays_then_goes_live() {
             authorization: vec![&bearer],
             ..Handshake::default()
         })
+        .now_or_never()
+        .expect("the memory broker answers at once")
         .unwrap();
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, mut from_session) = mpsc::unbounded_channel();

@@ -91,7 +91,7 @@ pub async fn stream(
         .map(|(_, v)| v.clone())
         .collect();
     let h = handshake(&headers, query_value(&pairs, "token"));
-    let mut admitted = match node.admit(&h) {
+    let mut admitted = match node.admit(&h).await {
         Ok(a) => a,
         Err(r) => return refused(r),
     };

@@ -75,7 +75,7 @@ pub async fn upgrade(
         Upgrade::Bad(response) => return response,
         Upgrade::Key(key) => key,
     };
-    let admitted = match node.admit(&h) {
+    let admitted = match node.admit(&h).await {
         Ok(a) => a,
         Err(r) => return refused(r),
     };

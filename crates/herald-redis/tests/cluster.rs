@@ -1,0 +1,220 @@
+//! What the Redis broker adds over the conformance suite: several nodes on one Redis, one of
+//! which dies without a goodbye (its broker is dropped: it stops beating, as after SIGKILL).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_conformance::{Recorder, channel};
+use herald_core::protocol::ClientInfo;
+use herald_core::{Broker, PresenceEvent, PublicationSink};
+use herald_redis::{RedisBroker, RedisOptions};
+use herald_testkit::RedisServer;
+
+const TTL: Duration = Duration::from_secs(1);
+
+fn node(server: &RedisServer, sink: Arc<dyn PublicationSink>) -> RedisBroker {
+    RedisBroker::start(
+        RedisOptions {
+            url: server.url(),
+            prefix: "herald-test".into(),
+            presence_ttl: TTL,
+            idempotency_window: Duration::from_secs(120),
+        },
+        sink,
+    )
+    .unwrap()
+}
+
+/// A dead node's members leave (an event on every node, within the presence TTL) and its
+/// sessions stop counting against the per-user limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_members_leave_and_its_sessions_are_freed() {
+    let server = RedisServer::start();
+    let rec = Arc::new(Recorder::default());
+    let survivor = node(&server, rec.clone());
+    let dying = node(&server, Arc::new(Recorder::default()));
+    let ch = channel("reaped");
+    survivor.subscribe(&ch).await.unwrap();
+    let member = ClientInfo {
+        client: "dying-1".into(),
+        user: Some("zoe".into()),
+    };
+    let stays = ClientInfo {
+        client: "survivor-1".into(),
+        user: Some("yan".into()),
+    };
+    dying.presence_add(&ch, member.clone()).await.unwrap();
+    survivor.presence_add(&ch, stays.clone()).await.unwrap();
+    assert!(dying.session_open(&member, 1).await.unwrap());
+    let again = ClientInfo {
+        client: "survivor-2".into(),
+        user: Some("zoe".into()),
+    };
+    assert!(
+        !survivor.session_open(&again, 1).await.unwrap(),
+        "zoe is at her limit"
+    );
+    rec.until("two joins", |r| r.events(&ch).len() >= 2).await;
+
+    drop(dying);
+    let died = Instant::now();
+    let leave = PresenceEvent::Leave(member.clone());
+    let deadline = Instant::now() + TTL * 3;
+    while !rec.events(&ch).contains(&leave) {
+        assert!(Instant::now() < deadline, "no leave: {:?}", rec.events(&ch));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(died.elapsed() <= TTL, "leave after {:?}", died.elapsed());
+    assert_eq!(survivor.presence(&ch).await.unwrap(), vec![stays.clone()]);
+    assert!(
+        survivor.session_open(&again, 1).await.unwrap(),
+        "the dead node's slot is free"
+    );
+    assert_eq!(survivor.kick("zoe").await.unwrap(), 1);
+
+    // The survivor itself is never reaped: its member stays past several TTLs.
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(survivor.presence(&ch).await.unwrap(), vec![stays.clone()]);
+    assert!(!rec.events(&ch).contains(&PresenceEvent::Leave(stays)));
+}
+
+/// Redis restarted empty: at their next beat the nodes put back their presence entries and
+/// their sessions, so presence and the per-user limit are whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_gets_every_nodes_members_and_sessions_back() {
+    let mut server = RedisServer::start();
+    let rec = Arc::new(Recorder::default());
+    let a = node(&server, rec.clone());
+    let ch = channel("back");
+    a.subscribe(&ch).await.unwrap();
+    let member = ClientInfo {
+        client: "a-1".into(),
+        user: Some("xia".into()),
+    };
+    a.presence_add(&ch, member.clone()).await.unwrap();
+    assert!(a.session_open(&member, 1).await.unwrap());
+    rec.until("the join", |r| !r.events(&ch).is_empty()).await;
+
+    let observer_rec = Arc::new(Recorder::default());
+    let observer = node(&server, observer_rec.clone());
+    observer.subscribe(&ch).await.unwrap();
+    server.kill();
+    server.restart();
+    // Redis came back empty: nobody knows `a`; its next beat puts its entries back.
+    let deadline = Instant::now() + TTL * 5;
+    loop {
+        if observer.presence(&ch).await.ok() == Some(vec![member.clone()]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a's member never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = ClientInfo {
+        client: "o-1".into(),
+        user: Some("xia".into()),
+    };
+    assert!(
+        !observer.session_open(&other, 1).await.unwrap(),
+        "a's session counts again"
+    );
+}
+
+/// A TCP proxy in front of Redis that can be cut (every connection dropped, new ones refused)
+/// and restored: a network partition between one node and Redis.
+struct Proxy {
+    port: u16,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    async fn start(redis_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(tokio::sync::watch::Sender::new(false));
+        let watch = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                let mut cut = watch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// A node cut off from Redis for longer than its life is taken for dead by the others (its
+/// members leave, its sessions stop counting); when the link is back it notices at its next
+/// beat, announces its members again (`join`) and counts its sessions again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_and_taken_for_dead_comes_back() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let rec = Arc::new(Recorder::default());
+    let observer = node(&server, rec.clone());
+    let cut_off = RedisBroker::start(
+        RedisOptions {
+            url: format!("redis://127.0.0.1:{}", proxy.port),
+            prefix: "herald-test".into(),
+            presence_ttl: TTL,
+            idempotency_window: Duration::from_secs(120),
+        },
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    let ch = channel("partition");
+    observer.subscribe(&ch).await.unwrap();
+    let member = ClientInfo {
+        client: "cut-1".into(),
+        user: Some("wes".into()),
+    };
+    cut_off.presence_add(&ch, member.clone()).await.unwrap();
+    assert!(cut_off.session_open(&member, 1).await.unwrap());
+    rec.until("the join", |r| !r.events(&ch).is_empty()).await;
+
+    proxy.set_cut(true);
+    rec.until("the leave of the cut-off node's member", |r| {
+        r.events(&ch)
+            .contains(&PresenceEvent::Leave(member.clone()))
+    })
+    .await;
+    assert!(observer.presence(&ch).await.unwrap().is_empty());
+    let elsewhere = ClientInfo {
+        client: "obs-1".into(),
+        user: Some("wes".into()),
+    };
+    assert!(observer.session_open(&elsewhere, 2).await.unwrap());
+    observer.session_close(&elsewhere).await.unwrap();
+
+    proxy.set_cut(false);
+    rec.until("the member to join again", |r| {
+        r.events(&ch)
+            == [
+                PresenceEvent::Join(member.clone()),
+                PresenceEvent::Leave(member.clone()),
+                PresenceEvent::Join(member.clone()),
+            ]
+    })
+    .await;
+    assert_eq!(observer.presence(&ch).await.unwrap(), vec![member.clone()]);
+    assert!(
+        !observer.session_open(&elsewhere, 1).await.unwrap(),
+        "the cut-off node's session counts again"
+    );
+}

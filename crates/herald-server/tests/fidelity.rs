@@ -173,3 +173,17 @@ async fn unrepresentable_numbers_are_refused_clearly() {
         "{b}"
     );
 }
+
+/// Found by the `client_frame` fuzz target: a publish whose payload is valid JSON syntax but
+/// holds no value (a lone surrogate escape) is answered with `bad_request`, the connection
+/// stays, and nothing is published.
+#[tokio::test]
+async fn a_payload_with_a_lone_surrogate_is_refused() {
+    let s = TestServer::start().await;
+    let mut c = s.client("alice").await;
+    c.send_text(r#"{"type":"publish","id":1,"channel":"chat.room.1","data":{"text":"\ude00"}}"#)
+        .await;
+    let r = c.next().await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    assert_eq!(c.subscribe("chat.room.1").await["offset"], 0);
+}

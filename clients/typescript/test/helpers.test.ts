@@ -18,7 +18,9 @@ describe("test harness", () => {
     expect(locateHerald({ ...env, HERALD_BIN: "/opt/b/herald" })).toMatchObject({ path: "/opt/b/herald", from: "$HERALD_BIN" });
     // A shared build cache: cargo puts the binary under CARGO_TARGET_DIR, and so does the helper.
     const shared = mkdtempSync(join(tmpdir(), "herald-target-"));
-    const found = locateHerald({ ...env, CARGO_TARGET_DIR: shared }, repoRoot);
+    const bare = { ...env };
+    delete bare["HERALD_BIN"]; // scripts/test.sh sets it for the run; this case is without it
+    const found = locateHerald({ ...bare, CARGO_TARGET_DIR: shared }, repoRoot);
     expect(found.path).toBe(join(shared, "debug", "herald"));
     expect(found.from).toContain("cargo metadata");
   });

@@ -45,13 +45,14 @@ enum Command {
     Check,
     /// Mint a development token signed with the config's HMAC secret.
     Token {
-        #[arg(long)]
+        /// The user id (`sub`): non-empty; the gateway refuses a token without one.
+        #[arg(long, value_parser = non_empty)]
         sub: String,
         /// A role to include (repeatable).
         #[arg(long = "role")]
         roles: Vec<String>,
-        /// Lifetime, e.g. 1h, 15m.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        /// Lifetime, e.g. 1h, 15m (at least 1s: a token that is born expired is refused).
+        #[arg(long, default_value = "1h", value_parser = positive_duration)]
         ttl: Duration,
     },
     /// Publish through a running gateway's server API.
@@ -141,6 +142,24 @@ fn init_logging(format: &str) {
     } else {
         builder.init();
     }
+}
+
+/// A `--sub`: the gateway refuses tokens whose `sub` is empty, so the CLI does too.
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty (it becomes the token's `sub`, the user id)".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// A `--ttl` of at least one second.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 /// Loads the config the way every subcommand does.

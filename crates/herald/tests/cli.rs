@@ -202,6 +202,29 @@ fn token_needs_a_secret() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("hs256_secret"));
 }
 
+/// `herald token` refuses what the gateway would refuse: an empty `--sub` (found trying the
+/// README as a new user: the token was minted, then every connection with it got 401) and a
+/// lifetime under a second (a token born expired).
+#[test]
+fn token_refuses_an_empty_sub_and_a_zero_ttl() {
+    let dir = project(GOOD);
+    for args in [
+        &["token", "--sub", ""][..],
+        &["token", "--sub", "  "][..],
+        &["token", "--sub", "alice", "--ttl", "0s"][..],
+    ] {
+        let out = herald(dir.path(), args);
+        assert!(!out.status.success(), "{args:?} minted a token");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must"), "{args:?}: {err}");
+    }
+    assert!(
+        herald(dir.path(), &["token", "--sub", "alice"])
+            .status
+            .success()
+    );
+}
+
 /// `herald postgres install` prints the DDL; `--apply` installs it into a real Postgres, and
 /// the installed `herald_publish` works.
 #[tokio::test]

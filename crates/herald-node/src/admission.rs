@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use herald_core::Identity;
 use herald_core::broker::random_id;
-use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode};
+use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, Goodbye};
 use tokio::sync::mpsc;
 
 use crate::lock;
@@ -436,6 +436,15 @@ impl Sessions {
     /// The sessions of one user on this node.
     pub fn of_user(&self, user: &str) -> Vec<Arc<SessionHandle>> {
         lock(&self.users).get(user).cloned().unwrap_or_default()
+    }
+
+    /// Closes every session of `user` on this node with `goodbye`; returns how many.
+    pub fn close_user(&self, user: &str, goodbye: Goodbye) -> usize {
+        let sessions = self.of_user(user);
+        for s in &sessions {
+            s.outbox.close(goodbye);
+        }
+        sessions.len()
     }
 
     /// The session with this id, if it is live and request-routed.

@@ -290,15 +290,9 @@ impl PublicationSink for Hub {
     }
 
     fn kick(&self, user: &str) {
-        let sessions = self.sessions.of_user(user);
-        for s in &sessions {
-            s.outbox.close(Goodbye::Kicked);
-        }
-        if !sessions.is_empty() {
-            tracing::info!(
-                sessions = sessions.len(),
-                "kicked a user's sessions on this node"
-            );
+        let sessions = self.sessions.close_user(user, Goodbye::Kicked);
+        if sessions > 0 {
+            tracing::info!(sessions, "kicked a user's sessions on this node");
         }
     }
 

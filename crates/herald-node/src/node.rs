@@ -280,16 +280,13 @@ impl Node {
         // The broker counts before anything closes here: a session closed first would
         // unregister itself and be missing from the count.
         let counted = self.broker.kick(user).await;
-        let here = self.sessions.of_user(user);
-        for s in &here {
-            s.outbox.close(Goodbye::Kicked);
-        }
+        let here = self.sessions.close_user(user, Goodbye::Kicked);
         counted.map_err(|e| {
             ErrorBody::new(
                 ErrorCode::Unavailable,
                 format!(
                     "closed {} session(s) on this node, but other nodes could not be told: {e}",
-                    here.len()
+                    here
                 ),
             )
         })

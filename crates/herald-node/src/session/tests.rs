@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::transport::{Ending, Inbound, Outgoing, Transport};
 use super::{Opening, Session};
-use crate::admission::Handshake;
+use crate::admission::{Admitted, Handshake};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -94,18 +94,22 @@ schema = {{ type = "object", required = ["text"] }}
     Arc::new(Node::new(config, hub, broker, metrics))
 }
 
-/// Admits `user` with a token living `ttl` and runs a session over an in-memory transport.
-fn connect(node: &Arc<Node>, user: &str, ttl: Duration, answers_pings: bool) -> Peer {
+/// Gate 1 for `user` with a token living `ttl`.
+fn admit(node: &Arc<Node>, user: &str, ttl: Duration) -> Admitted {
     let token = mint_hs256(SECRET, user, &[], "roles", ttl).unwrap();
     let bearer = format!("Bearer {token}");
-    let admitted = node
-        .admit(&Handshake {
-            authorization: vec![&bearer],
-            ..Handshake::default()
-        })
-        .now_or_never()
-        .expect("the memory broker answers at once")
-        .unwrap();
+    node.admit(&Handshake {
+        authorization: vec![&bearer],
+        ..Handshake::default()
+    })
+    .now_or_never()
+    .expect("the memory broker answers at once")
+    .unwrap()
+}
+
+/// Admits `user` with a token living `ttl` and runs a session over an in-memory transport.
+fn connect(node: &Arc<Node>, user: &str, ttl: Duration, answers_pings: bool) -> Peer {
+    let admitted = admit(node, user, ttl);
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
     let (ended_tx, ended) = oneshot::channel();
@@ -345,16 +349,7 @@ async fn resuming_at_connect_replays_then_goes_live() {
         assert_eq!(r["ok"], true);
     }
     // A second session resumes from offset 1 at connect (what SSE does with Last-Event-ID).
-    let token = mint_hs256(SECRET, "alice", &[], "roles", Duration::from_secs(3600)).unwrap();
-    let bearer = format!("Bearer {token}");
-    let admitted = node
-        .admit(&Handshake {
-            authorization: vec![&bearer],
-            ..Handshake::default()
-        })
-        .now_or_never()
-        .expect("the memory broker answers at once")
-        .unwrap();
+    let admitted = admit(&node, "alice", Duration::from_secs(3600));
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, mut from_session) = mpsc::unbounded_channel();
     let transport = MemTransport {

@@ -19,7 +19,7 @@
 //! users, documented (`docs/protocol.md`) for programs that build one.
 
 use std::convert::Infallible;
-use std::io;
+use std::io::{self, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,7 +266,8 @@ impl SseTransport {
             }
             out.extend_from_slice(channel.as_bytes());
             out.push(b':');
-            out.extend_from_slice(offset.to_string().as_bytes());
+            // Formatted in place: this runs for every channel of every event of every session.
+            let _ = write!(out, "{offset}");
             out.push(b':');
             out.extend_from_slice(epoch.as_bytes());
         }

@@ -7,6 +7,7 @@
 #   bench/run-suite.sh --conditions "quiet machine"     # a note written into the report
 #   bench/run-suite.sh --peers herald,herald-sse --scenarios s1,s3   # WebSocket beside SSE
 #   bench/run-suite.sh --peers herald,herald-base --baseline-bin OLD/herald --scenarios s1
+#   bench/run-suite.sh --peers herald,herald-socketio,socketio,socketioxide,null --scenarios s1,s2,s3,s4
 #
 # Any other argument goes to `herald-bench suite` (see `herald-bench suite --help`).
 set -euo pipefail
@@ -20,6 +21,20 @@ cargo build --release -p herald -p herald-bench
 for peer in ws socketio; do
   (cd "bench/peers/$peer" && npm ci --no-audit --no-fund --loglevel=error)
 done
+
+# The socketioxide peer is its own Cargo project (not in the workspace) with its own target
+# dir, built here only, and only when the run includes it; later runs reuse the build.
+peers=default
+for ((i = 1; i <= $#; i++)); do
+  case "${!i}" in
+    --peers) j=$((i + 1)); peers=${!j} ;;
+    --peers=*) peers=${!i#--peers=} ;;
+  esac
+done
+if [[ $peers == default || ,$peers, == *,socketioxide,* ]]; then
+  CARGO_TARGET_DIR=bench/peers/socketioxide/target \
+    cargo build --release --manifest-path bench/peers/socketioxide/Cargo.toml
+fi
 
 exec taskset -c "$LOAD_CPU" "$CARGO_TARGET_DIR/release/herald-bench" suite \
   --bin-dir "$CARGO_TARGET_DIR/release" --server-cpu "$SERVER_CPU" "$@"

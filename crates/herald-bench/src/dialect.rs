@@ -1,7 +1,8 @@
 //! The ways the gateways under test talk: Herald protocol v1 over WebSocket and over
-//! Server-Sent Events, Socket.IO v4 over the websocket transport only, and raw WebSocket text.
-//! Each knows its connect request, its handshake up to "ready to receive", and how to tell a
-//! publication from a keep-alive.
+//! Server-Sent Events, Socket.IO v4 over the websocket transport only (the peers' rooms, and
+//! Herald's own `/socket.io/` with its subscribe command), and raw WebSocket text. Each knows
+//! its connect request, its handshake up to "ready to receive", and how to tell a publication
+//! from a keep-alive.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,12 @@ pub enum Dialect {
     /// channel is auto-subscribed. Publications are `event: pub` events whose data is the v1
     /// frame.
     Sse,
+    /// Herald's Socket.IO v4 endpoint `/socket.io/` (engine.io `EIO=4` over websocket, token
+    /// in the query): the per-user channel is auto-subscribed, the broadcast channel is asked
+    /// for with a `subscribe` event and its ack (`421[...]` answered by `431[...]`).
+    /// Publications are `42["<channel>",data,meta,cursor]` events.
+    #[serde(rename = "herald-socketio")]
+    HeraldSocketio,
 }
 
 /// What a received text frame is.
@@ -59,6 +66,10 @@ impl Dialect {
                 format!("/socket.io/?EIO=4&transport=websocket&token={token}&user={user}"),
                 Vec::new(),
             ),
+            Dialect::HeraldSocketio => (
+                format!("/socket.io/?EIO=4&transport=websocket&token={token}"),
+                Vec::new(),
+            ),
             Dialect::Raw => (format!("/?token={token}&user={user}"), Vec::new()),
         }
     }
@@ -85,13 +96,22 @@ impl Dialect {
                 }
                 Ok(())
             }
-            Dialect::Socketio => {
+            Dialect::Socketio | Dialect::HeraldSocketio => {
                 expect_text(self, c, |t| t.starts_with(b"0{")).await?;
                 c.send_text("40").await?;
                 let ack =
                     expect_text(self, c, |t| t.starts_with(b"40") || t.starts_with(b"44")).await?;
                 if ack.starts_with("44") {
                     return Err(WsError::Protocol("namespace connect refused"));
+                }
+                if let (Dialect::HeraldSocketio, Some(channel)) = (self, subscribe) {
+                    // A command is an event with ack id 1; its ack carries the v1 reply body.
+                    c.send_text(&format!(r#"421["subscribe",{{"channel":"{channel}"}}]"#))
+                        .await?;
+                    let reply = expect_text(self, c, |t| t.starts_with(b"431[")).await?;
+                    if !reply.contains(r#""ok":true"#) {
+                        return Err(WsError::Protocol("subscribe refused"));
+                    }
                 }
                 Ok(())
             }
@@ -111,7 +131,8 @@ impl Dialect {
                     Incoming::Other
                 }
             }
-            Dialect::Socketio => {
+            Dialect::Socketio | Dialect::HeraldSocketio => {
+                // `42[` is an event without ack id: what both servers push. Acks are `43`.
                 if text.starts_with(b"42") {
                     Incoming::Publication
                 } else if text == b"2" {
@@ -165,5 +186,33 @@ async fn expect_text(
         if let Some((op, bytes)) = reply {
             c.send(op, &bytes).await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn herald_socketio_frames_are_told_apart() {
+        let d = Dialect::HeraldSocketio;
+        let publication = br#"42["bench.fanout",{"s":1,"t":2,"k":0,"p":""},{"channel":"bench.fanout","offset":1},"e:1"]"#;
+        assert_eq!(d.classify(publication), Incoming::Publication);
+        assert_eq!(d.classify(b"2"), Incoming::Ping("3"));
+        assert_eq!(
+            d.classify(br#"431[{"type":"reply","id":1,"ok":true}]"#),
+            Incoming::Other
+        );
+        assert_eq!(d.classify(br#"40{"sid":"a","pid":"b"}"#), Incoming::Other);
+        // The stamp is found inside the event's data, ahead of Herald's meta object.
+        let stamp = crate::payload::parse(publication).expect("stamp");
+        assert_eq!((stamp.seq, stamp.intended_ns, stamp.step), (1, 2, 0));
+    }
+
+    #[test]
+    fn herald_socketio_puts_the_token_in_the_query() {
+        let (path, headers) = Dialect::HeraldSocketio.request("u1", "TOKEN", Some("bench.fanout"));
+        assert_eq!(path, "/socket.io/?EIO=4&transport=websocket&token=TOKEN");
+        assert!(headers.is_empty());
     }
 }

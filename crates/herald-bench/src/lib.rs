@@ -10,7 +10,7 @@
 //!   load core can keep up with a server core;
 //! - [`sse`]: a minimal Server-Sent Events client (HTTP/1.1, chunked), same budget as [`wire`];
 //! - [`dialect`]: Herald protocol v1 over WebSocket and over SSE, Socket.IO v4 (websocket
-//!   transport only) and raw text;
+//!   transport only; the peers' rooms and Herald's `/socket.io/`) and raw text;
 //! - [`payload`]: the stamped payload and its cheap parser;
 //! - [`stats`]: per-step histograms and counters, mergeable and serializable;
 //! - [`procfs`]: CPU ticks and RSS of a process, and the fd limit;

@@ -374,7 +374,10 @@ async fn connection(
         )
         .map_err(|_| wire::WsError::Protocol("cannot mint a token"))?;
         let subscribe = (args.mode == Mode::Broadcast
-            && matches!(args.dialect, Dialect::Herald | Dialect::Sse))
+            && matches!(
+                args.dialect,
+                Dialect::Herald | Dialect::Sse | Dialect::HeraldSocketio
+            ))
         .then_some(args.channel.as_str());
         let (path, headers) = args.dialect.request(&user, &token, subscribe);
         let headers: Vec<(&str, &str)> = headers

@@ -33,14 +33,23 @@ pub struct SuiteArgs {
     #[arg(long, default_value = "bench")]
     pub bench_dir: PathBuf,
     /// Gateways to run, in the report's order: `herald` (WebSocket), `herald-sse` (the same
-    /// server over Server-Sent Events), `herald-base` (WebSocket against `--baseline-bin`),
-    /// `null`, `ws`, `socketio`.
-    #[arg(long, value_delimiter = ',', default_value = "herald,null,ws,socketio")]
+    /// server over Server-Sent Events), `herald-socketio` (the same server's `/socket.io/`),
+    /// `herald-base` (WebSocket against `--baseline-bin`), `null`, `ws`, `socketio` (Node),
+    /// `socketioxide` (Rust; built by `bench/run-suite.sh`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "herald,herald-socketio,null,ws,socketio,socketioxide"
+    )]
     pub peers: Vec<String>,
     /// Another `herald` binary (e.g. built from an older commit) run as the `herald-base`
     /// peer, for before/after comparisons within one run.
     #[arg(long)]
     pub baseline_bin: Option<PathBuf>,
+    /// The socketioxide peer's binary (default: where `bench/run-suite.sh` builds it,
+    /// `<bench-dir>/peers/socketioxide/target/release/herald-bench-socketioxide`).
+    #[arg(long)]
+    pub socketioxide_bin: Option<PathBuf>,
     #[arg(long, value_delimiter = ',', default_value = "s1,s3,s4,s7")]
     pub scenarios: Vec<String>,
     /// CPU list for the servers (`taskset -c`).
@@ -109,6 +118,12 @@ const PEERS: &[Peer] = &[
         publisher: "herald",
     },
     Peer {
+        name: "herald-socketio",
+        label: "Herald Socket.IO",
+        dialect: "herald-socketio",
+        publisher: "herald",
+    },
+    Peer {
         name: "herald-base",
         label: "Herald, baseline binary",
         dialect: "herald",
@@ -129,6 +144,12 @@ const PEERS: &[Peer] = &[
     Peer {
         name: "socketio",
         label: "Node Socket.IO",
+        dialect: "socketio",
+        publisher: "peer",
+    },
+    Peer {
+        name: "socketioxide",
+        label: "socketioxide (Rust)",
         dialect: "socketio",
         publisher: "peer",
     },
@@ -202,7 +223,7 @@ impl Env {
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg(&self.args.server_cpu);
         match peer.name {
-            "herald" | "herald-sse" | "herald-base" => {
+            "herald" | "herald-sse" | "herald-socketio" | "herald-base" => {
                 let bin = match (&self.args.baseline_bin, peer.name) {
                     (Some(base), "herald-base") => base.clone(),
                     (None, "herald-base") => bail!("the herald-base peer needs --baseline-bin"),
@@ -216,6 +237,9 @@ impl Env {
             }
             "null" => {
                 cmd.arg(self.bin_dir.join("herald-null"));
+            }
+            "socketioxide" => {
+                cmd.arg(socketioxide_bin(&self.args));
             }
             other => {
                 cmd.arg("node").arg(
@@ -614,6 +638,124 @@ fn shell(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Issue 13's comparison, when Herald's `/socket.io/` was measured: Herald over Socket.IO
+/// beside Node Socket.IO and socketioxide (server CPU per delivery at each publish rate, the
+/// gateways having met the same offered load) and beside Herald's own `/v1/ws` (idle memory).
+fn render_socketio(o: &mut String, res: &Results, args: &SuiteArgs) {
+    let Some(hs) = res.peers.iter().find(|p| p.name == "herald-socketio") else {
+        return;
+    };
+    let find = |name: &str| res.peers.iter().find(|p| p.name == name);
+    let cols: Vec<&PeerResults> = ["herald", "herald-socketio", "socketio", "socketioxide"]
+        .iter()
+        .filter_map(|n| find(n))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\n### Socket.IO v4: Herald's `/socket.io/` beside Node Socket.IO and socketioxide\n\n\
+         All three speak Engine.IO v4 over the websocket transport; the peers put every \
+         connection in a room at connect, Herald auto-subscribes the per-user channel and the \
+         broadcast subscribers send a `subscribe` event (acked). Targets (issue 13): Herald \
+         over Socket.IO at least 10× Node Socket.IO's deliveries per server CPU-second, more \
+         than socketioxide's, and at most 1.33× the idle memory of Herald's `/v1/ws`.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| Gateway | S1 {}: KB/conn | vs Herald `/v1/ws` | S1 {}: KB/conn | vs Herald `/v1/ws` |\n|---|---|---|---|---|",
+        args.s1_small, args.s1_large
+    );
+    let ws = find("herald");
+    for p in &cols {
+        let small = p.s1_small.as_ref().map(|r| r.kb_per_connection);
+        let large = p.s1_large.as_ref().map(|l| l.kb_per_connection);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} |",
+            p.label,
+            small.map_or("–".into(), |v| format!("{v:.2}")),
+            small.map_or("–".into(), |v| ratio(
+                v,
+                ws.and_then(|w| w.s1_small.as_ref().map(|r| r.kb_per_connection))
+            )),
+            large.map_or("–".into(), |v| format!("{v:.2}")),
+            large.map_or("–".into(), |v| ratio(
+                v,
+                ws.and_then(|w| w.s1_large.as_ref().map(|l| l.kb_per_connection))
+            )),
+        );
+    }
+    // Per-delivery CPU at each rate; "×" columns are Herald Socket.IO's deliveries per
+    // CPU-second over the other's (the inverse ratio of µs per delivery).
+    let step_at = |p: Option<&PeerResults>, scenario: Option<usize>, rate: u64| {
+        let rep = match scenario {
+            Some(i) => p.and_then(|p| p.s3.get(i)),
+            None => p.and_then(|p| p.s4.as_ref()),
+        };
+        rep.and_then(|r| r.steps.iter().find(|s| s.rate == rate))
+            .filter(|s| s.cpu_us_per_delivery > 0.0)
+            .cloned()
+    };
+    let cell = |st: &Option<crate::load::StepReport>| match st {
+        Some(st) => format!(
+            "{:.2}{}",
+            st.cpu_us_per_delivery,
+            if st.ok { "" } else { " ✗" }
+        ),
+        None => "–".into(),
+    };
+    let times = |mine: &Option<crate::load::StepReport>,
+                 other: &Option<crate::load::StepReport>| {
+        match (mine, other) {
+            (Some(m), Some(x)) => format!("{:.1}×", x.cpu_us_per_delivery / m.cpu_us_per_delivery),
+            _ => "–".into(),
+        }
+    };
+    let _ = writeln!(
+        o,
+        "\nServer CPU µs per delivery at each publish rate (✗: the step failed, e.g. p99 over \
+         100 ms; its CPU still counts). The last two columns are Herald Socket.IO's deliveries \
+         per CPU-second over Node Socket.IO's and socketioxide's.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | rate/s | Herald `/v1/ws` | Herald Socket.IO | Node Socket.IO | socketioxide | vs Node Socket.IO | vs socketioxide |\n|---|---|---|---|---|---|---|---|"
+    );
+    let mut rows: Vec<(String, Option<usize>, u64)> = Vec::new();
+    for (i, rep) in hs.s3.iter().enumerate() {
+        let size = rep.steps.first().map_or(0, |s| s.payload_bytes);
+        for st in &rep.steps {
+            rows.push((format!("S3 {size} B"), Some(i), st.rate));
+        }
+    }
+    for st in hs.s4.iter().flat_map(|r| r.steps.iter()) {
+        rows.push(("S4".into(), None, st.rate));
+    }
+    for (name, scenario, rate) in rows {
+        let h = step_at(ws, scenario, rate);
+        let me = step_at(Some(hs), scenario, rate);
+        let node = step_at(find("socketio"), scenario, rate);
+        let rs = step_at(find("socketioxide"), scenario, rate);
+        let _ = writeln!(
+            o,
+            "| {name} | {rate} | {} | {} | {} | {} | {} | {} |",
+            cell(&h),
+            cell(&me),
+            cell(&node),
+            cell(&rs),
+            times(&me, &node),
+            times(&me, &rs)
+        );
+    }
+}
+
+/// Where the socketioxide peer's binary is.
+fn socketioxide_bin(args: &SuiteArgs) -> PathBuf {
+    args.socketioxide_bin.clone().unwrap_or_else(|| {
+        args.bench_dir
+            .join("peers/socketioxide/target/release/herald-bench-socketioxide")
+    })
+}
+
 fn machine(env: &Env) -> Vec<(String, String)> {
     let peers = env.args.bench_dir.join("peers");
     let pkg = |p: &str, m: &str| {
@@ -654,6 +796,14 @@ fn machine(env: &Env) -> Vec<(String, String)> {
         ("node".into(), shell("node --version")),
         ("ws".into(), pkg("ws", "ws")),
         ("socket.io".into(), pkg("socketio", "socket.io")),
+        (
+            "socketioxide".into(),
+            // The version its lock file pins (the peer is built from it).
+            shell(&format!(
+                "awk '/^name = \"socketioxide\"$/ {{getline; print $3}}' {} | tr -d '\"'",
+                peers.join("socketioxide/Cargo.lock").display()
+            )),
+        ),
         (
             "pinning".into(),
             format!(
@@ -950,6 +1100,8 @@ fn render(res: &Results, args: &SuiteArgs) -> String {
             }
         }
     }
+
+    render_socketio(&mut o, res, args);
 
     // S7
     let _ = writeln!(

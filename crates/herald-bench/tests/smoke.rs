@@ -1,7 +1,7 @@
 //! Keeps the load generator honest and working, in seconds: the tool's counts are checked
 //! against the null gateway (everything sent is delivered; one deliberately dropped broadcast
 //! is reported as exactly one loss per connection), and a small run against the real `herald`
-//! binary must deliver everything, over WebSocket and over Server-Sent Events.
+//! binary must deliver everything, over WebSocket, Server-Sent Events and Socket.IO.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -238,6 +238,50 @@ fn herald_broadcast_and_unicast_smoke() {
         "300",
         "--user-offset",
         "3000",
+        "--rates",
+        "600",
+        "--step-secs",
+        "1",
+    ]);
+    let s = &u.steps[0];
+    assert_eq!(s.received, 600, "{s:?}");
+    assert_eq!((s.lost, s.gaps, s.reorders, s.publish_errors), (0, 0, 0, 0));
+
+    // And over Herald's Socket.IO endpoint: broadcast subscribers send a `subscribe` event and
+    // wait for its ack, unicast relies on the auto-subscribed per-user channel.
+    let b = bench(&[
+        "--server",
+        &addr,
+        "--dialect",
+        "herald-socketio",
+        "--connections",
+        "300",
+        "--user-offset",
+        "4000",
+        "--rates",
+        "20,40",
+        "--step-secs",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(b.connected, 300, "{b:?}");
+    assert_eq!(b.steps.len(), 2);
+    for s in &b.steps {
+        assert_eq!(s.received, s.sent * 300, "{s:?}");
+        assert_eq!((s.lost, s.gaps, s.reorders, s.publish_errors), (0, 0, 0, 0));
+    }
+    let u = bench(&[
+        "--server",
+        &addr,
+        "--dialect",
+        "herald-socketio",
+        "--mode",
+        "unicast",
+        "--connections",
+        "300",
+        "--user-offset",
+        "5000",
         "--rates",
         "600",
         "--step-secs",

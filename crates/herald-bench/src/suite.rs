@@ -74,6 +74,9 @@ pub struct SuiteArgs {
     pub s3_keep_going: bool,
     #[arg(long, default_value_t = 18_000)]
     pub s4_users: usize,
+    /// Run every S4 rate even after a step fails (as `--s3-keep-going`).
+    #[arg(long)]
+    pub s4_keep_going: bool,
     #[arg(
         long,
         value_delimiter = ',',
@@ -433,20 +436,20 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             step("S4 unicast", &mut |env, logs| {
                 let srv = env.start(peer)?;
                 logs.push(srv.log.clone());
-                r.s4 = Some(env.load(
-                    peer,
-                    &srv,
-                    &[
-                        s("--mode"),
-                        s("unicast"),
-                        s("--connections"),
-                        s(args.s4_users),
-                        s("--rates"),
-                        rates(&args.s4_rates),
-                        s("--step-secs"),
-                        s(args.step_secs),
-                    ],
-                )?);
+                let mut extra = vec![
+                    s("--mode"),
+                    s("unicast"),
+                    s("--connections"),
+                    s(args.s4_users),
+                    s("--rates"),
+                    rates(&args.s4_rates),
+                    s("--step-secs"),
+                    s(args.step_secs),
+                ];
+                if args.s4_keep_going {
+                    extra.push(s("--keep-going"));
+                }
+                r.s4 = Some(env.load(peer, &srv, &extra)?);
                 Ok(())
             });
         }

@@ -291,25 +291,9 @@ async fn polling_by_hand() {
 async fn malformed_packets_close_the_engine() {
     let s = TestServer::start().await;
     let mut n = Neighbour::join(&s).await;
-    let connected = |s: &TestServer| {
-        let addr = s.addr;
-        async move {
-            let sid = {
-                let res = http()
-                    .get(format!("http://{addr}/socket.io/?EIO=4&transport=polling"))
-                    .send()
-                    .await
-                    .unwrap();
-                let body = res.text().await.unwrap();
-                let open: Value = serde_json::from_str(&body[1..]).unwrap();
-                open["sid"].as_str().unwrap().to_owned()
-            };
-            sid
-        }
-    };
     // Before CONNECT: garbage, an unknown Engine.IO type, an event, an empty packet.
     for bad in ["x", "9", "42[\"subscribe\",{}]", "", "4{not json"] {
-        let sid = connected(&s).await;
+        let sid = handshake(&s).await;
         let (status, _) = post(&s, &sid, bad).await;
         assert_eq!(status, 200, "the POST itself is read ({bad:?})");
         assert_ended(&s, &sid).await;

@@ -293,7 +293,7 @@ impl<'s> Prover<'s> {
                 // that no branch takes it.
                 return match found {
                     Some(example) => Sub::No(Finding {
-                        pointer: format!("{at}/{kw}"),
+                        pointer: at.to_owned(),
                         reason: format!(
                             "no branch of {}'s {kw} accepts every payload {} allows",
                             self.b_name, self.a_name
@@ -301,7 +301,7 @@ impl<'s> Prover<'s> {
                         example: Some(example),
                     }),
                     None => Self::unknown(
-                        format!("{at}/{kw}"),
+                        at.to_owned(),
                         format!(
                             "no branch of {}'s {kw} provably accepts every payload {} allows",
                             self.b_name, self.a_name
@@ -326,12 +326,11 @@ impl<'s> Prover<'s> {
                     (kw, Some(_)) => format!("`{kw}` differs between the schemas"),
                     (kw, None) => format!("{} adds `{kw}`", self.b_name),
                 };
-                verdicts.push(self.refute(
-                    format!("{at}/{kw}"),
-                    reason,
-                    samples(self.a_root, &a),
-                    embed,
-                ));
+                // The values the keywords name are the likeliest payloads on the edge.
+                let mut candidates = samples(self.a_root, &a);
+                candidates.extend(mentioned(bv));
+                candidates.extend(a.get(*kw).map(mentioned).unwrap_or_default());
+                verdicts.push(self.refute(format!("{at}/{kw}"), reason, candidates, embed));
             }
         }
         if !verdicts.is_empty() {
@@ -441,7 +440,7 @@ impl<'s> Prover<'s> {
         depth: usize,
     ) -> Sub {
         match t {
-            "string" => self.bounds_len(a, b, at, embed, "minLength", "maxLength", |n| {
+            "string" => self.bounds_len(a, b, at, embed, ("minLength", "maxLength"), |n| {
                 json!("x".repeat(n))
             }),
             "number" | "integer" => self.bounds_num(t, a, b, at, embed),
@@ -451,7 +450,7 @@ impl<'s> Prover<'s> {
                     .and_then(|i| example(self.a_root, i, 0))
                     .unwrap_or(Value::Null);
                 let mut v = vec![
-                    self.bounds_len(a, b, at, embed, "minItems", "maxItems", |n| {
+                    self.bounds_len(a, b, at, embed, ("minItems", "maxItems"), |n| {
                         json!(vec![item.clone(); n])
                     }),
                 ];
@@ -497,8 +496,7 @@ impl<'s> Prover<'s> {
         b: &Map<String, Value>,
         at: &str,
         embed: Embed<'_>,
-        min_kw: &str,
-        max_kw: &str,
+        (min_kw, max_kw): (&str, &str),
         make: impl Fn(usize) -> Value,
     ) -> Sub {
         let get = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_u64);
@@ -966,6 +964,27 @@ fn local_validator(root: &Value, sub: &Map<String, Value>) -> Option<jsonschema:
         return None;
     }
     jsonschema::validator_for(&v).ok()
+}
+
+/// Every `const` and `enum` value inside a schema.
+fn mentioned(s: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    match s {
+        Value::Object(m) => {
+            out.extend(m.get("const").cloned());
+            if let Some(Value::Array(e)) = m.get("enum") {
+                out.extend(e.iter().cloned());
+            }
+            for (k, v) in m {
+                if k != "const" && k != "enum" {
+                    out.extend(mentioned(v));
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| out.extend(mentioned(v))),
+        _ => {}
+    }
+    out
 }
 
 /// Payloads to try as counterexamples for a schema: its example, then one of each type.

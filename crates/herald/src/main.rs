@@ -245,7 +245,11 @@ fn render(report: &herald_codegen::compat::Report, new: &str, old: &str) -> Stri
                 c.reason
             );
             if let Some(example) = &c.example {
-                let _ = writeln!(out, "    example: {example}");
+                // The JSON report has it whole; a terminal line does not need 2000 x's.
+                let text = example.to_string();
+                let cut: String = text.chars().take(160).collect();
+                let more = if cut.len() < text.len() { "…" } else { "" };
+                let _ = writeln!(out, "    example: {cut}{more}");
             }
         }
     }

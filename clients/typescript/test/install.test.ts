@@ -132,5 +132,6 @@ describe("the packed clients, installed into an app outside the workspace", () =
     const run = spawnSync(process.execPath, [join(app, "dist/main.js")], { cwd: app, encoding: "utf8", timeout: 30_000 });
     expect(run.stderr).toBe("");
     expect(JSON.parse(run.stdout.trim().split("\n").pop()!)).toEqual({ client: "function", react: "function", server: "queued" });
-  });
+    // tsc over three packages' declarations, React's and Node's: slow on a busy 2-core machine.
+  }, 180_000);
 });

@@ -49,10 +49,13 @@ pub enum Affects {
 /// One classified change.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
+    /// What the change does to those built against the old registry.
     pub status: Status,
+    /// Who it reaches.
     pub affects: Affects,
     /// JSON pointer into the channel descriptor (`/schema/required`, `/scope`, …).
     pub pointer: String,
+    /// Why, in words: what was allowed before and is not now (or the reverse).
     pub reason: String,
     /// For a breaking schema change: a payload one side accepts and the other rejects,
     /// checked with the gateway's own validator.
@@ -63,9 +66,11 @@ pub struct Change {
 /// Every change of one channel (matched by name; a removed channel has the old name).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChannelReport {
+    /// The channel name as declared (`notifications.user.{userId}`).
     pub channel: String,
     /// The worst of `changes`.
     pub status: Status,
+    /// Every change found on the channel, breaking or not.
     pub changes: Vec<Change>,
 }
 
@@ -74,6 +79,7 @@ pub struct ChannelReport {
 pub struct Report {
     /// The worst of all channels (`compatible` when nothing changed).
     pub status: Status,
+    /// The channels that changed, old names first (removed or changed), then new ones.
     pub channels: Vec<ChannelReport>,
 }
 

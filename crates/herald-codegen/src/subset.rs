@@ -262,7 +262,7 @@ impl<'s> Prover<'s> {
         // A union in B: A must fit one branch. `oneOf` only when its branches cannot overlap.
         for kw in ["anyOf", "oneOf"] {
             if let Some(branches) = b.get(kw).and_then(Value::as_array) {
-                if kw == "oneOf" && !disjoint(branches, self.b_root) {
+                if kw == "oneOf" && !disjoint(branches, &without(&b, kw), self.b_root) {
                     if let Some(example) = self.witness(samples(self.a_root, &a), embed) {
                         return Sub::No(Finding {
                             pointer: format!("{at}/oneOf"),
@@ -318,8 +318,9 @@ impl<'s> Prover<'s> {
         }
         let mut verdicts = Vec::new();
         for kw in OPAQUE {
+            // Equal text is equal meaning only without `$ref`s: they resolve in different roots.
             if let Some(bv) = b.get(*kw)
-                && a.get(*kw) != Some(bv)
+                && (a.get(*kw) != Some(bv) || contains_ref(bv))
             {
                 let reason = match (*kw, a.get(*kw)) {
                     ("pattern", Some(_)) => "the two patterns differ; whether one admits more strings than the other is not decided".to_owned(),
@@ -467,7 +468,14 @@ impl<'s> Prover<'s> {
                         embed,
                     ));
                 }
-                if let Some(items_b) = b.get("items") {
+                if a.get("items").is_some_and(Value::is_array)
+                    || b.get("items").is_some_and(Value::is_array)
+                {
+                    v.push(Self::unknown(
+                        format!("{at}/items"),
+                        "tuple `items` (draft 7 arrays) are not compared",
+                    ));
+                } else if let Some(items_b) = b.get("items") {
                     let items_a = a.get("items").cloned().unwrap_or(Value::Bool(true));
                     let min = a
                         .get("minItems")
@@ -798,20 +806,14 @@ fn without(m: &Map<String, Value>, kw: &str) -> Map<String, Value> {
     m
 }
 
-/// A branch with its parent's other keywords; the branch wins where both set one.
-fn merge(siblings: &Map<String, Value>, branch: &Value, root: &Value) -> Value {
-    let branch = resolve(root, branch)
-        .ok()
-        .cloned()
-        .unwrap_or_else(|| branch.clone());
-    match branch {
-        Value::Object(bm) if !bm.contains_key("$ref") => {
-            let mut m = siblings.clone();
-            m.extend(bm);
-            Value::Object(m)
-        }
-        other if siblings.is_empty() => other,
-        other => json!({ "allOf": [Value::Object(siblings.clone()), other] }),
+/// A branch with its parent's other keywords: `allOf: [siblings, branch]`, which means exactly
+/// what the parent means for values of that branch (overriding one keyword with the other would
+/// not: two `properties` maps, or `additionalProperties` beside another `properties`).
+fn merge(siblings: &Map<String, Value>, branch: &Value, _root: &Value) -> Value {
+    if siblings.is_empty() {
+        branch.clone()
+    } else {
+        json!({ "allOf": [Value::Object(siblings.clone()), branch] })
     }
 }
 
@@ -821,6 +823,18 @@ fn merge_strict(base: &Value, part: &Value, root: &Value) -> Option<Value> {
     let (Value::Object(bm), Value::Object(pm)) = (base, part) else {
         return None;
     };
+    // Keywords that only act together: split across parts, each is inert (`then` without
+    // `if`); joined, they would constrain, and the merge would be narrower than the `allOf`.
+    for group in [
+        &["if", "then", "else"][..],
+        &["contains", "minContains", "maxContains"][..],
+    ] {
+        let in_base = group.iter().any(|k| bm.contains_key(*k));
+        let in_part = group.iter().any(|k| pm.contains_key(*k));
+        if in_base && in_part && group.iter().any(|k| bm.get(*k) != pm.get(*k)) {
+            return None;
+        }
+    }
     let mut m = bm.clone();
     for (k, v) in pm {
         if ANNOTATIONS.contains(&k.as_str()) {
@@ -838,10 +852,21 @@ fn merge_strict(base: &Value, part: &Value, root: &Value) -> Option<Value> {
 
 /// Do the branches of a `oneOf` exclude each other? Yes when every branch requires one
 /// property with a `const` (or `enum`) and no value repeats: a discriminated union.
-fn disjoint(branches: &[Value], root: &Value) -> bool {
+fn disjoint(branches: &[Value], siblings: &Map<String, Value>, root: &Value) -> bool {
+    // `required` only binds objects: a string would satisfy every branch at once unless the
+    // branches (or their parent) only admit objects.
+    let only_objects =
+        |m: &Map<String, Value>| m.contains_key("type") && types_of(m).iter().eq(["object"].iter());
+    let parent_objects = only_objects(siblings);
     let tags: Vec<Option<(String, Vec<Value>)>> = branches
         .iter()
-        .map(|b| resolve(root, b).ok().and_then(tag_values))
+        .map(|b| {
+            let b = resolve(root, b).ok()?;
+            if !parent_objects && !b.as_object().is_some_and(only_objects) {
+                return None;
+            }
+            tag_values(b)
+        })
         .collect();
     let Some(Some((first, _))) = tags.first() else {
         return false;

@@ -330,6 +330,22 @@ fn table() -> Vec<Row> {
             Some(Subscribers),
             "/schema/type",
         ),
+        row(
+            "oneOf tagged by `required` alone also admits non-objects (not a discriminated union)",
+            feed(r#"{ oneOf = [{ required = ["t"], properties = { t = { const = "a" } } }, { required = ["t"], properties = { t = { const = "b" } } }] }"#),
+            feed(r#"{ type = "string" }"#),
+            Breaking,
+            Some(Subscribers),
+            "/schema/oneOf",
+        ),
+        row(
+            "draft-07 tuple items",
+            feed(r#"{ "$schema" = "http://json-schema.org/draft-07/schema#", type = "array", items = [{ type = "string" }] }"#),
+            feed(r#"{ "$schema" = "http://json-schema.org/draft-07/schema#", type = "array", items = [{ type = "integer" }] }"#),
+            CannotDecide,
+            Some(Subscribers),
+            "/schema/items",
+        ),
         // Client→server payloads: old ⊆ new as well.
         row(
             "client channel: required property added",

@@ -77,7 +77,7 @@ describe("herald codegen typescript", () => {
     const source = readFileSync(join(work, "server-usage-bad.ts"), "utf8").split("\n");
     const expected = source.flatMap((l, i) => (l.includes("// expect-error") ? [i + 1] : []));
     const failing = [...new Set([...r.output.matchAll(/server-usage-bad\.ts\((\d+),\d+\): error/g)].map((m) => Number(m[1])))];
-    expect(expected.length).toBe(8);
+    expect(expected.length).toBe(9);
     expect(failing.sort((a, b) => a - b)).toEqual(expected);
   });
 

@@ -133,7 +133,7 @@ export class Publisher<C extends ChannelMap = AnyChannels, U extends ChannelMap 
    * Publishes several publications in one request per 1000, in order. Resolves with one
    * outcome per item; items the gateway could not take now are queued like `publish`'s.
    */
-  async publishBatch<K extends ChannelName<C>>(items: ReadonlyArray<BatchItem<C, K>>): Promise<PublishOutcome[]> {
+  async publishBatch(items: ReadonlyArray<BatchItem<C>>): Promise<PublishOutcome[]> {
     const outcomes: PublishOutcome[] = [];
     for (let i = 0; i < items.length; i += MAX_BATCH) {
       const chunk = items.slice(i, i + MAX_BATCH);

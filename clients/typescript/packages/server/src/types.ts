@@ -101,9 +101,10 @@ export interface PublisherStats {
   pending: number;
 }
 
-/** One item of `publishBatch`. */
-export interface BatchItem<C extends ChannelMap, K extends ChannelName<C> = ChannelName<C>> {
-  channel: K;
-  data: PayloadOf<C, K>;
-  idempotencyKey?: string;
-}
+/**
+ * One item of `publishBatch`: a union over the channels, so each item's `data` is checked
+ * against its own `channel` (not against every payload of the batch).
+ */
+export type BatchItem<C extends ChannelMap> = {
+  [K in ChannelName<C>]: { channel: K; data: C[K]; idempotencyKey?: string };
+}[ChannelName<C>];

@@ -131,6 +131,19 @@ describe("@herald/server against the gateway", () => {
     expect(p.stats).toMatchObject({ published: 1, pending: 0 });
   });
 
+  it("retries by itself with backoff until the gateway is back", async () => {
+    const gw = await gateway();
+    await gw.kill();
+    const { p } = publisher(gw.http, { minRetryDelayMs: 50, maxRetryDelayMs: 200 });
+    await expect(p.publish("blog.article.feed", { id: "1", title: "later" })).resolves.toMatchObject({ status: "queued" });
+    await sleep(400);
+    expect(p.stats.retried).toBeGreaterThanOrEqual(1);
+    await gw.restart();
+    await until(() => p.stats.pending === 0, 5_000, "the queue to drain");
+    expect((await history(gw, "blog.article.feed")).map((x) => x.data.title)).toEqual(["later"]);
+    expect(p.stats).toMatchObject({ published: 1, queued: 1 });
+  });
+
   it("a retry after a lost response publishes once: the idempotency key", async () => {
     const gw = await gateway();
     const seen = await subscriber(gw);

@@ -1,6 +1,6 @@
 // The publisher: `publish` answers with an outcome and never throws or rejects into the caller
 // (unless `strict`). A transient failure (no connection, a timeout, 5xx, 429) puts the
-// publication in a bounded in-memory queue that one worker retries in order with full-jitter
+// publication in a bounded in-memory queue that one worker retries in order with jittered
 // backoff; a permanent refusal (4xx: invalid payload, unknown channel, bad key) is logged and
 // counted, never retried. Every publication carries an idempotency key from its first attempt,
 // so a retry after a lost response cannot publish twice: the gateway answers a repeated key with
@@ -61,7 +61,7 @@ export class Publisher<C extends ChannelMap = AnyChannels, U extends ChannelMap 
   private readonly makeKey: () => string;
   private readonly validator: LocalValidator | null;
   private readonly queue: Pending[] = [];
-  /** The queue's head while the worker tries it (not counted against `maxQueue`). */
+  /** The publication the worker is sending now (out of the queue only while in flight). */
   private current: Pending | null = null;
   private attempt = 0;
   private timer: ReturnType<typeof setTimeout> | null = null;
@@ -154,15 +154,20 @@ export class Publisher<C extends ChannelMap = AnyChannels, U extends ChannelMap 
    */
   async flush(timeoutMs = 5_000): Promise<{ pending: number }> {
     const deadline = Date.now() + timeoutMs;
+    const sleep = (ms: number) => new Promise<void>((ok) => setTimeout(ok, Math.max(0, ms)));
     while (this.stats.pending > 0 && Date.now() < deadline) {
-      if (!this.working) {
+      if (this.working) {
+        // The background worker is sending: wait until it goes idle (or a short while).
+        await new Promise<void>((ok) => {
+          const t = setTimeout(ok, Math.min(100, Math.max(1, deadline - Date.now())));
+          this.idle.push(() => (clearTimeout(t), ok()));
+        });
+      } else {
         this.clearTimer();
-        void this.work();
+        await this.work();
       }
-      await new Promise<void>((ok) => {
-        const t = setTimeout(ok, Math.min(100, Math.max(1, deadline - Date.now())));
-        this.idle.push(() => (clearTimeout(t), ok()));
-      });
+      // A retry that failed again: a short pause, not a tight loop against a gateway that is down.
+      if (this.stats.pending > 0) await sleep(Math.min(50, deadline - Date.now()));
     }
     return { pending: this.stats.pending };
   }
@@ -309,15 +314,22 @@ export class Publisher<C extends ChannelMap = AnyChannels, U extends ChannelMap 
     return { status: "queued", reason };
   }
 
-  /** The next retry after full-jitter exponential backoff. */
+  /**
+   * The next retry after exponential backoff with jitter: between half and all of the ceiling
+   * (`minRetryDelayMs` doubling up to `maxRetryDelayMs`), so many publishers coming back after
+   * an outage spread out, and no retry comes sooner than half the minimum.
+   */
   private schedule(): void {
     const min = this.options.minRetryDelayMs ?? 250;
     const max = this.options.maxRetryDelayMs ?? 10_000;
     const ceiling = Math.min(max, min * 2 ** Math.min(this.attempt, 30));
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      void this.work();
-    }, Math.random() * ceiling);
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        void this.work();
+      },
+      ceiling / 2 + (Math.random() * ceiling) / 2,
+    );
     // A pending retry must not keep the process alive: shutdown calls `close()` to flush.
     this.timer.unref?.();
   }
@@ -333,18 +345,21 @@ export class Publisher<C extends ChannelMap = AnyChannels, U extends ChannelMap 
     this.working = true;
     try {
       for (;;) {
-        this.current ??= this.queue.shift() ?? null;
-        const item = this.current;
+        const item = this.queue.shift();
         if (!item) break;
+        this.current = item;
         this.counters.retried++;
         const attempt = await this.send(item);
+        this.current = null;
         if (!attempt.done) {
+          // Back at the head, so it counts against `maxQueue` like any waiting publication
+          // (unless `close()` gave up on everything meanwhile).
+          if (!this.closed) this.queue.unshift(item);
           this.attempt++;
           this.log().debug?.("herald: retry failed; backing off", { channel: item.channel, key: item.key, reason: attempt.reason, attempt: this.attempt });
           if (!this.closed) this.schedule();
           return;
         }
-        this.current = null;
         this.attempt = 0;
       }
     } finally {

@@ -41,11 +41,14 @@ export interface PublisherOptions {
    * nothing is queued. For scripts and tests, never for a request handler.
    */
   strict?: boolean;
-  /** Publications kept for retry while the gateway is unreachable (default 1000); past it the oldest is dropped. */
+  /**
+   * Publications kept for retry while the gateway is unreachable (default 1000; the one being
+   * sent at that moment is not counted); past it the oldest is dropped.
+   */
   maxQueue?: number;
   /** One request's deadline (default 5 s); a timeout is retried like a refused connection. */
   timeoutMs?: number;
-  /** Retry backoff, full jitter: first retry's ceiling (default 250 ms). */
+  /** Retry backoff: first retry's ceiling (default 250 ms); each delay is between half and all of its ceiling. */
   minRetryDelayMs?: number;
   /** Retry backoff: ceiling of every retry (default 10 s). */
   maxRetryDelayMs?: number;

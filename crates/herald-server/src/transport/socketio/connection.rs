@@ -39,7 +39,10 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Runs one engine: CONNECT, then the session. Removes the engine from `engines` at the end.
 pub async fn run(node: Arc<Node>, engines: Arc<Engines>, mut engine: Engine, creds: Credentials) {
     let sid = engine.shared().map(|s| s.sid.clone());
-    match connect(&node, &mut engine, &creds).await {
+    let connected = connect(&node, &mut engine, &creds).await;
+    // Not needed after CONNECT: freed rather than held for the connection's life.
+    drop(creds);
+    match connected {
         Some((admitted, auth)) => {
             let (transport, opening) =
                 SocketIoTransport::open(&node, engine, &admitted, auth).await;
@@ -157,6 +160,12 @@ pub struct SocketIoTransport {
     attachments: usize,
     /// The client sent DISCONNECT: its state is not kept.
     left: bool,
+    /// The node lost continuity on a subscribed channel (`unsubscribed`, reason
+    /// `resubscribe`). A socket.io-client app cannot resubscribe with `since` (it never
+    /// subscribed to its auto-subscribed channels at all), so the connection ends the
+    /// reconnecting way and the reconnect is not recovered: fresh subscriptions, and the
+    /// application refetches, as it does on `socket.recovered === false`.
+    lost_continuity: bool,
     out: Vec<String>,
 }
 
@@ -171,10 +180,13 @@ impl SocketIoTransport {
     ) -> (Self, Opening) {
         let recovery = !node.config.socketio.max_disconnection.is_zero();
         let user = admitted.identity.user.clone();
+        let client = admitted.slot.handle().id.clone();
         let mut resume = Vec::new();
         let mut resuming = None;
         if let (true, Some(pid)) = (recovery, auth.pid.as_deref()) {
-            let taken = tokio::time::timeout(BROKER_TIMEOUT, node.broker.resume_take(pid)).await;
+            let ttl = node.config.socketio.max_disconnection;
+            let take = node.broker.resume_take(pid, &client, ttl);
+            let taken = tokio::time::timeout(BROKER_TIMEOUT, take).await;
             let state = match taken {
                 Ok(Ok(Some(text))) => serde_json::from_str::<Resumable>(&text).ok(),
                 Ok(Ok(None)) => None,
@@ -200,7 +212,7 @@ impl SocketIoTransport {
         let transport = Self {
             engine,
             node: node.clone(),
-            client: admitted.slot.handle().id.clone(),
+            client,
             user,
             cursor: Cursor::default(),
             floors: Cursor::default(),
@@ -208,6 +220,7 @@ impl SocketIoTransport {
             resuming,
             attachments: 0,
             left: false,
+            lost_continuity: false,
             out: Vec::new(),
         };
         let opening = Opening {
@@ -313,8 +326,14 @@ impl SocketIoTransport {
                     });
                     self.out.push(text.to_string());
                     if p.kind == FrameKind::Unsubscribed {
+                        // Nothing of this session may be recovered any more: no state is
+                        // written under the pid from now on, so a reconnect finds only what
+                        // predates the gap (which cannot resume) or nothing.
+                        self.lost_continuity = true;
+                        self.pid = None;
                         self.cursor.forget(&p.channel);
-                        return self.floors.forget(&p.channel);
+                        self.floors.forget(&p.channel);
+                        return false;
                     }
                     false
                 }
@@ -520,6 +539,10 @@ impl Transport for SocketIoTransport {
     }
 
     async fn recv(&mut self) -> Inbound {
+        if self.lost_continuity {
+            // Unavailable (1013) closes the engine: "transport close", the client reconnects.
+            return Inbound::End(Goodbye::Unavailable);
+        }
         loop {
             let text = match self.engine.next().await {
                 Read::Text(text) => text,

@@ -1,6 +1,7 @@
 // The demo page served by `herald serve`, in headless Chromium (Debian's, via playwright-core):
 // two users over WebSocket (and through a gateway restart), the same with SSE forced
-// (`?transports=sse`), and the automatic fallback to SSE behind a proxy that refuses WebSocket.
+// (`?transports=sse`), the automatic fallback to SSE behind a proxy that refuses WebSocket, and
+// the Socket.IO variant driven by socket.io-client (`?transport=socketio`).
 // Screenshots of each go to `test-results/` (look at them when the page changes).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -45,11 +46,18 @@ async function gateway(): Promise<Gateway> {
   return gw;
 }
 
+/** The URLs of every request and WebSocket each page opened. */
+const requested = new WeakMap<Page, string[]>();
+
 /** Opens the demo at `base` + `query` as `user` and waits for the connection. */
 async function signIn(base: string, user: string, query = ""): Promise<Page> {
   const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${user}] page error:`, e));
+  const urls: string[] = [];
+  requested.set(page, urls);
+  page.on("request", (r) => urls.push(r.url()));
+  page.on("websocket", (ws) => urls.push(ws.url()));
   await page.goto(`${base}/${query}`);
   await page.fill("#user", user);
   await page.click("#connect");
@@ -192,5 +200,58 @@ describe("demo page in Chromium", () => {
     expect(await text(bob, "#transport")).toBe("via SSE");
     await twoUsers(gw, alice, bob);
     await shot(alice, "sse-fallback-alice");
+  });
+
+  it("the Socket.IO variant (?transport=socketio): two users over socket.io-client, upgraded to WebSocket, through a gateway restart", async () => {
+    const gw = await gateway();
+    const alice = await signIn(gw.http, "alice", "?transport=socketio");
+    const bob = await signIn(gw.http, "bob", "?transport=socketio");
+    // socket.io-client's default: polling first, then the upgrade.
+    await expectText(alice, "#transport", "via Socket.IO (websocket)");
+    await expectText(bob, "#transport", "via Socket.IO (websocket)");
+    for (const page of [alice, bob]) {
+      const urls = requested.get(page)!;
+      expect(urls.some((u) => u.includes("/socket.io/?EIO=4&transport=polling"))).toBe(true);
+      expect(urls.some((u) => u.startsWith("ws://") && u.includes("/socket.io/?EIO=4&transport=websocket"))).toBe(true);
+      expect(urls.filter((u) => u.includes("/v1/ws") || u.includes("/v1/sse"))).toEqual([]);
+    }
+    await twoUsers(gw, alice, bob);
+    await shot(alice, "socketio-alice");
+    await shot(bob, "socketio-bob");
+
+    // Stop the gateway: both pages say they are retrying, with the attempt.
+    await gw.kill();
+    await expectState(alice, "reconnecting (attempt ", 10_000, true);
+    await expectState(bob, "reconnecting (attempt ", 10_000, true);
+    await shot(alice, "socketio-alice-reconnecting");
+
+    // Start it again on the same port: socket.io-client reconnects by itself (a fresh token from
+    // its `auth` function), the gateway cannot recover (`recovered` false) and the page says so.
+    await gw.restart();
+    await expectState(alice, "connected", 20_000);
+    await expectState(bob, "connected", 20_000);
+    await expectText(alice, "main", "older notifications may be missing");
+    await gw.publish("notifications.user.alice", { type: "system", text: "after-restart" });
+    await expectText(alice, "#notifications", "system: after-restart");
+    await expectText(alice, "#presence", "bob");
+    await say(bob, "back again");
+    await expectText(alice, "#chat", "bob: back again");
+    expect((await items(alice, "#chat")).at(-1)).toBe("bob: back again");
+    expect(await text(bob, "#notifications")).not.toContain("after-restart");
+    await gw.publish("blog.article.feed", { id: "2", title: "Fresh news" });
+    await expectText(bob, "#feed", "Fresh news (2)");
+    await shot(alice, "socketio-alice-after-restart");
+  });
+
+  it("the Socket.IO variant over polling only, chatting with a @herald/client user over WebSocket", async () => {
+    const gw = await gateway();
+    const alice = await signIn(gw.http, "alice", "?transport=socketio&transports=polling");
+    const bob = await signIn(gw.http, "bob");
+    expect(await text(alice, "#transport")).toBe("via Socket.IO (polling)");
+    expect(await text(bob, "#transport")).toBe("via WebSocket");
+    await twoUsers(gw, alice, bob);
+    expect(requested.get(alice)!.filter((u) => u.includes("transport=websocket") || u.includes("/v1/"))).toEqual([]);
+    expect(await text(alice, "#transport")).toBe("via Socket.IO (polling)");
+    await shot(alice, "socketio-polling-alice");
   });
 });

@@ -1,4 +1,4 @@
-//! The SSE resume cursor (`herald_server::transport::sse::parse_cursor`): what arrives in
+//! The SSE resume cursor (`herald_server::transport::cursor::parse`): what arrives in
 //! `Last-Event-ID` or `?since=` as `channel:offset:epoch` entries joined by `,`. (The SSE
 //! command body is protocol v1 text and is fuzzed by `client_frame`.)
 //!
@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use herald_server::transport::sse::parse_cursor;
+use herald_server::transport::cursor::parse as parse_cursor;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

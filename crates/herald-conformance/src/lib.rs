@@ -413,6 +413,53 @@ pub async fn sessions_are_counted_per_user_and_kicked(s: Subject, rec: Arc<Recor
     assert_eq!(s.broker.kick(&user).await.unwrap(), 0);
 }
 
+/// Resumable session state (Socket.IO recovery): stored for its owner, never overwritten by
+/// another owner while it lives, taken at most once, gone after its TTL.
+pub async fn resumable_state_is_owned_taken_once_and_expires(s: Subject, _rec: Arc<Recorder>) {
+    let key = channel("pid");
+    let b = &s.broker;
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        b.resume_take(&key).await.unwrap(),
+        None,
+        "nothing stored yet"
+    );
+    assert!(b.resume_put(&key, "c1", "state-1", long).await.unwrap());
+    assert!(
+        b.resume_put(&key, "c1", "state-2", long).await.unwrap(),
+        "the owner rewrites its own state"
+    );
+    assert!(
+        !b.resume_put(&key, "c2", "intruder", long).await.unwrap(),
+        "another owner's write is refused"
+    );
+    assert_eq!(
+        b.resume_take(&key).await.unwrap().as_deref(),
+        Some("state-2")
+    );
+    assert_eq!(b.resume_take(&key).await.unwrap(), None, "taken once");
+    // Taken: the resumed session (a new owner) now holds the key; the old one cannot write.
+    assert!(b.resume_put(&key, "c2", "resumed", long).await.unwrap());
+    assert!(!b.resume_put(&key, "c1", "late", long).await.unwrap());
+    assert_eq!(
+        b.resume_take(&key).await.unwrap().as_deref(),
+        Some("resumed")
+    );
+
+    let short = channel("pid-short");
+    assert!(
+        b.resume_put(&short, "c1", "x", Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.resume_take(&short).await.unwrap(), None, "expired");
+    assert!(
+        b.resume_put(&short, "c9", "y", long).await.unwrap(),
+        "an expired key is anyone's"
+    );
+}
+
 /// Generates one `#[tokio::test]` per check. `$make` is an async fn
 /// `(Arc<dyn PublicationSink>) -> Subject`.
 #[macro_export]
@@ -426,7 +473,8 @@ macro_rules! conformance_tests {
             idempotent_publish,
             presence_tracks_members,
             the_publisher_travels_with_the_publication,
-            sessions_are_counted_per_user_and_kicked);
+            sessions_are_counted_per_user_and_kicked,
+            resumable_state_is_owned_taken_once_and_expires);
     };
     (@each $make:path, $($check:ident),+) => {
         $(

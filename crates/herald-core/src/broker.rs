@@ -190,6 +190,23 @@ pub trait Broker: Send + Sync + 'static {
     /// live nodes when the kick was made: the number that are being closed, cluster-wide.
     async fn kick(&self, user: &str) -> Result<usize, BrokerError>;
 
+    /// Keeps a transport's resumable session state (Socket.IO connection state recovery: the
+    /// session's subscriptions, docs/socketio.md) under `key` for `ttl`, on behalf of `owner`
+    /// (the session's client id), so a reconnect on any node sharing the broker can take it.
+    /// A key held by another owner is left alone and `Ok(false)` returned: a session that
+    /// resumed elsewhere must not be overwritten by its old node noticing late that it left.
+    async fn resume_put(
+        &self,
+        key: &str,
+        owner: &str,
+        state: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError>;
+
+    /// Takes (returns and deletes) the state under `key`, so one state resumes at most one
+    /// session. `None` when there is none or it expired.
+    async fn resume_take(&self, key: &str) -> Result<Option<String>, BrokerError>;
+
     /// Whether the backend is reachable (drives `/readyz`).
     async fn health(&self) -> Result<(), BrokerError>;
 

@@ -31,14 +31,14 @@ use crate::registry::{Registry, Scope};
 /// is an error, like an unknown key in the file. Variables without `__` (the CLI's
 /// `HERALD_CONFIG` and `HERALD_LOG`, a deployment's own `HERALD_URL`, the tests'
 /// `HERALD_BIN`) are not config and are left alone.
-const ENV_SECTIONS: &[&str] = &["server", "auth", "api", "broker", "limits"];
+const ENV_SECTIONS: &[&str] = &["server", "auth", "api", "broker", "limits", "socketio"];
 
 /// Sections that are arrays of tables, which one flat variable cannot express: the file only.
 const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source"];
 
 /// The top-level keys of `herald.toml`.
 const SECTIONS: &[&str] = &[
-    "server", "auth", "api", "broker", "limits", "channel", "source",
+    "server", "auth", "api", "broker", "limits", "socketio", "channel", "source",
 ];
 
 /// The fully validated configuration of one gateway process.
@@ -51,6 +51,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub broker: BrokerConfig,
     pub limits: Limits,
+    pub socketio: SocketIoConfig,
     pub sources: SourcesConfig,
     pub registry: Arc<Registry>,
     /// Gate 1's verifier, built from `[auth]` while validating (key files read, JWKS parsed),
@@ -306,6 +307,41 @@ impl Default for Limits {
     }
 }
 
+/// `[socketio]`: the Socket.IO compatibility endpoint (`/socket.io/`, docs/socketio.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketIoConfig {
+    /// Serve `/socket.io/` (Engine.IO v4, Socket.IO v5).
+    pub enabled: bool,
+    /// How long after a connection ends its subscriptions are kept for connection state
+    /// recovery (the `pid` of the CONNECT reply). Zero turns recovery off: no `pid` is sent.
+    #[serde(with = "humantime_serde")]
+    pub max_disconnection: Duration,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            // Socket.IO's own default for `connectionStateRecovery.maxDisconnectionDuration`.
+            max_disconnection: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A descriptor's `socketio` table: how its publications are named as Socket.IO events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketIoChannelConfig {
+    /// One fixed event name for every publication of the channel.
+    #[serde(default)]
+    pub event: Option<String>,
+    /// A JSON pointer (RFC 6901) into the payload: the string there names the event (a
+    /// discriminated union's `/type`).
+    #[serde(default)]
+    pub event_from: Option<String>,
+}
+
 /// A `[[channel]]` table as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,6 +363,9 @@ pub struct ChannelConfig {
     pub presence: bool,
     #[serde(default)]
     pub publish: Option<Scope>,
+    /// How Socket.IO clients see this channel's publications (docs/socketio.md).
+    #[serde(default)]
+    pub socketio: Option<SocketIoChannelConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -352,6 +391,8 @@ struct RawConfig {
     broker: BrokerConfig,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    socketio: SocketIoConfig,
     #[serde(default, rename = "channel")]
     channels: Vec<ChannelConfig>,
     #[serde(default)]
@@ -691,6 +732,7 @@ impl Config {
             api,
             broker,
             limits,
+            socketio,
             channels,
             source,
         } = raw;
@@ -745,6 +787,7 @@ impl Config {
                 api,
                 broker,
                 limits,
+                socketio,
                 sources: source,
                 registry: Arc::new(registry),
             })

@@ -86,7 +86,59 @@ pub struct Descriptor {
     pub presence: bool,
     /// The JSON Schema as written (used by codegen and docs).
     pub schema: Value,
+    /// How the channel's publications are named as Socket.IO events.
+    pub socketio_event: SocketIoEvent,
     validator: jsonschema::Validator,
+}
+
+/// The Socket.IO event name of a channel's publications (docs/socketio.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SocketIoEvent {
+    /// The channel's name (`notifications.user.alice`).
+    #[default]
+    Channel,
+    /// One fixed name.
+    Fixed(String),
+    /// The string at this JSON pointer of the payload; the channel's name when there is none.
+    From(String),
+}
+
+impl SocketIoEvent {
+    /// The event name for one publication on `channel` with payload `data` (any JSON text).
+    pub fn name<'a>(&'a self, channel: &'a str, data: &str) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        match self {
+            SocketIoEvent::Channel => Cow::Borrowed(channel),
+            SocketIoEvent::Fixed(name) => Cow::Borrowed(name),
+            SocketIoEvent::From(pointer) => serde_json::from_str::<Value>(data)
+                .ok()
+                .and_then(|v| {
+                    v.pointer(pointer)
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                // A payload cannot fire the client's own events (`disconnect`, …) or Herald's.
+                .filter(|name| !is_reserved_socketio_event(name))
+                .map_or(Cow::Borrowed(channel), Cow::Owned),
+        }
+    }
+}
+
+/// Event names Socket.IO clients reserve for themselves, and Herald's own: no channel may
+/// deliver under them.
+pub const RESERVED_SOCKETIO_EVENTS: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// True for a name no publication may be delivered under: empty, reserved by Socket.IO
+/// clients ([`RESERVED_SOCKETIO_EVENTS`]) or Herald's own (`herald:*`).
+pub fn is_reserved_socketio_event(name: &str) -> bool {
+    name.is_empty() || RESERVED_SOCKETIO_EVENTS.contains(&name) || name.starts_with("herald:")
 }
 
 /// A payload that does not satisfy its channel's schema.
@@ -343,6 +395,45 @@ fn build_descriptor(
             }
         }
     };
+    let socketio_event = match &ch.socketio {
+        None => SocketIoEvent::Channel,
+        Some(sio) => {
+            match (&sio.event, &sio.event_from) {
+                (Some(_), Some(_)) => {
+                    problems.push(
+                        label.clone(),
+                        "socketio",
+                        "set socketio.event or socketio.event_from, not both",
+                    );
+                    SocketIoEvent::Channel
+                }
+                (Some(name), None) => {
+                    if is_reserved_socketio_event(name) {
+                        problems.push(
+                            label.clone(),
+                            "socketio.event",
+                            format!(
+                                "{name:?} is reserved or empty (reserved: {}, herald:*)",
+                                RESERVED_SOCKETIO_EVENTS.join(", ")
+                            ),
+                        );
+                    }
+                    SocketIoEvent::Fixed(name.clone())
+                }
+                (None, Some(pointer)) => {
+                    if !pointer.starts_with('/') {
+                        problems.push(
+                        label.clone(),
+                        "socketio.event_from",
+                        format!("{pointer:?} is not a JSON pointer into the payload (e.g. \"/type\")"),
+                    );
+                    }
+                    SocketIoEvent::From(pointer.clone())
+                }
+                (None, None) => SocketIoEvent::Channel,
+            }
+        }
+    };
     let compiled = schema.and_then(|(value, field)| {
         compile_schema(&value, field, &label, problems).map(|v| (value, v))
     });
@@ -360,6 +451,7 @@ fn build_descriptor(
         history: ch.history.map(Into::into),
         presence: ch.presence,
         schema,
+        socketio_event,
         validator,
     })
 }

@@ -182,6 +182,17 @@ pub struct MemoryBroker {
     options: MemoryOptions,
     /// Open sessions per user (the per-user limit and the kick's count).
     sessions: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Resumable session states ([`Broker::resume_put`]).
+    resumable: Mutex<Resumable>,
+}
+
+/// Resumable session states by key, each with its owner and expiry. Expired entries are
+/// dropped when read and swept whenever the map has doubled since the last sweep, so it never
+/// holds more than twice the live entries.
+#[derive(Debug, Default)]
+struct Resumable {
+    entries: HashMap<String, (String, String, std::time::Instant)>,
+    swept_at_len: usize,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -220,6 +231,7 @@ impl MemoryBroker {
             retaining: AtomicUsize::new(0),
             options,
             sessions: Mutex::new(HashMap::new()),
+            resumable: Mutex::new(Resumable::default()),
         })
     }
 
@@ -599,6 +611,41 @@ impl Broker for MemoryBroker {
         // One node: its sink is every node there is.
         self.sink.kick(user);
         Ok(n)
+    }
+
+    async fn resume_put(
+        &self,
+        key: &str,
+        owner: &str,
+        state: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        let now = std::time::Instant::now();
+        let mut r = lock(&self.resumable);
+        if r.entries.len() >= (r.swept_at_len * 2).max(64) {
+            r.entries.retain(|_, (_, _, expires)| *expires > now);
+            r.swept_at_len = r.entries.len();
+        }
+        if let Some((held_by, _, expires)) = r.entries.get(key)
+            && *expires > now
+            && held_by != owner
+        {
+            return Ok(false);
+        }
+        r.entries.insert(
+            key.to_owned(),
+            (owner.to_owned(), state.to_owned(), now + ttl),
+        );
+        Ok(true)
+    }
+
+    async fn resume_take(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        let now = std::time::Instant::now();
+        Ok(lock(&self.resumable)
+            .entries
+            .remove(key)
+            .filter(|(_, _, expires)| *expires > now)
+            .map(|(_, state, _)| state))
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

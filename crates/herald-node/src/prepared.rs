@@ -40,6 +40,8 @@ pub struct Prepared {
     pub epoch: Arc<str>,
     /// For `pub`: the payload bytes as accepted.
     pub data: Option<Arc<RawValue>>,
+    /// For `pub`: who published it (`None`: the server), as in [`Publication::from`].
+    pub from: Option<Arc<RawValue>>,
     v1: String,
     lazy: [OnceLock<Box<dyn Any + Send + Sync>>; SLOTS],
 }
@@ -62,6 +64,7 @@ impl Prepared {
             offset: 0,
             epoch: Arc::from(""),
             data: None,
+            from: None,
             v1,
             lazy: Default::default(),
         }
@@ -73,6 +76,7 @@ impl Prepared {
             offset: p.offset,
             epoch: p.epoch.clone(),
             data: Some(p.data.clone()),
+            from: p.from.clone(),
             ..Self::new(FrameKind::Pub, p.channel.clone(), encode_pub(p))
         })
     }

@@ -90,6 +90,18 @@ return 1
 "#;
 
 /// Counts the user's sessions on live nodes and tells every node to close them.
+/// Resumable session state (`resume_put`): KEYS[1] the state; ARGV owner, state, ttl ms.
+/// Stored as `owner \n state`; a live key of another owner is left alone (0).
+const RESUME_PUT_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+local tag = ARGV[1] .. '\n'
+if cur and string.sub(cur, 1, #tag) ~= tag then
+  return 0
+end
+redis.call('SET', KEYS[1], tag .. ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
 const KICK_LUA: &str = r#"
 -- KEYS: user hash, nodes zset
 -- ARGV: now ms, control channel, message
@@ -270,6 +282,7 @@ struct Inner {
     node: String,
     session_open: Script,
     kick: Script,
+    resume_put: Script,
     beat: Script,
     reap: Script,
     /// `<prefix>:ch:`, stripped from every pub/sub message (computed once, not per message).
@@ -348,6 +361,7 @@ impl RedisBroker {
             node: random_id(12),
             session_open: Script::new(SESSION_OPEN_LUA),
             kick: Script::new(KICK_LUA),
+            resume_put: Script::new(RESUME_PUT_LUA),
             beat: Script::new(BEAT_LUA),
             reap: Script::new(REAP_LUA),
             channel_prefix: pubsub_channel(&opts_prefix, ""),
@@ -652,6 +666,35 @@ impl Broker for RedisBroker {
             .arg(format!("k {user}"));
         let n: u64 = timed(inv.invoke_async(&mut con)).await?;
         Ok(n as usize)
+    }
+
+    async fn resume_put(
+        &self,
+        key: &str,
+        owner: &str,
+        state: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        let mut con = self.inner.cmd.clone();
+        let mut inv = self.inner.resume_put.prepare_invoke();
+        inv.key(self.global_key(&format!("resume:{key}")))
+            .arg(owner)
+            .arg(state)
+            .arg(ttl.as_millis().max(1) as u64);
+        let stored: u64 = timed(inv.invoke_async(&mut con)).await?;
+        Ok(stored == 1)
+    }
+
+    async fn resume_take(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        let mut con = self.inner.cmd.clone();
+        let value: Option<String> = timed(
+            redis::cmd("GETDEL")
+                .arg(self.global_key(&format!("resume:{key}")))
+                .query_async(&mut con),
+        )
+        .await?;
+        // `owner \n state`: the owner is a client id, which holds no newline.
+        Ok(value.and_then(|v| v.split_once('\n').map(|(_, state)| state.to_owned())))
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

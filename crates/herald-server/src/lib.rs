@@ -3,7 +3,8 @@
 //! [`run`] takes an already bound listener and a shutdown future, so tests bind port 0 and only
 //! `main` touches real ports and signals. Inside:
 //! - [`transport`]: the doors into the session core of `herald-node`: protocol v1 over
-//!   WebSocket and Server-Sent Events, each a thin adapter (admit, translate, write);
+//!   WebSocket and Server-Sent Events, and Socket.IO v4, each a thin adapter (admit,
+//!   translate, write);
 //! - [`api`]: the server API for backends, health, readiness, metrics, the OpenAPI document;
 //! - [`http`]: the JSON error envelope for every route, and header parsing by the RFCs;
 //! - `demo`: the demo page (development only).
@@ -96,6 +97,12 @@ pub fn router(gw: Arc<Node>) -> Router {
         .route("/v1/ws", get(transport::ws::upgrade))
         .route("/v1/sse", get(transport::sse::stream))
         .route("/v1/sse/{session}", post(transport::sse::command))
+        .route(
+            "/socket.io/",
+            get(transport::socketio::handle)
+                .post(transport::socketio::handle)
+                .options(transport::socketio::preflight),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -105,6 +112,9 @@ pub fn router(gw: Arc<Node>) -> Router {
         app = app.merge(demo::routes());
     }
     app.fallback(api::not_found)
+        .layer(axum::Extension(Arc::new(
+            transport::socketio::Engines::default(),
+        )))
         .layer(axum::middleware::from_fn(http::check_singleton_headers))
         .layer(axum::middleware::from_fn(http::json_errors))
         .with_state(gw)

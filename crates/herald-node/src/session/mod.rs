@@ -86,6 +86,11 @@ pub struct Opening {
     pub resume: Vec<(String, Since)>,
     /// The session id of a request-routed transport, announced in the welcome.
     pub session: Option<Arc<str>>,
+    /// Recover every channel of `resume` or none (Socket.IO's `recovered` is one flag for the
+    /// whole connection): when any cannot be recovered (a gap too long, history gone, gate 2
+    /// now refusing), the session starts fresh like a new connection — the auto-subscriptions
+    /// at their current position, nothing replayed, the welcome saying nothing `recovered`.
+    pub all_or_nothing: bool,
 }
 
 /// One client's session.

@@ -25,6 +25,7 @@ struct Opened {
     channel: Arc<str>,
     result: HistoryResult,
     since: Option<Since>,
+    auto: bool,
 }
 
 impl Session {
@@ -57,6 +58,11 @@ impl Session {
                 wanted.push((Arc::from(channel), None, false));
             }
         }
+        let resumed: Vec<Arc<str>> = opening
+            .resume
+            .iter()
+            .map(|(c, _)| Arc::from(c.as_str()))
+            .collect();
         for (channel, since) in opening.resume {
             match wanted.iter_mut().find(|(c, ..)| **c == *channel) {
                 Some(w) => w.1 = Some(since),
@@ -72,6 +78,7 @@ impl Session {
                     channel,
                     result,
                     since,
+                    auto,
                 }),
                 Err(e) if auto => return Err(e),
                 Err(e) => {
@@ -82,6 +89,33 @@ impl Session {
         }
 
         let max = node.config.limits.max_recovery;
+        if opening.all_or_nothing {
+            let mut budget = replay_budget(self.handle().outbox.limit());
+            let resumed_refused = refused.iter().any(|(c, _)| resumed.contains(c));
+            let lost = opened.iter().any(|o| {
+                o.since.is_some()
+                    && !within_budget(
+                        recover(o.since.as_ref(), &o.result, max),
+                        &o.channel,
+                        &mut budget,
+                    )
+                    .0
+            });
+            if resumed_refused || lost {
+                // Not everything can be recovered: start fresh, as a new connection would
+                // (the auto-subscriptions at their current position, nothing replayed).
+                let mut fresh = Vec::new();
+                for o in opened {
+                    if o.auto {
+                        fresh.push(Opened { since: None, ..o });
+                    } else {
+                        self.detach(&o.channel).await;
+                    }
+                }
+                opened = fresh;
+                refused.retain(|(c, _)| !resumed.contains(c));
+            }
+        }
         // One budget for every channel resumed at once: their replays share the outbox.
         let mut budget = replay_budget(self.handle().outbox.limit());
         let decided: Vec<(bool, &[Publication])> = opened

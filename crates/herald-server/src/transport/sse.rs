@@ -19,7 +19,7 @@
 //! users, documented (`docs/protocol.md`) for programs that build one.
 
 use std::convert::Infallible;
-use std::io::{self, Write as _};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +28,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_core::protocol::{ClientFrame, ErrorCode, FrameKind, Goodbye, Since};
-use herald_node::{
-    CursorUpdate, Ending, Inbound, Node, Opening, Outgoing, Session, Transport, Wire,
-};
+use herald_core::protocol::{ClientFrame, ErrorCode, FrameKind, Goodbye};
+use herald_node::{Ending, Inbound, Node, Opening, Outgoing, Session, Transport, Wire};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::cursor::{self, Cursor};
 use super::{handshake, query_pairs, query_value, refused};
 use crate::api::ApiError;
 
@@ -81,7 +80,7 @@ pub async fn stream(
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
     });
-    let resume = match since.map(parse_cursor).transpose() {
+    let resume = match since.map(cursor::parse).transpose() {
         Ok(r) => r.unwrap_or_default(),
         Err(message) => return ApiError::new(ErrorCode::BadRequest, message).into_response(),
     };
@@ -106,12 +105,13 @@ pub async fn stream(
         body: body_tx,
         inbox,
         format,
-        cursor: Vec::new(),
+        cursor: Cursor::default(),
     };
     let opening = Opening {
         channels,
         resume,
         session: Some(key),
+        all_or_nothing: false,
     };
     node.tasks
         .spawn(Session::new(admitted).run(transport, opening));
@@ -197,80 +197,19 @@ pub async fn command(
     }
 }
 
-/// Parses a resume cursor: `channel:offset:epoch` entries joined by `,`.
-pub fn parse_cursor(text: &str) -> Result<Vec<(String, Since)>, String> {
-    let bad = || format!("malformed resume cursor {text:?} (expected channel:offset:epoch,…)");
-    text.split(',')
-        .filter(|e| !e.is_empty())
-        .map(|entry| {
-            let mut parts = entry.split(':');
-            let (Some(channel), Some(offset), Some(epoch), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                return Err(bad());
-            };
-            let offset = offset.parse::<u64>().map_err(|_| bad())?;
-            if channel.is_empty() || epoch.is_empty() {
-                return Err(bad());
-            }
-            Ok((
-                channel.to_owned(),
-                Since {
-                    offset,
-                    epoch: epoch.to_owned(),
-                },
-            ))
-        })
-        .collect()
-}
-
 /// The SSE (or NDJSON) wire of one session.
 pub struct SseTransport {
     body: mpsc::Sender<Bytes>,
     inbox: mpsc::Receiver<Inbound>,
     format: Format,
-    /// Channel → (offset, epoch) the client holds, in subscription order.
-    cursor: Vec<(Arc<str>, u64, Arc<str>)>,
+    /// Where the client stands on each channel (the `id:` of each event that moves it).
+    cursor: Cursor,
 }
 
 impl SseTransport {
-    fn apply(&mut self, update: &CursorUpdate) -> bool {
-        match update {
-            CursorUpdate::Keep => false,
-            CursorUpdate::Set(positions) => {
-                for (channel, pos) in positions {
-                    match self.cursor.iter_mut().find(|(c, ..)| c == channel) {
-                        Some(e) => {
-                            e.1 = pos.offset;
-                            e.2 = pos.epoch.clone();
-                        }
-                        None => self
-                            .cursor
-                            .push((channel.clone(), pos.offset, pos.epoch.clone())),
-                    }
-                }
-                true
-            }
-            CursorUpdate::Forget(channel) => {
-                self.cursor.retain(|(c, ..)| c != channel);
-                true
-            }
-        }
-    }
-
     fn write_id(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"id: ");
-        for (i, (channel, offset, epoch)) in self.cursor.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(channel.as_bytes());
-            out.push(b':');
-            // Formatted in place: this runs for every channel of every event of every session.
-            let _ = write!(out, "{offset}");
-            out.push(b':');
-            out.extend_from_slice(epoch.as_bytes());
-        }
+        self.cursor.write(out);
         out.push(b'\n');
     }
 
@@ -288,17 +227,14 @@ impl SseTransport {
         match item {
             Outgoing::Shared(p) => {
                 if p.kind == FrameKind::Pub {
-                    if let Some(e) = self.cursor.iter_mut().find(|(c, ..)| *c == p.channel) {
-                        e.1 = p.offset;
-                        e.2 = p.epoch.clone();
-                    }
+                    self.cursor.advance(&p.channel, p.offset, &p.epoch);
                     self.write_id(out);
                 }
                 let event: Bytes = p.cached(Wire::Sse, |p| event_bytes(p.kind, p.v1()));
                 out.extend_from_slice(&event);
             }
             Outgoing::Own(o) => {
-                if self.apply(&o.cursor) {
+                if self.cursor.apply(&o.cursor) {
                     self.write_id(out);
                 }
                 out.extend_from_slice(&event_bytes(o.kind, &o.json));
@@ -363,18 +299,6 @@ impl Transport for SseTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_bad_ones_are_refused() {
-        let c = parse_cursor("a.b:3:ep1,notifications.user.alice:0:x").unwrap();
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[0].0, "a.b");
-        assert_eq!(c[0].1.offset, 3);
-        assert_eq!(c[1].1.epoch, "x");
-        for bad in ["a.b", "a.b:x:e", "a.b:1", "a.b:1:e:z", ":1:e", "a:1:"] {
-            assert!(parse_cursor(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn multi_line_json_becomes_several_data_lines() {

@@ -2,7 +2,7 @@
 // or `websocket` to pin one): the code an existing Socket.IO app already has — `auth`,
 // `socket.on(channel, …)`, `emit(…, ack)`, `recovered` — talking to Herald's `/socket.io/`
 // (docs/socketio.md). Same cards as the @herald/client variant (./views.tsx).
-import { useEffect, useMemo, useState, useSyncExternalStore } from "react";
+import { useCallback, useEffect, useMemo, useState, useSyncExternalStore } from "react";
 import { io, type Socket } from "socket.io-client";
 import type { PublicationFrom } from "@herald/client";
 
@@ -66,13 +66,21 @@ const describe = (r: Reply) => `${r.error?.code ?? "error"}: ${r.error?.message 
 
 /** Connection state for the badge: the socket's, with the manager's reconnect attempts. */
 function useSocketState(socket: Socket): { state: string; attempt: number; transport: string } {
-  const snapshot = useSyncExternalStore(
-    (onChange) => {
-      const onUpgrade = () => onChange();
+  const subscribe = useCallback(
+    (onChange: () => void) => {
+      // The engine changes on every reconnect, and upgrades from polling to WebSocket after it
+      // connected: follow the current one.
+      let engine: Socket["io"]["engine"] | undefined;
+      const follow = () => {
+        engine?.off("upgrade", onChange);
+        engine = socket.io.engine;
+        engine?.on("upgrade", onChange);
+      };
       const onConnect = () => {
-        socket.io.engine.on("upgrade", onUpgrade);
+        follow();
         onChange();
       };
+      follow();
       const events = ["disconnect", "connect_error"] as const;
       socket.on("connect", onConnect);
       for (const e of events) socket.on(e, onChange);
@@ -81,15 +89,16 @@ function useSocketState(socket: Socket): { state: string; attempt: number; trans
         socket.off("connect", onConnect);
         for (const e of events) socket.off(e, onChange);
         socket.io.off("reconnect_attempt", onChange);
-        socket.io.engine?.off("upgrade", onUpgrade);
+        engine?.off("upgrade", onChange);
       };
     },
-    () => {
-      const state = socket.connected ? "connected" : socket.active ? "connecting" : "disconnected";
-      const attempt = socket.connected ? 0 : (attemptOf.get(socket) ?? 0);
-      return `${state}|${attempt}|${socket.connected ? socket.io.engine.transport.name : ""}`;
-    },
+    [socket],
   );
+  const snapshot = useSyncExternalStore(subscribe, () => {
+    const state = socket.connected ? "connected" : socket.active ? "connecting" : "disconnected";
+    const attempt = socket.connected ? 0 : (attemptOf.get(socket) ?? 0);
+    return `${state}|${attempt}|${socket.connected ? socket.io.engine.transport.name : ""}`;
+  });
   const [state, attempt, transport] = snapshot.split("|") as [string, string, string];
   return { state, attempt: Number(attempt), transport };
 }

@@ -414,16 +414,22 @@ pub async fn sessions_are_counted_per_user_and_kicked(s: Subject, rec: Arc<Recor
 }
 
 /// Resumable session state (Socket.IO recovery): stored for its owner, never overwritten by
-/// another owner while it lives, taken at most once, gone after its TTL.
+/// another owner while it lives, taken at most once (the taker then holds the key and the old
+/// owner's late writes are refused), gone after its TTL.
 pub async fn resumable_state_is_owned_taken_once_and_expires(s: Subject, _rec: Arc<Recorder>) {
     let key = channel("pid");
     let b = &s.broker;
     let long = Duration::from_secs(60);
     assert_eq!(
-        b.resume_take(&key).await.unwrap(),
+        b.resume_take(&key, "c0", long).await.unwrap(),
         None,
         "nothing stored yet"
     );
+    assert!(
+        !b.resume_put(&key, "c1", "state-0", long).await.unwrap(),
+        "the key is held by the session that looked for it"
+    );
+    let key = channel("pid");
     assert!(b.resume_put(&key, "c1", "state-1", long).await.unwrap());
     assert!(
         b.resume_put(&key, "c1", "state-2", long).await.unwrap(),
@@ -434,15 +440,19 @@ pub async fn resumable_state_is_owned_taken_once_and_expires(s: Subject, _rec: A
         "another owner's write is refused"
     );
     assert_eq!(
-        b.resume_take(&key).await.unwrap().as_deref(),
+        b.resume_take(&key, "c2", long).await.unwrap().as_deref(),
         Some("state-2")
     );
-    assert_eq!(b.resume_take(&key).await.unwrap(), None, "taken once");
-    // Taken: the resumed session (a new owner) now holds the key; the old one cannot write.
-    assert!(b.resume_put(&key, "c2", "resumed", long).await.unwrap());
-    assert!(!b.resume_put(&key, "c1", "late", long).await.unwrap());
     assert_eq!(
-        b.resume_take(&key).await.unwrap().as_deref(),
+        b.resume_take(&key, "c3", long).await.unwrap(),
+        None,
+        "taken once"
+    );
+    // Taken by c2 then c3: the old owner's late write is refused, the holder's accepted.
+    assert!(!b.resume_put(&key, "c1", "late", long).await.unwrap());
+    assert!(b.resume_put(&key, "c3", "resumed", long).await.unwrap());
+    assert_eq!(
+        b.resume_take(&key, "c4", long).await.unwrap().as_deref(),
         Some("resumed")
     );
 
@@ -453,7 +463,14 @@ pub async fn resumable_state_is_owned_taken_once_and_expires(s: Subject, _rec: A
             .unwrap()
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(b.resume_take(&short).await.unwrap(), None, "expired");
+    assert_eq!(
+        b.resume_take(&short, "c2", Duration::from_millis(200))
+            .await
+            .unwrap(),
+        None,
+        "expired"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         b.resume_put(&short, "c9", "y", long).await.unwrap(),
         "an expired key is anyone's"

@@ -203,9 +203,16 @@ pub trait Broker: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<bool, BrokerError>;
 
-    /// Takes (returns and deletes) the state under `key`, so one state resumes at most one
-    /// session. `None` when there is none or it expired.
-    async fn resume_take(&self, key: &str) -> Result<Option<String>, BrokerError>;
+    /// Takes the state under `key` for the session `owner` that resumes it: returns it and
+    /// leaves an empty state held by `owner` for `ttl`, so one state resumes at most one
+    /// session and the old holder's late writes are refused (the resumed session writes its
+    /// own under the same key). `None` when there is none, it expired, or it was taken.
+    async fn resume_take(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError>;
 
     /// Whether the backend is reachable (drives `/readyz`).
     async fn health(&self) -> Result<(), BrokerError>;

@@ -639,13 +639,20 @@ impl Broker for MemoryBroker {
         Ok(true)
     }
 
-    async fn resume_take(&self, key: &str) -> Result<Option<String>, BrokerError> {
+    async fn resume_take(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError> {
         let now = std::time::Instant::now();
-        Ok(lock(&self.resumable)
+        let mut r = lock(&self.resumable);
+        let state = r
             .entries
-            .remove(key)
-            .filter(|(_, _, expires)| *expires > now)
-            .map(|(_, state, _)| state))
+            .insert(key.to_owned(), (owner.to_owned(), String::new(), now + ttl))
+            .filter(|(_, state, expires)| *expires > now && !state.is_empty())
+            .map(|(_, state, _)| state);
+        Ok(state)
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

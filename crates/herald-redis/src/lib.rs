@@ -102,6 +102,21 @@ redis.call('SET', KEYS[1], tag .. ARGV[2], 'PX', ARGV[3])
 return 1
 "#;
 
+/// Resumable session state (`resume_take`): KEYS[1] the state; ARGV new owner, ttl ms.
+/// Returns the state (false when none or empty) and leaves an empty one held by the new owner.
+const RESUME_TAKE_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1] .. '\n', 'PX', ARGV[2])
+if not cur then
+  return false
+end
+local nl = string.find(cur, '\n', 1, true)
+if not nl or nl == #cur then
+  return false
+end
+return string.sub(cur, nl + 1)
+"#;
+
 const KICK_LUA: &str = r#"
 -- KEYS: user hash, nodes zset
 -- ARGV: now ms, control channel, message
@@ -283,6 +298,7 @@ struct Inner {
     session_open: Script,
     kick: Script,
     resume_put: Script,
+    resume_take: Script,
     beat: Script,
     reap: Script,
     /// `<prefix>:ch:`, stripped from every pub/sub message (computed once, not per message).
@@ -362,6 +378,7 @@ impl RedisBroker {
             session_open: Script::new(SESSION_OPEN_LUA),
             kick: Script::new(KICK_LUA),
             resume_put: Script::new(RESUME_PUT_LUA),
+            resume_take: Script::new(RESUME_TAKE_LUA),
             beat: Script::new(BEAT_LUA),
             reap: Script::new(REAP_LUA),
             channel_prefix: pubsub_channel(&opts_prefix, ""),
@@ -685,16 +702,18 @@ impl Broker for RedisBroker {
         Ok(stored == 1)
     }
 
-    async fn resume_take(&self, key: &str) -> Result<Option<String>, BrokerError> {
+    async fn resume_take(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError> {
         let mut con = self.inner.cmd.clone();
-        let value: Option<String> = timed(
-            redis::cmd("GETDEL")
-                .arg(self.global_key(&format!("resume:{key}")))
-                .query_async(&mut con),
-        )
-        .await?;
-        // `owner \n state`: the owner is a client id, which holds no newline.
-        Ok(value.and_then(|v| v.split_once('\n').map(|(_, state)| state.to_owned())))
+        let mut inv = self.inner.resume_take.prepare_invoke();
+        inv.key(self.global_key(&format!("resume:{key}")))
+            .arg(owner)
+            .arg(ttl.as_millis().max(1) as u64);
+        timed(inv.invoke_async(&mut con)).await
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

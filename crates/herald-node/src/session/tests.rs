@@ -388,3 +388,81 @@ async fn resuming_at_connect_replays_then_goes_live() {
     }
     drop(to_session);
 }
+
+/// `all_or_nothing` (Socket.IO's one `recovered` flag): when one resumed channel cannot be
+/// recovered, none is — the explicit ones are dropped, the auto-subscription stays at its
+/// current position, nothing is replayed, and the welcome says nothing `recovered`. When all
+/// can be, it is the ordinary resume.
+#[tokio::test(start_paused = true)]
+async fn all_or_nothing_resume() {
+    let node = node("");
+    let mut first = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(first.next().await["type"], "welcome");
+    let r = first.subscribe("chat.room.1").await;
+    let epoch = r["epoch"].as_str().unwrap().to_owned();
+    let r = first
+        .request(|id| ClientFrame::Publish {
+            id,
+            channel: "chat.room.1".into(),
+            data: RawJson::from_value(&json!({"text": "1"})),
+        })
+        .await;
+    assert_eq!(r["ok"], true);
+    let open = |resume: Vec<(String, Since)>| {
+        let admitted = admit(&node, "alice", Duration::from_secs(3600));
+        let (to_session, inbound) = mpsc::unbounded_channel();
+        let (outbound, from_session) = mpsc::unbounded_channel();
+        let transport = MemTransport {
+            inbound,
+            outbound,
+            ended: None,
+            answers_pings: true,
+        };
+        let opening = Opening {
+            resume,
+            all_or_nothing: true,
+            ..Opening::default()
+        };
+        tokio::spawn(Session::new(admitted).run(transport, opening));
+        (to_session, from_session)
+    };
+    let since = |offset, epoch: &str| Since {
+        offset,
+        epoch: epoch.to_owned(),
+    };
+    // chat.room.1 can be recovered, chat.room.2 cannot (an epoch that never was).
+    let (_keep, mut rx) = open(vec![
+        ("chat.room.1".into(), since(0, &epoch)),
+        ("chat.room.2".into(), since(5, "gone")),
+    ]);
+    let welcome: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    let subs = welcome["subscriptions"].as_array().unwrap();
+    let channels: Vec<&str> = subs
+        .iter()
+        .map(|s| s["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, ["notifications.user.alice"], "{welcome}");
+    assert!(subs.iter().all(|s| s["recovered"] != true), "{welcome}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), rx.recv())
+            .await
+            .is_err(),
+        "nothing replayed"
+    );
+    // Every channel recoverable: replayed as usual.
+    let (_keep, mut rx) = open(vec![("chat.room.1".into(), since(0, &epoch))]);
+    let welcome: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    let sub = welcome["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["channel"] == "chat.room.1")
+        .cloned()
+        .unwrap();
+    assert_eq!(sub["recovered"], true);
+    let p: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    assert_eq!(
+        (p["type"].clone(), p["offset"].clone()),
+        (json!("pub"), json!(1))
+    );
+}

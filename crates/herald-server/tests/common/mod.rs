@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod sio;
 pub mod sse;
 
 use std::net::SocketAddr;

@@ -171,10 +171,13 @@ impl SocketIoTransport {
     ) -> (Self, Opening) {
         let recovery = !node.config.socketio.max_disconnection.is_zero();
         let user = admitted.identity.user.clone();
+        let client = admitted.slot.handle().id.clone();
         let mut resume = Vec::new();
         let mut resuming = None;
         if let (true, Some(pid)) = (recovery, auth.pid.as_deref()) {
-            let taken = tokio::time::timeout(BROKER_TIMEOUT, node.broker.resume_take(pid)).await;
+            let ttl = node.config.socketio.max_disconnection;
+            let take = node.broker.resume_take(pid, &client, ttl);
+            let taken = tokio::time::timeout(BROKER_TIMEOUT, take).await;
             let state = match taken {
                 Ok(Ok(Some(text))) => serde_json::from_str::<Resumable>(&text).ok(),
                 Ok(Ok(None)) => None,
@@ -200,7 +203,7 @@ impl SocketIoTransport {
         let transport = Self {
             engine,
             node: node.clone(),
-            client: admitted.slot.handle().id.clone(),
+            client,
             user,
             cursor: Cursor::default(),
             floors: Cursor::default(),

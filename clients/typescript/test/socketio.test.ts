@@ -184,6 +184,8 @@ describe.each(MODES)("socket.io-client 4.8 over $name", (mode) => {
     expect(c.disconnects).toEqual(["io server disconnect"]);
     const goodbye = await c.next("herald:disconnect");
     expect(goodbye[0]).toMatchObject({ code: 4403, reconnect: false });
+    // The app hears why before it hears that the connection ended.
+    expect(c.timeline).toEqual(["(connect)", "herald:disconnect", "(disconnect: io server disconnect)"]);
     // Well past the reconnection delay (100-300 ms here): still no attempt.
     await sleep(800);
     expect(c.reconnectAttempts).toEqual([]);
@@ -214,6 +216,53 @@ describe.each(MODES)("socket.io-client 4.8 over $name", (mode) => {
       expect(err.data).toMatchObject({ code: "unauthorized", message: expect.any(String) });
       expect(t.events).toEqual([]);
     }
+  });
+
+  it("after connect_error the app can set a good token and connect() again, as socket.io apps do", async () => {
+    const dave = fresh("dave");
+    const t = tapped(gw.http, mode, { auth: { token: "expired-or-bad" } });
+    open.push(t);
+    await until(() => t.connectErrors.length > 0, 10_000, "connect_error");
+    expect(t.connectErrors[0]!.message).toBe("unauthorized");
+    t.socket.auth = { token: gw.token(dave) };
+    t.socket.connect();
+    await connected(t, mode);
+    await gw.publish(`notifications.user.${dave}`, { type: "system", text: "welcome back" });
+    expect((await t.next(`notifications.user.${dave}`))[0]).toEqual({ type: "system", text: "welcome back" });
+  });
+
+  it("token expiry lets the client reconnect (a fresh token from its auth function) and recover; refresh in an ack", async () => {
+    const erin = fresh("erin");
+    const notifications = `notifications.user.${erin}`;
+    let tokens = 0;
+    // The first token expires in 1 s; every later one (the reconnect's) lives an hour.
+    const t = tapped(gw.http, mode, { auth: (cb) => cb({ token: gw.token(erin, { ttlSeconds: tokens++ === 0 ? 1 : 3600 }) }) });
+    open.push(t);
+    await connected(t, mode);
+    const sent = await gw.publish(notifications, { type: "system", text: "before expiry" });
+    await t.next(notifications);
+    await until(() => t.disconnects.length > 0, 5_000, "the disconnect at exp");
+    expect(t.disconnects).toEqual(["transport close"]);
+    expect((await t.next("herald:disconnect"))[0]).toMatchObject({ code: 4001, reconnect: true });
+    await connected(t, mode, 2);
+    // The app hears why before it hears that the connection ended (not after the reconnect).
+    expect(t.timeline.slice(0, 5)).toEqual([
+      "(connect)",
+      notifications,
+      "herald:disconnect",
+      "(disconnect: transport close)",
+      "(connect)",
+    ]);
+    expect(t.recovered).toEqual([false, true]);
+    expect(tokens).toBe(2);
+    const after = await gw.publish(notifications, { type: "system", text: "after" });
+    expect(metaOf(await t.next(notifications, isText("after"))).offset).toBe(sent.offset + 1);
+    expect(after.offset).toBe(sent.offset + 1);
+
+    // `refresh` with another user's token is refused; with the same user's, accepted.
+    expect(await t.ack("refresh", { token: gw.token(fresh("mallory")) })).toMatchObject({ ok: false });
+    expect(await t.ack("refresh", { token: gw.token(erin) })).toMatchObject({ ok: true });
+    expect(t.transport).toBe(mode.transport);
   });
 
   it("events named by the payload's type (socketio.event_from) and by a fixed name (socketio.event)", async () => {

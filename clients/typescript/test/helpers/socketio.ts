@@ -73,11 +73,22 @@ export class Tap {
   /** The engine's transport when each engine opened (before any upgrade). */
   readonly openedOn: string[] = [];
   readonly reconnectAttempts: number[] = [];
+  /** Events, connects and disconnects in the order the application saw them. */
+  readonly timeline: string[] = [];
 
   constructor(readonly socket: Socket) {
-    socket.onAny((event: string, ...args: unknown[]) => this.events.push({ event, args }));
-    socket.on("connect", () => this.recovered.push(socket.recovered));
-    socket.on("disconnect", (reason) => this.disconnects.push(reason));
+    socket.onAny((event: string, ...args: unknown[]) => {
+      this.events.push({ event, args });
+      this.timeline.push(event);
+    });
+    socket.on("connect", () => {
+      this.recovered.push(socket.recovered);
+      this.timeline.push("(connect)");
+    });
+    socket.on("disconnect", (reason) => {
+      this.disconnects.push(reason);
+      this.timeline.push(`(disconnect: ${reason})`);
+    });
     socket.on("connect_error", (err) => this.connectErrors.push(err));
     socket.io.on("open", () => this.openedOn.push(socket.io.engine.transport.name));
     socket.io.on("reconnect_attempt", (n) => this.reconnectAttempts.push(n));
@@ -127,12 +138,13 @@ export function tapped(url: string, mode: Mode, opts: ClientOptions = {}): Tap {
 }
 
 /**
- * Waits until the socket has connected `connects` times (failing with the `connect_error` if
+ * Waits until the socket has connected `connects` times (failing with a new `connect_error` if
  * the first connect is refused); in the default mode, also until the engine has upgraded from
  * polling to WebSocket.
  */
 export async function connected(tap: Tap, mode: Mode, connects = 1): Promise<void> {
-  const refused = () => connects === 1 && tap.connectErrors.length > 0;
+  const errorsBefore = tap.connectErrors.length;
+  const refused = () => connects === 1 && tap.connectErrors.length > errorsBefore;
   await until(() => tap.connects >= connects || refused(), 10_000, `connect #${connects}`);
   if (tap.connects < connects) {
     const err = tap.connectErrors.at(-1)!;

@@ -3,6 +3,7 @@
 // and the default (polling, then the upgrade to WebSocket). The contract is docs/socketio.md.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { io } from "socket.io-client";
+import WebSocket from "ws";
 
 import { Gateway, sleep, until } from "./helpers/gateway.js";
 import { connected, metaOf, MODES, SOCKETIO_CHANNELS, tapped, Tap, FAST, type Mode } from "./helpers/socketio.js";
@@ -302,6 +303,39 @@ describe.each(MODES)("socket.io-client 4.8 over $name", (mode) => {
 });
 
 describe("socket.io-client 4.8 on the Socket.IO endpoint itself", () => {
+  // The exchange socket.io-client 4.8 had in Chromium when the demo page subscribed at connect
+  // (two `subscribe` POSTs while the engine probed WebSocket, then `5`), replayed packet by
+  // packet so its timing is deterministic: every command the gateway answered 200 must be
+  // answered, on whichever transport is current.
+  it("commands POSTed while the engine upgrades are all answered after the upgrade", async () => {
+    const base = `${gw.http}/socket.io/?EIO=4&transport=polling`;
+    const open = await (await fetch(base)).text();
+    const sid = (JSON.parse(open.slice(1)) as { sid: string }).sid;
+    const post = async (body: string) => (await fetch(`${base}&sid=${sid}`, { method: "POST", body })).status;
+    expect(await post(`40${JSON.stringify({ token: gw.token("upgrader") })}`)).toBe(200);
+    expect(await (await fetch(`${base}&sid=${sid}`)).text()).toMatch(/^40\{"sid":/);
+
+    const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
+    const received: string[] = [];
+    ws.on("message", (m) => received.push(String(m)));
+    await new Promise((ok, fail) => (ws.once("open", ok), ws.once("error", fail)));
+    try {
+      const pending = fetch(`${base}&sid=${sid}`).then((r) => r.text());
+      ws.send("2probe");
+      await until(() => received.includes("3probe"), 5_000, "3probe");
+      expect(await pending).toBe("6"); // the pending poll ends with a noop
+      expect(await post('420["subscribe",{"channel":"chat.room.upgrade-a"}]')).toBe(200);
+      expect(await post('421["subscribe",{"channel":"chat.room.upgrade-b"}]')).toBe(200);
+      await sleep(50);
+      ws.send("5");
+      const acks = () => received.filter((p) => p.startsWith("43"));
+      await until(() => acks().length >= 2, 3_000, `both acks (got ${JSON.stringify(received)})`).catch(() => {});
+      expect(acks().map((p) => JSON.parse(p.replace(/^43\d+/, ""))[0].channel)).toEqual(["chat.room.upgrade-a", "chat.room.upgrade-b"]);
+    } finally {
+      ws.close();
+    }
+  });
+
   it("another namespace gets connect_error 'Invalid namespace'", async () => {
     const s = io(`${gw.http}/other`, { forceNew: true, transports: ["websocket"], auth: { token: gw.token("nsp-user") }, ...FAST });
     const t = new Tap(s);

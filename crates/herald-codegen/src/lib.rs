@@ -8,13 +8,18 @@
 //! [`schema`]: the subset of JSON Schema a payload contract uses (objects, arrays, enums, `const`,
 //! unions, nullable types, local `$ref`s); anything it cannot express becomes `unknown`, never a
 //! type narrower than the schema. No I/O here: the caller reads the config and writes the file.
+//!
+//! The same module carries the Socket.IO event maps (`ServerToClientEvents`,
+//! `ClientToServerEvents`, docs/socketio.md) for typed `socket.io-client` code:
+//! `io(url) as Socket<ServerToClientEvents, ClientToServerEvents>`.
 
 mod schema;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use herald_core::registry::Registry;
+use herald_core::registry::{Registry, SocketIoEvent};
+use serde_json::Value;
 
 use schema::{Emitter, to_pascal_case};
 
@@ -40,6 +45,7 @@ pub fn typescript(registry: &Registry, source: &str) -> String {
         }
         entries.push((d.pattern.as_str().to_owned(), d.pattern.is_template(), name));
     }
+    let socketio = socketio_maps(registry, &entries);
     out.push_str("/** Every channel of the registry, by name, with its payload type. */\n");
     out.push_str("export interface HeraldChannels {\n");
     for (pattern, is_template, name) in &entries {
@@ -52,6 +58,149 @@ pub fn typescript(registry: &Registry, source: &str) -> String {
     out.push_str("}\n\n");
     out.push_str("/** A channel name the registry accepts. */\n");
     out.push_str("export type HeraldChannel = keyof HeraldChannels & string;\n");
+    out.push_str(&socketio);
+    out
+}
+
+/// The fixed part of the Socket.IO maps: the metadata argument, replies, and Herald's own
+/// events and commands.
+const SOCKETIO_COMMON: &str = r#"
+/** Socket.IO: the second argument of every publication event. */
+export interface HeraldEventMeta {
+  channel: string;
+  offset: number;
+  epoch: string;
+  from: { user?: string; client: string } | { server: true };
+}
+
+/** Socket.IO: the argument of every ack (a protocol v1 reply). */
+export interface HeraldReply {
+  type: "reply";
+  id: number;
+  ok: boolean;
+  error?: { code: string; message: string; pointer?: string };
+  [field: string]: unknown;
+}
+
+/** Socket.IO: a publication handler (`offset` is the recovery cursor; handlers may omit it). */
+export type HeraldHandler<T> = (data: T, meta: HeraldEventMeta, offset: string) => void;
+
+/** Socket.IO: an ack callback. */
+export type HeraldAck = (reply: HeraldReply) => void;
+"#;
+
+/// `ServerToClientEvents` and `ClientToServerEvents` for the registry. Each channel's
+/// publications are keyed by its Socket.IO event name: the channel name (template-literal
+/// for templates), the fixed `socketio.event`, or with `socketio.event_from` one key per value
+/// the schema allows at that pointer (the union member for each), falling back to the
+/// channel's own key (publications whose payload has no string there).
+fn socketio_maps(registry: &Registry, entries: &[(String, bool, String)]) -> String {
+    let mut out = String::from(SOCKETIO_COMMON);
+    out.push_str(
+        "\n/** Socket.IO events the server emits (docs/socketio.md), for `socket.io-client`. */\n",
+    );
+    out.push_str("export interface ServerToClientEvents {\n");
+    let channel_key = |pattern: &str, is_template: bool| {
+        if is_template {
+            format!("[event: `{}`]", template_literal(pattern))
+        } else {
+            schema::quote(pattern)
+        }
+    };
+    let mut publishable = Vec::new();
+    for (d, (pattern, is_template, name)) in registry.descriptors().iter().zip(entries) {
+        let own = channel_key(pattern, *is_template);
+        match &d.socketio_event {
+            SocketIoEvent::Channel => {
+                let _ = writeln!(out, "  {own}: HeraldHandler<{name}>;");
+            }
+            SocketIoEvent::Fixed(event) => {
+                let _ = writeln!(out, "  {}: HeraldHandler<{name}>;", schema::quote(event));
+            }
+            SocketIoEvent::From(pointer) => {
+                let field = pointer.strip_prefix('/').filter(|f| !f.contains('/'));
+                let values = field
+                    .map(|f| discriminator_values(&d.schema, f))
+                    .unwrap_or_default();
+                for v in &values {
+                    let _ = writeln!(
+                        out,
+                        "  {}: HeraldHandler<{name} & {{ {}: {} }}>;",
+                        schema::quote(v),
+                        schema::quote(field.unwrap_or_default()),
+                        schema::quote(v)
+                    );
+                }
+                let _ = writeln!(out, "  {own}: HeraldHandler<{name}>;");
+            }
+        }
+        if d.publish.is_some() {
+            publishable.push((own, name.clone()));
+        }
+    }
+    out.push_str(
+        "  \"herald:join\": (frame: { type: \"join\"; channel: string; user?: string; client: string }) => void;\n\
+         \x20 \"herald:leave\": (frame: { type: \"leave\"; channel: string; user?: string; client: string }) => void;\n\
+         \x20 \"herald:unsubscribed\": (frame: { type: \"unsubscribed\"; channel: string; reason: string }) => void;\n\
+         \x20 \"herald:error\": (frame: { type: \"error\"; channel?: string; error: { code: string; message: string; pointer?: string } }) => void;\n\
+         \x20 \"herald:disconnect\": (frame: { type: \"disconnect\"; code: number; reason: string; reconnect: boolean }) => void;\n}\n",
+    );
+    out.push_str(
+        "\n/** Socket.IO events a client may emit: the commands, and a publication to each channel that\n\
+         \x20* allows client publishing (gate 3). */\n\
+         export interface ClientToServerEvents {\n\
+         \x20 subscribe: (arg: { channel: HeraldChannel; since?: { offset: number; epoch: string } }, ack?: HeraldAck) => void;\n\
+         \x20 unsubscribe: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;\n\
+         \x20 publish: (arg: { [C in HeraldChannel]: { channel: C; data: HeraldChannels[C] } }[HeraldChannel], ack?: HeraldAck) => void;\n\
+         \x20 presence: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;\n\
+         \x20 refresh: (arg: { token: string }, ack?: HeraldAck) => void;\n",
+    );
+    for (key, name) in publishable {
+        let _ = writeln!(out, "  {key}: (data: {name}, ack?: HeraldAck) => void;");
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// The string values a payload schema allows for the top-level property `field`: its `const`
+/// or `enum` strings, at the root or in each `oneOf`/`anyOf` member (local `$ref`s followed).
+/// Empty when the schema does not pin them (the event then keeps the channel's name only).
+fn discriminator_values(schema: &Value, field: &str) -> Vec<String> {
+    fn resolve<'a>(root: &'a Value, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) if r.starts_with("#/") => root.pointer(&r[1..]).unwrap_or(v),
+            _ => v,
+        }
+    }
+    fn collect(root: &Value, v: &Value, field: &str, out: &mut Vec<String>) {
+        let v = resolve(root, v);
+        if let Some(p) = v.get("properties").and_then(|p| p.get(field)) {
+            let p = resolve(root, p);
+            if let Some(c) = p.get("const").and_then(Value::as_str) {
+                out.push(c.to_owned());
+            }
+            for e in p
+                .get("enum")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(e) = e.as_str() {
+                    out.push(e.to_owned());
+                }
+            }
+        }
+        for key in ["oneOf", "anyOf"] {
+            for member in v.get(key).and_then(Value::as_array).into_iter().flatten() {
+                collect(root, member, field, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    collect(schema, schema, field, &mut out);
+    out.retain(|v| !herald_core::registry::is_reserved_socketio_event(v));
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -162,6 +311,55 @@ mod tests {
         assert!(ts.contains("export type AB = string;"), "{ts}");
         assert!(ts.contains("export type AB2 = number;"), "{ts}");
         assert!(ts.contains("[channel: `a.${string}.b`]: AB2;"), "{ts}");
+    }
+
+    #[test]
+    fn socketio_event_maps() {
+        let ts = generate(
+            r##"
+            [auth]
+            hs256_secret = "s"
+            [[channel]]
+            name = "blog.article.feed"
+            scope = "public"
+            schema = { type = "object" }
+            [[channel]]
+            name = "orders.user.{userId}"
+            scope = "user"
+            socketio = { event_from = "/type" }
+            schema = { oneOf = [ { type = "object", properties = { type = { const = "order.updated" } } }, { "$ref" = "#/$defs/created" } ], "$defs" = { created = { type = "object", properties = { type = { enum = ["order.created", "disconnect"] } } } } }
+            [[channel]]
+            name = "alerts"
+            scope = "public"
+            socketio = { event = "alert" }
+            schema = { type = "object" }
+            [[channel]]
+            name = "chat.room.{roomId}"
+            scope = "authenticated"
+            publish = "authenticated"
+            schema = { type = "object" }
+            "##,
+        );
+        for line in [
+            "  \"blog.article.feed\": HeraldHandler<BlogArticleFeed>;",
+            "  \"order.created\": HeraldHandler<OrdersUser & { \"type\": \"order.created\" }>;",
+            "  \"order.updated\": HeraldHandler<OrdersUser & { \"type\": \"order.updated\" }>;",
+            "  [event: `orders.user.${string}`]: HeraldHandler<OrdersUser>;",
+            "  \"alert\": HeraldHandler<Alerts>;",
+            "  [event: `chat.room.${string}`]: (data: ChatRoom, ack?: HeraldAck) => void;",
+            "export interface ServerToClientEvents {",
+            "export interface ClientToServerEvents {",
+        ] {
+            assert!(ts.contains(line), "missing {line:?} in\n{ts}");
+        }
+        assert!(
+            !ts.contains("\"disconnect\": HeraldHandler"),
+            "reserved names never become keys"
+        );
+        assert!(
+            !ts.contains("\"blog.article.feed\": (data"),
+            "not client-publishable"
+        );
     }
 
     #[test]

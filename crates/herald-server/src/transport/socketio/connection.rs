@@ -39,7 +39,10 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Runs one engine: CONNECT, then the session. Removes the engine from `engines` at the end.
 pub async fn run(node: Arc<Node>, engines: Arc<Engines>, mut engine: Engine, creds: Credentials) {
     let sid = engine.shared().map(|s| s.sid.clone());
-    match connect(&node, &mut engine, &creds).await {
+    let connected = connect(&node, &mut engine, &creds).await;
+    // Not needed after CONNECT: freed rather than held for the connection's life.
+    drop(creds);
+    match connected {
         Some((admitted, auth)) => {
             let (transport, opening) =
                 SocketIoTransport::open(&node, engine, &admitted, auth).await;

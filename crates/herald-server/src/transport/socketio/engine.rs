@@ -246,6 +246,8 @@ pub struct Engine {
     socket: Option<Box<Socket>>,
     /// Packets of a POST body not read yet.
     pending: VecDeque<String>,
+    /// Packets no poll took before the upgrade: they leave first on the socket.
+    unsent: VecDeque<String>,
 }
 
 impl Engine {
@@ -270,6 +272,7 @@ impl Engine {
             inbox: Some(rx),
             socket: None,
             pending: VecDeque::new(),
+            unsent: VecDeque::new(),
         };
         (engine, shared)
     }
@@ -281,6 +284,7 @@ impl Engine {
             inbox: None,
             socket: Some(Box::new(socket)),
             pending: VecDeque::new(),
+            unsent: VecDeque::new(),
         }
     }
 
@@ -290,29 +294,49 @@ impl Engine {
     }
 
     /// Takes over an upgraded socket, if the probe handed one: polls are refused from now on,
-    /// and packets no poll took leave on the socket.
-    async fn switch_if_upgraded(&mut self) -> io::Result<()> {
+    /// and packets no poll took wait in `unsent` for the socket. No await: nothing is lost
+    /// when the caller's future is dropped.
+    fn switch_if_upgraded(&mut self) {
         let Some(shared) = &self.shared else {
-            return Ok(());
+            return;
         };
         let Some(socket) = lock(&shared.upgrade).take() else {
-            return Ok(());
+            return;
         };
-        let left = {
+        {
             let mut out = lock(&shared.out);
             out.on_websocket = true;
             out.upgrading = false;
-            std::mem::take(&mut out.packets)
-        };
+            self.unsent.extend(out.packets.drain(..));
+        }
         // A poll still waiting returns (refused: the transport changed).
         shared.readable.notify_one();
         self.socket = Some(socket);
         self.inbox = None;
-        let mut left = left;
-        if left.is_empty() {
-            Ok(())
-        } else {
-            self.write(&mut left).await
+    }
+
+    /// Writes `unsent` to the socket. Cancel-safe: a packet leaves the queue only once the
+    /// socket took it, and a flush cut short is finished by the next one.
+    async fn flush_unsent(&mut self) -> io::Result<()> {
+        let Some(socket) = &mut self.socket else {
+            return Ok(());
+        };
+        if self.unsent.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            while let Some(p) = self.unsent.front() {
+                socket
+                    .feed(Message::Text(Utf8Bytes::from(p.clone())))
+                    .await?;
+                self.unsent.pop_front();
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
     }
 
@@ -323,7 +347,8 @@ impl Engine {
             if let Some(p) = self.pending.pop_front() {
                 return Read::Text(p);
             }
-            if self.switch_if_upgraded().await.is_err() {
+            self.switch_if_upgraded();
+            if self.flush_unsent().await.is_err() {
                 return Read::Gone;
             }
             if let Some(socket) = &mut self.socket {
@@ -355,11 +380,8 @@ impl Engine {
     /// flush; on polling, queued for the next poll and returned once a poll took them.
     /// `Err`: the client is gone or took nothing for [`WRITE_TIMEOUT`].
     pub async fn write(&mut self, packets: &mut Vec<String>) -> io::Result<()> {
-        Box::pin(self.write_inner(packets)).await
-    }
-
-    async fn write_inner(&mut self, packets: &mut Vec<String>) -> io::Result<()> {
-        self.switch_if_upgraded().await?;
+        self.switch_if_upgraded();
+        self.flush_unsent().await?;
         if let Some(socket) = &mut self.socket {
             let write = async {
                 for p in packets.drain(..) {
@@ -390,9 +412,9 @@ impl Engine {
                 _ = &mut taken => {}
                 _ = shared.upgraded.notified() => {
                     // Whatever no poll took leaves on the new socket.
-                    self.switch_if_upgraded().await?;
+                    self.switch_if_upgraded();
                     if self.socket.is_some() {
-                        return Ok(());
+                        return self.flush_unsent().await;
                     }
                 }
                 _ = shared.closed.cancelled() => return Err(io::ErrorKind::BrokenPipe.into()),
@@ -406,7 +428,10 @@ impl Engine {
     /// [`CLOSE_LINGER`]. The polling half is marked closed; the caller removes it from
     /// [`Engines`].
     pub async fn close(mut self, mut last: Vec<String>, broken: bool) {
-        let _ = self.switch_if_upgraded().await;
+        self.switch_if_upgraded();
+        if !broken {
+            let _ = self.flush_unsent().await;
+        }
         if let Some(socket) = &mut self.socket {
             let bye = async {
                 if !broken {
@@ -433,7 +458,7 @@ impl Engine {
             if !shared.closed.is_cancelled() {
                 last.push("1".into());
                 let bye = async {
-                    let _ = self.write_inner(&mut last).await;
+                    let _ = self.write(&mut last).await;
                 };
                 let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
             }

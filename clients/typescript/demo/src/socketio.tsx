@@ -3,9 +3,9 @@
 // `socket.on(channel, …)`, `emit(…, ack)`, `recovered` — talking to Herald's `/socket.io/`
 // (docs/socketio.md). Same cards as the @herald/client variant (./views.tsx).
 import { useCallback, useEffect, useMemo, useState, useSyncExternalStore } from "react";
-import { io, type Socket } from "socket.io-client";
-import type { PublicationFrom } from "@herald/client";
+import { io, type Socket as IoSocket } from "socket.io-client";
 
+import type { ClientToServerEvents, HeraldChannel, HeraldReply, ServerToClientEvents } from "./channels.js";
 import { Badge, ChatCard, FeedCard, NotificationsCard, ROOM, senderOf, useList, usersOf } from "./views.js";
 
 /** Whether the page was asked to use Socket.IO (`?transport=socketio`). */
@@ -20,13 +20,16 @@ function transportsFromQuery(): ("polling" | "websocket")[] | undefined {
   return names.length > 0 ? names : undefined;
 }
 
+/** A socket typed by the registry (`herald codegen typescript` writes both event maps). */
+export type Socket = IoSocket<ServerToClientEvents, ClientToServerEvents>;
+
 /** The manager's current reconnect attempt per socket (0 while connected). */
 const attemptOf = new WeakMap<Socket, number>();
 
 /** A socket to this page's gateway, not connected yet (the dashboard connects it). */
 export function socketIoClient(token: () => Promise<string>): Socket {
   const transports = transportsFromQuery();
-  const socket = io({
+  const socket: Socket = io({
     autoConnect: false,
     // A function, so every reconnect fetches a fresh token.
     auth: (cb) => {
@@ -44,25 +47,12 @@ export function socketIoClient(token: () => Promise<string>): Socket {
   return socket;
 }
 
-interface Meta {
-  channel: string;
-  offset: number;
-  epoch: string;
-  from: PublicationFrom;
-}
-
-interface Reply {
-  ok: boolean;
-  error?: { code: string; message: string };
-  clients?: Presence[];
-}
-
 interface Presence {
   client: string;
-  user: string | null;
+  user?: string | null;
 }
 
-const describe = (r: Reply) => `${r.error?.code ?? "error"}: ${r.error?.message ?? ""}`;
+const describe = (r: HeraldReply) => `${r.error?.code ?? "error"}: ${r.error?.message ?? ""}`;
 
 /** Connection state for the badge: the socket's, with the manager's reconnect attempts. */
 function useSocketState(socket: Socket): { state: string; attempt: number; transport: string } {
@@ -130,7 +120,7 @@ export function SocketIoDashboard({ socket, user }: { socket: Socket; user: stri
 function Notifications({ socket, user }: { socket: Socket; user: string }) {
   const [items, add] = useList<string>();
   const [missed, setMissed] = useState(false);
-  const channel = `notifications.user.${user}`;
+  const channel = `notifications.user.${user}` as const;
   useEffect(() => {
     let before = false;
     const onNotification = (n: { type: string; text?: string }) => add(`${n.type}: ${n.text ?? ""}`);
@@ -150,11 +140,11 @@ function Notifications({ socket, user }: { socket: Socket; user: string }) {
 }
 
 /** Subscribes on every connect that did not recover the subscription. */
-function useSubscription(socket: Socket, channel: string, onSubscribed: () => void, onError: (message: string) => void): void {
+function useSubscription(socket: Socket, channel: HeraldChannel, onSubscribed: () => void, onError: (message: string) => void): void {
   useEffect(() => {
     const subscribe = () => {
       if (socket.recovered) return onSubscribed();
-      socket.emit("subscribe", { channel }, (r: Reply) => (r.ok ? onSubscribed() : onError(describe(r))));
+      socket.emit("subscribe", { channel }, (r) => (r.ok ? onSubscribed() : onError(describe(r))));
     };
     socket.on("connect", subscribe);
     return () => {
@@ -185,17 +175,17 @@ function Chat({ socket }: { socket: Socket }) {
 
   // After every (re)subscription the presence list is fetched again; join/leave keep it current.
   const [fetchPresence] = useState(() => () => {
-    socket.emit("presence", { channel: ROOM }, (r: Reply) => (r.ok ? setPresent(r.clients ?? []) : setProblem(describe(r))));
+    socket.emit("presence", { channel: ROOM }, (r) => (r.ok ? setPresent((r["clients"] as Presence[] | undefined) ?? []) : setProblem(describe(r))));
   });
   useSubscription(socket, ROOM, fetchPresence, setProblem);
   useEffect(() => {
     // The sender shown is the one the gateway vouches for (`meta.from`), never a name inside
     // the payload.
-    const onMessage = (m: { text: string }, meta: Meta) => add(`${senderOf(meta.from)}: ${m.text}`);
-    const onJoin = (ev: Presence & { channel: string }) => {
+    const onMessage: ServerToClientEvents[typeof ROOM] = (m, meta) => add(`${senderOf(meta.from)}: ${m.text}`);
+    const onJoin: ServerToClientEvents["herald:join"] = (ev) => {
       if (ev.channel === ROOM) setPresent((xs) => [...xs.filter((c) => c.client !== ev.client), { client: ev.client, user: ev.user }]);
     };
-    const onLeave = (ev: Presence & { channel: string }) => {
+    const onLeave: ServerToClientEvents["herald:leave"] = (ev) => {
       if (ev.channel === ROOM) setPresent((xs) => xs.filter((c) => c.client !== ev.client));
     };
     socket.on(ROOM, onMessage);
@@ -212,7 +202,7 @@ function Chat({ socket }: { socket: Socket }) {
   // `emit("<channel>", data, ack)` is a client publish through the gateway's gate 3.
   const send = async (text: string): Promise<string> => {
     try {
-      const r = (await socket.timeout(5_000).emitWithAck(ROOM, { text })) as Reply;
+      const r: HeraldReply = await socket.timeout(5_000).emitWithAck(ROOM, { text });
       return r.ok ? "" : describe(r);
     } catch (e) {
       return String(e);

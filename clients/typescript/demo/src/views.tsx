@@ -2,7 +2,6 @@
 // socket.io-client (socketio.tsx). Same elements and ids for both, so the page looks and is
 // tested the same way.
 import { useCallback, useEffect, useRef, useState, type FormEvent } from "react";
-import type { PublicationFrom } from "@herald/client";
 
 export const ROOM = "chat.room.lobby";
 
@@ -16,8 +15,8 @@ export function useList<T>(max = 100, oldestFirst = false): [T[], (item: T) => v
   return [items, add];
 }
 
-/** The vouched sender of a publication, for display. */
-export function senderOf(from: PublicationFrom): string {
+/** The vouched sender of a publication, for display (`@herald/client`'s `ctx.from` or Socket.IO's `meta.from`). */
+export function senderOf(from: { server: true } | { user?: string | null; client: string }): string {
   return "server" in from ? "server" : (from.user ?? "anonymous");
 }
 
@@ -133,6 +132,6 @@ export function ChatCard({
 }
 
 /** The distinct users among presence entries, sorted. */
-export function usersOf(present: { user: string | null }[]): string[] {
+export function usersOf(present: { user?: string | null }[]): string[] {
   return [...new Set(present.map((c) => c.user ?? "anonymous"))].sort();
 }

@@ -53,11 +53,13 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
 fi
-echo "==> npm ci + build (clients/typescript: @herald/client, @herald/react, the demo page)"
+echo "==> npm ci + build (clients/typescript: @herald/client, @herald/react, @herald/server, the demo page)"
 (cd clients/typescript && npm ci --no-audit --no-fund && npm run build && npm run typecheck)
 # After the demo build, so the binary embeds the freshly built page.
 echo "==> cargo build -p herald"
 cargo build -p herald
-echo "==> TypeScript client, React, codegen and browser tests"
+# Also: @herald/server against the binary, the AsyncAPI document through @asyncapi/parser, and
+# the packed packages installed into a scratch app (npm install from the cache `npm ci` filled).
+echo "==> TypeScript client, React, server publisher, codegen, AsyncAPI, install and browser tests"
 echo "    (herald: $herald_bin)"
 (cd clients/typescript && TEST_HERALD_BIN="$herald_bin" HERALD_BIN="$herald_bin" npm test)

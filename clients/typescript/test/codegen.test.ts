@@ -38,7 +38,7 @@ describe("herald codegen typescript", () => {
       env: { PATH: process.env["PATH"] ?? "" },
     });
     generated = readFileSync(join(work, "channels.ts"), "utf8");
-    for (const f of ["usage-ok.ts", "usage-bad.ts"]) copyFileSync(join(fixtures, f), join(work, f));
+    for (const f of ["usage-ok.ts", "usage-bad.ts", "server-usage-ok.ts", "server-usage-bad.ts"]) copyFileSync(join(fixtures, f), join(work, f));
   });
 
   it("writes one type per channel and a map with template-literal keys", () => {
@@ -62,6 +62,22 @@ describe("herald codegen typescript", () => {
     const expected = source.flatMap((l, i) => (l.includes("// expect-error") ? [i + 1] : []));
     const failing = [...new Set([...r.output.matchAll(/usage-bad\.ts\((\d+),\d+\): error/g)].map((m) => Number(m[1])))];
     expect(expected.length).toBe(11);
+    expect(failing.sort((a, b) => a - b)).toEqual(expected);
+  });
+
+  it("@herald/server: typed publishing compiles", () => {
+    const r = typecheck("server-usage-ok.ts");
+    expect(r.output).toBe("");
+    expect(r.ok).toBe(true);
+  });
+
+  it("@herald/server: every wrong channel or payload fails tsc, and nothing else does", () => {
+    const r = typecheck("server-usage-bad.ts");
+    expect(r.ok).toBe(false);
+    const source = readFileSync(join(work, "server-usage-bad.ts"), "utf8").split("\n");
+    const expected = source.flatMap((l, i) => (l.includes("// expect-error") ? [i + 1] : []));
+    const failing = [...new Set([...r.output.matchAll(/server-usage-bad\.ts\((\d+),\d+\): error/g)].map((m) => Number(m[1])))];
+    expect(expected.length).toBe(9);
     expect(failing.sort((a, b) => a - b)).toEqual(expected);
   });
 

@@ -5,12 +5,12 @@
 //    not even for the event being dispatched).
 import { afterEach, describe, expect, it, vi } from "vitest";
 import WS from "ws";
-import { Herald, type DisconnectedEvent, type HeraldError, type WebSocketConstructor } from "@herald/client";
+import { Herald, type DisconnectedEvent, type HeraldError } from "@herald/client";
 
 import { Gateway, sleep, until } from "./helpers/gateway.js";
 import { realNow } from "./helpers/jwt.js";
 
-const WebSocket = WS as unknown as WebSocketConstructor;
+const WebSocket = WS;
 const fast = { WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 300 };
 
 const cleanup: (() => unknown)[] = [];

@@ -1,25 +1,36 @@
-//! Client code generated from the channel registry, so the web mirror of the wire contract is
-//! never kept in lockstep by hand.
+//! The contract tooling of the channel registry: everything generated from it, and the check
+//! that tells before a deploy whether a new registry breaks clients of the old one.
 //!
-//! [`typescript`] writes one type per channel payload (from the channel's JSON Schema) and a
-//! `HeraldChannels` interface mapping every channel name to its payload type; template channels
-//! become template-literal keys (`notifications.user.${string}`), so
-//! `herald.subscribe("notifications.user.42", e => …)` is typed. The schema translation lives in
-//! [`schema`]: the subset of JSON Schema a payload contract uses (objects, arrays, enums, `const`,
-//! unions, nullable types, local `$ref`s); anything it cannot express becomes `unknown`, never a
-//! type narrower than the schema. No I/O here: the caller reads the config and writes the file.
+//! - [`typescript`] writes one type per channel payload (from the channel's JSON Schema) and a
+//!   `HeraldChannels` interface mapping every channel name to its payload type; template channels
+//!   become template-literal keys (`notifications.user.${string}`), so
+//!   `herald.subscribe("notifications.user.42", e => …)` is typed. `HeraldUserChannels` lists the
+//!   user-scoped templates by declared name, for `publishToUser` in `@herald/server`. The schema
+//!   translation lives in `schema`: the subset of JSON Schema a payload contract uses (objects,
+//!   arrays, enums, `const`, unions, nullable types, local `$ref`s); anything it cannot express
+//!   becomes `unknown`, never a type narrower than the schema.
+//!   The Socket.IO event maps (`ServerToClientEvents`, `ClientToServerEvents`,
+//!   docs/socketio.md) come with it, for typed `socket.io-client` code.
+//! - [`asyncapi()`] writes an AsyncAPI 3.0 document of the registry (module `asyncapi`).
+//! - [`json_schemas`] writes each channel's schema as a file plus an index keyed by channel, for
+//!   backends outside Node that generate their own types.
+//! - [`compat`] compares two registries (`herald check --against`), answering set questions
+//!   about schemas in `subset`: soundly, with a checked counterexample, or "cannot decide".
 //!
-//! The same module carries the Socket.IO event maps (`ServerToClientEvents`,
-//! `ClientToServerEvents`, docs/socketio.md) for typed `socket.io-client` code:
-//! `io(url) as Socket<ServerToClientEvents, ClientToServerEvents>`.
+//! No I/O here: the caller reads the configs and writes the files.
 
+mod asyncapi;
+pub mod compat;
 mod schema;
+mod subset;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use herald_core::registry::{Registry, SocketIoEvent};
-use serde_json::Value;
+use herald_core::registry::{Registry, Scope, SocketIoEvent};
+use serde_json::{Value, json};
+
+pub use asyncapi::asyncapi;
 
 use schema::{Emitter, to_pascal_case};
 
@@ -52,6 +63,17 @@ pub fn typescript(registry: &Registry, source: &str) -> String {
         if *is_template {
             let _ = writeln!(out, "  [channel: `{}`]: {name};", template_literal(pattern));
         } else {
+            let _ = writeln!(out, "  {}: {name};", schema::quote(pattern));
+        }
+    }
+    out.push_str("}\n\n");
+    out.push_str(
+        "/**\n * User-scoped templates with a single placeholder, the owner's user id, by name as \
+         declared:\n * `publishToUser(userId, name, data)` of @herald/server fills it in.\n */\n",
+    );
+    out.push_str("export interface HeraldUserChannels {\n");
+    for (d, (pattern, _, name)) in registry.descriptors().iter().zip(&entries) {
+        if d.scope == Scope::User && d.pattern.params().count() == 1 {
             let _ = writeln!(out, "  {}: {name};", schema::quote(pattern));
         }
     }
@@ -202,6 +224,63 @@ fn discriminator_values(schema: &Value, field: &str) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// One distinct, identifier-safe name per channel (`notifications.user.{userId}` →
+/// `NotificationsUser`), in registry order: the AsyncAPI channel and message ids and the
+/// JSON Schema file names.
+pub fn channel_type_names(registry: &Registry) -> Vec<String> {
+    let mut used: HashSet<String> = ["HeraldChannels".to_owned(), "index".to_owned()].into();
+    registry
+        .descriptors()
+        .iter()
+        .map(|d| unique(type_name(d.pattern.as_str()), &mut used))
+        .collect()
+}
+
+/// The files of `herald codegen jsonschema`: `<Type>.json` per channel (the schema as declared,
+/// with a `title` naming the type when it has none, which type generators use as the class
+/// name) and `index.json`, keyed by channel name, saying which file holds each channel's
+/// schema and how the channel may be used.
+pub fn json_schemas(registry: &Registry, source: &str) -> Vec<(String, Value)> {
+    let names = channel_type_names(registry);
+    let mut files = Vec::new();
+    let mut index = serde_json::Map::new();
+    for (d, name) in registry.descriptors().iter().zip(names) {
+        let mut schema = d.schema.clone();
+        if let Value::Object(m) = &mut schema {
+            m.entry("title").or_insert_with(|| json!(name));
+        }
+        let file = format!("{name}.json");
+        let scope = |s: &Scope| match s {
+            Scope::Role(r) => json!({ "role": r }),
+            other => json!(format!("{other:?}").to_lowercase()),
+        };
+        index.insert(
+            d.pattern.as_str().to_owned(),
+            json!({
+                "schema": file,
+                "type": name,
+                "template": d.pattern.is_template(),
+                "params": d.pattern.params().collect::<Vec<_>>(),
+                "scope": scope(&d.scope),
+                "user_param": d.user_param,
+                "publish": d.publish.as_ref().map(scope),
+            }),
+        );
+        files.push((file, schema));
+    }
+    files.push((
+        "index.json".to_owned(),
+        json!({
+            "$comment": format!(
+                "Generated by `herald codegen jsonschema` from {source}. Do not edit: change the \
+                 channel registry and generate again."
+            ),
+            "channels": index,
+        }),
+    ));
+    files
 }
 
 /// `notifications.user.{userId}` → `notifications.user.${string}`.

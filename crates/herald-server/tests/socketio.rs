@@ -562,3 +562,66 @@ async fn events_named_by_a_payload_field() {
         assert_eq!(p["channel"], "orders.user.alice");
     }
 }
+
+/// The upgrade from polling, by hand: `2probe` → `3probe`, the pending poll is answered with a
+/// noop, a publication made while no poll is waiting is not lost, `5` moves the engine to the
+/// socket (where that publication arrives), and polling is refused from then on.
+#[tokio::test]
+async fn upgrade_from_polling() {
+    use futures_util::StreamExt;
+    let s = TestServer::start().await;
+    let sid = handshake(&s).await;
+    post(&s, &sid, &format!("40{}", json!({"token": tok("alice")}))).await;
+    assert!(next_packets(&s, &sid).await.1.starts_with("40"));
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        s.addr
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let pending = tokio::spawn({
+        let url = polling(&s, &format!("&sid={sid}"));
+        async move { http().get(url).send().await.unwrap().text().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ws.send(Message::Text("2probe".into())).await.unwrap();
+    let text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                ws.send(Message::Text("3".into())).await.unwrap()
+            }
+            Ok(Some(Ok(Message::Text(t)))) => return t.as_str().to_owned(),
+            other => panic!("expected a text packet, got {other:?}"),
+        }
+    };
+    assert_eq!(text(&mut ws).await, "3probe");
+    assert_eq!(
+        pending.await.unwrap(),
+        "6",
+        "the pending poll ends with a noop"
+    );
+    // Published while no poll waits and the socket is not in use yet.
+    s.publish(
+        "notifications.user.alice",
+        json!({"type": "system", "text": "during the upgrade"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ws.send(Message::Text("5".into())).await.unwrap();
+    let ev = text(&mut ws).await;
+    assert!(
+        ev.starts_with(r#"42["notifications.user.alice",{"#) && ev.contains("during the upgrade"),
+        "{ev}"
+    );
+    let (status, body) = get(&s, &sid).await;
+    assert_eq!((status, eio_error(&body).0), (400, 3), "polling is over");
+    ws.send(Message::Text(
+        format!(
+            "421{}",
+            json!(["subscribe", {"channel": "blog.article.feed"}])
+        )
+        .into(),
+    ))
+    .await
+    .unwrap();
+    assert!(text(&mut ws).await.starts_with("431[{"));
+}

@@ -41,8 +41,21 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve,
-    /// Validate the config and every schema, then exit.
-    Check,
+    /// Validate the config and every schema, then exit. With --against, also compare its
+    /// channel registry with an older config's: exit 0 compatible, 1 breaking (or undecided),
+    /// 2 invalid input.
+    Check {
+        /// The config in production now: report what the new one (--config) breaks for
+        /// clients and backends built against it.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Report format (with --against).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+        /// Exit 0 when nothing is breaking and some changes could not be decided.
+        #[arg(long, requires = "against")]
+        allow_undecided: bool,
+    },
     /// Mint a development token signed with the config's HMAC secret.
     Token {
         /// The user id (`sub`): non-empty; the gateway refuses a token without one.
@@ -96,13 +109,32 @@ enum PostgresCommand {
 
 #[derive(Debug, Subcommand)]
 enum CodegenTarget {
-    /// TypeScript payload types keyed by channel (`HeraldChannels`).
+    /// TypeScript payload types keyed by channel (`HeraldChannels`, `HeraldUserChannels`).
     Typescript {
         /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// An AsyncAPI 3.0 document (JSON) of the registry.
+    Asyncapi {
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where clients reach the gateway (default: server.listen).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Each channel's JSON Schema as a file, plus index.json keyed by channel name.
+    Jsonschema {
+        /// The directory to write (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
+
+/// `herald check --against`: its exit codes, for CI.
+const EXIT_BREAKING: u8 = 1;
+const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -117,11 +149,140 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Check {
+        against,
+        format,
+        allow_undecided,
+    } = &cli.command
+    {
+        return check(
+            cli.config.as_deref(),
+            against.as_deref(),
+            format,
+            *allow_undecided,
+        );
+    }
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `herald check [--against old.toml]`: 0 valid (and compatible), 1 breaking or undecided,
+/// 2 a config that does not load.
+fn check(
+    config: Option<&Path>,
+    against: Option<&Path>,
+    format: &str,
+    allow_undecided: bool,
+) -> ExitCode {
+    let new = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let file = config_name(&new);
+    let Some(against) = against else {
+        let n = new.registry.descriptors().len();
+        println!("{file}: ok ({n} channel{})", if n == 1 { "" } else { "s" });
+        return ExitCode::SUCCESS;
+    };
+    let old = match Config::load(Some(against)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let report = herald_codegen::compat::compare(&old.registry, &new.registry);
+    if format == "json" {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        }
+    } else {
+        print!("{}", render(&report, &file, &against.display().to_string()));
+    }
+    use herald_codegen::compat::Status;
+    match report.status {
+        Status::Compatible => ExitCode::SUCCESS,
+        Status::CannotDecide if allow_undecided => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_BREAKING),
+    }
+}
+
+/// The text report: one line per change, grouped by channel.
+fn render(report: &herald_codegen::compat::Report, new: &str, old: &str) -> String {
+    use herald_codegen::compat::Status;
+    use std::fmt::Write as _;
+    let label = |s: Status| match s {
+        Status::Compatible => "compatible",
+        Status::CannotDecide => "cannot decide",
+        Status::Breaking => "BREAKING",
+    };
+    let mut out = String::new();
+    for ch in &report.channels {
+        let _ = writeln!(out, "{}: {}", ch.channel, label(ch.status));
+        for c in &ch.changes {
+            let _ = writeln!(
+                out,
+                "  {} [{:?}] {}: {}",
+                label(c.status),
+                c.affects,
+                if c.pointer.is_empty() {
+                    "/"
+                } else {
+                    &c.pointer
+                },
+                c.reason
+            );
+            if let Some(example) = &c.example {
+                // The JSON report has it whole; a terminal line does not need 2000 x's.
+                let text = example.to_string();
+                let cut: String = text.chars().take(160).collect();
+                let more = if cut.len() < text.len() { "…" } else { "" };
+                let _ = writeln!(out, "    example: {cut}{more}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{new} against {old}: {} ({} channel{} changed)",
+        label(report.status),
+        report.channels.len(),
+        if report.channels.len() == 1 { "" } else { "s" }
+    );
+    out
+}
+
+/// The config's file name for messages and generated headers.
+fn config_name(config: &Config) -> String {
+    config.file.as_ref().map_or_else(
+        || "the built-in example config".to_owned(),
+        |f| {
+            f.file_name()
+                .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into())
+        },
+    )
+}
+
+/// Writes `text` to `out`, or stdout.
+fn emit(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => {
+            print!("{text}");
+            Ok(())
         }
     }
 }
@@ -185,16 +346,8 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(load(cli.config.as_deref())?).await,
-        Command::Check => {
-            let config = load(cli.config.as_deref())?;
-            let n = config.registry.descriptors().len();
-            let file = config.file.as_ref().map_or_else(
-                || "built-in example".to_owned(),
-                |f| f.display().to_string(),
-            );
-            println!("{file}: ok ({n} channel{})", if n == 1 { "" } else { "s" });
-            Ok(())
-        }
+        // Handled before the runtime starts (its own exit codes).
+        Command::Check { .. } => Ok(()),
         Command::Token { sub, roles, ttl } => {
             let config = load(cli.config.as_deref())?;
             println!("{}", config.authenticator.mint(&sub, &roles, ttl)?);
@@ -224,24 +377,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("installed {table}, {table}_dead and herald_publish()");
             Ok(())
         }
-        Command::Codegen {
-            target: CodegenTarget::Typescript { out },
-        } => {
+        Command::Codegen { target } => {
             let config = load(cli.config.as_deref())?;
-            let source = config.file.as_ref().map_or_else(
-                || "the built-in example config".to_owned(),
-                |f| {
-                    f.file_name()
-                        .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into())
-                },
-            );
-            let ts = herald_codegen::typescript(&config.registry, &source);
-            match out {
-                Some(path) => std::fs::write(&path, ts)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
-                None => print!("{ts}"),
+            let source = config_name(&config);
+            match target {
+                CodegenTarget::Typescript { out } => emit(
+                    out.as_deref(),
+                    &herald_codegen::typescript(&config.registry, &source),
+                ),
+                CodegenTarget::Asyncapi { out, host } => {
+                    let host = host.unwrap_or_else(|| config.server.listen.to_string());
+                    let doc = herald_codegen::asyncapi(&config.registry, &source, &host);
+                    emit(
+                        out.as_deref(),
+                        &format!("{}\n", serde_json::to_string_pretty(&doc)?),
+                    )
+                }
+                CodegenTarget::Jsonschema { out_dir } => {
+                    std::fs::create_dir_all(&out_dir)
+                        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+                    for (name, value) in herald_codegen::json_schemas(&config.registry, &source) {
+                        let path = out_dir.join(name);
+                        let text = format!("{}\n", serde_json::to_string_pretty(&value)?);
+                        std::fs::write(&path, text)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                    }
+                    Ok(())
+                }
             }
-            Ok(())
         }
         Command::Publish {
             channel,

@@ -442,3 +442,80 @@ fn logs_have_no_colour_when_not_a_terminal() {
     );
     assert!(!err.contains('\x1b'), "colour escapes in {err:?}");
 }
+
+/// `herald check --against old.toml`: exit 0 compatible, 1 breaking (and cannot-decide unless
+/// `--allow-undecided`), 2 invalid input; `--format json` is the report CI reads.
+#[test]
+fn check_against_exit_codes_and_json() {
+    let dir = project(GOOD);
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    let code = |args: &[&str]| herald(dir.path(), args).status.code();
+
+    // The same registry: compatible.
+    write("same.toml", GOOD);
+    let out = herald(dir.path(), &["check", "--against", "same.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("compatible (0 channels changed)"));
+
+    // The old registry had one more channel and a wider scope: breaking, in JSON.
+    let old = GOOD.replace("scope = \"public\"", "scope = \"public\"\npresence = true")
+        + "[[channel]]\nname = \"ops.alerts\"\nscope = { role = \"admin\" }\nschema = { type = \"object\" }\n";
+    write("old.toml", &old);
+    assert_eq!(code(&["check", "--against", "old.toml"]), Some(1));
+    let out = herald(
+        dir.path(),
+        &["check", "--against", "old.toml", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["status"], "breaking");
+    let channel = |name: &str| {
+        report["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == name)
+            .unwrap_or_else(|| panic!("{name} in {report:#}"))
+            .clone()
+    };
+    let ops = channel("ops.alerts");
+    assert_eq!(ops["changes"][0]["status"], "breaking");
+    assert_eq!(ops["changes"][0]["pointer"], "/name");
+    let feed = channel("blog.article.feed");
+    assert_eq!(feed["changes"][0]["pointer"], "/presence");
+    assert_eq!(feed["changes"][0]["affects"], "subscribers");
+
+    // A schema change the checker cannot decide: 1, or 0 with --allow-undecided.
+    let patterned = |p: &str| {
+        GOOD.replace(
+            "schema = { type = \"object\" }",
+            &format!("schema = {{ type = \"object\", properties = {{ id = {{ type = \"string\", pattern = \"{p}\" }} }} }}"),
+        )
+    };
+    write("herald.toml", &patterned("^[a-z]+$"));
+    write("old.toml", &patterned("^[a-z0-9]+$"));
+    let out = herald(
+        dir.path(),
+        &["check", "--against", "old.toml", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "cannot_decide");
+    assert_eq!(
+        report["channels"][0]["changes"][0]["pointer"],
+        "/schema/properties/id/pattern"
+    );
+    assert_eq!(
+        code(&["check", "--against", "old.toml", "--allow-undecided"]),
+        Some(0)
+    );
+
+    // Invalid input: a missing old config, a broken new one.
+    assert_eq!(code(&["check", "--against", "missing.toml"]), Some(2));
+    write(
+        "herald.toml",
+        &GOOD.replace("type = \"object\"", "type = \"objekt\""),
+    );
+    assert_eq!(code(&["check", "--against", "same.toml"]), Some(2));
+    assert_eq!(code(&["check"]), Some(2));
+}

@@ -22,6 +22,14 @@ export interface HeraldChannels {
   "ops.alerts": OpsAlerts;
 }
 
+/**
+ * User-scoped templates with a single placeholder, the owner's user id, by name as declared:
+ * `publishToUser(userId, name, data)` of @herald/server fills it in.
+ */
+export interface HeraldUserChannels {
+  "notifications.user.{userId}": NotificationsUser;
+}
+
 /** A channel name the registry accepts. */
 export type HeraldChannel = keyof HeraldChannels & string;
 

@@ -10,13 +10,21 @@ import type { ClientFrame } from "./protocol.js";
 import { authHeaders, readRefusal, withScheme, type Refusal, type Transport, type TransportClose, type TransportOptions } from "./transport.js";
 import type { FetchLike } from "./types.js";
 
+/**
+ * An event handler property, compared bivariantly (as a method would be). Herald only ever
+ * assigns handlers that read the fields below, so an implementation whose handlers take a richer
+ * event (the `ws` package's `MessageEvent`, `CloseEvent`, with a `this` type) fits without a
+ * cast; a strict function-type property would refuse it under `strictFunctionTypes`.
+ */
+type Handler<E> = { bivarianceHack(ev: E): void }["bivarianceHack"];
+
 /** The part of the WebSocket API Herald uses. */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+  onopen: Handler<unknown> | null;
+  onmessage: Handler<{ data: unknown }> | null;
+  onclose: Handler<{ code: number; reason: string }> | null;
+  onerror: Handler<unknown> | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }

@@ -5,7 +5,7 @@
 // Screenshots of each go to `test-results/` (look at them when the page changes).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
 import { chromium, type Browser, type Page } from "playwright-core";
 
 import { Gateway, repoRoot } from "./helpers/gateway.js";
@@ -48,6 +48,32 @@ async function gateway(): Promise<Gateway> {
 
 /** The URLs of every request and WebSocket each page opened. */
 const requested = new WeakMap<Page, string[]>();
+/** Socket.IO traffic of each page (POST bodies, poll answers, WebSocket frames), to print when a test fails. */
+const wire = new WeakMap<Page, string[]>();
+
+function recordSocketIo(page: Page, user: string): void {
+  const log: string[] = [];
+  wire.set(page, log);
+  const short = (s: string) => (s.length > 160 ? `${s.slice(0, 160)}…` : s);
+  page.on("request", (r) => {
+    if (r.url().includes("/socket.io/") && r.method() === "POST") log.push(`${user} POST ${short(r.postData() ?? "")}`);
+  });
+  page.on("response", (r) => {
+    if (r.url().includes("/socket.io/") && r.request().method() === "GET")
+      r.text().then((t) => log.push(`${user} GET  ${r.status()} ${short(JSON.stringify(t))}`), () => {});
+  });
+  page.on("websocket", (ws) => {
+    ws.on("framesent", (f) => log.push(`${user} ws > ${short(String(f.payload))}`));
+    ws.on("framereceived", (f) => log.push(`${user} ws < ${short(String(f.payload))}`));
+  });
+}
+
+/** On failure, prints the Socket.IO traffic of `pages`. */
+function dumpOnFailure(...pages: Page[]): void {
+  onTestFailed(() => {
+    for (const p of pages) console.error((wire.get(p) ?? []).join("\n"));
+  });
+}
 
 /** Opens the demo at `base` + `query` as `user` and waits for the connection. */
 async function signIn(base: string, user: string, query = ""): Promise<Page> {
@@ -58,6 +84,7 @@ async function signIn(base: string, user: string, query = ""): Promise<Page> {
   requested.set(page, urls);
   page.on("request", (r) => urls.push(r.url()));
   page.on("websocket", (ws) => urls.push(ws.url()));
+  if (query.includes("transport=socketio")) recordSocketIo(page, user);
   await page.goto(`${base}/${query}`);
   await page.fill("#user", user);
   await page.click("#connect");
@@ -206,6 +233,7 @@ describe("demo page in Chromium", () => {
     const gw = await gateway();
     const alice = await signIn(gw.http, "alice", "?transport=socketio");
     const bob = await signIn(gw.http, "bob", "?transport=socketio");
+    dumpOnFailure(alice, bob);
     // socket.io-client's default: polling first, then the upgrade.
     await expectText(alice, "#transport", "via Socket.IO (websocket)");
     await expectText(bob, "#transport", "via Socket.IO (websocket)");
@@ -247,6 +275,7 @@ describe("demo page in Chromium", () => {
     const gw = await gateway();
     const alice = await signIn(gw.http, "alice", "?transport=socketio&transports=polling");
     const bob = await signIn(gw.http, "bob");
+    dumpOnFailure(alice);
     expect(await text(alice, "#transport")).toBe("via Socket.IO (polling)");
     expect(await text(bob, "#transport")).toBe("via WebSocket");
     await twoUsers(gw, alice, bob);

@@ -171,6 +171,21 @@ describe.each(MODES)("Socket.IO recovery across two nodes on one Redis, over $na
     expect(proxy.opened.get(b.port) ?? 0).toBeGreaterThan(0);
   });
 
+  it("when its node dies (SIGKILL), the client recovers on the other node: exactly once, in order", async () => {
+    const { a, b, proxy } = await cluster();
+    const user = `node-dies-${mode.tag}`;
+    const room = `chat.room.node-dies-${mode.tag}`;
+    const t = socket(proxy.http, a, user, mode);
+    await connected(t, mode);
+    expect(await t.ack("subscribe", { channel: room })).toMatchObject({ ok: true });
+    // Node A's state for this session is what it wrote at the subscription: no goodbye.
+    await cutWhileFlowing(t, mode, [`notifications.user.${user}`, room], () => b, () => {
+      proxy.retarget(b.port);
+      void a.kill();
+    });
+    expect(proxy.opened.get(b.port) ?? 0).toBeGreaterThan(0);
+  });
+
   /** Publishes to `channel` through `gw` until it succeeds (the node is back on Redis). */
   async function publishWhenBack(gw: Gateway, channel: string, data: unknown): Promise<void> {
     for (let i = 0; ; i++) {

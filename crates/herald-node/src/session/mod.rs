@@ -236,6 +236,7 @@ impl Session {
         match inbound {
             Inbound::Gone => return Flow::End(Ending::Gone),
             Inbound::Closed => return Flow::End(Ending::PeerClosed),
+            Inbound::End(g) => return Flow::End(Ending::Goodbye(g)),
             Inbound::Violation(g) => {
                 let code = if g == Goodbye::FrameTooLarge {
                     ErrorCode::PayloadTooLarge

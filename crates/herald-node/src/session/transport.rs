@@ -52,6 +52,9 @@ pub enum Inbound {
     Alive,
     /// Input that ends the connection (unparsable, too large, binary).
     Violation(Goodbye),
+    /// The transport ends the session for a reason of its own (not the client's fault, so no
+    /// refusal is counted): e.g. Socket.IO after a continuity loss it cannot express.
+    End(Goodbye),
     /// The peer started the closing handshake (a WebSocket close frame).
     Closed,
     /// The peer vanished (EOF, reset, I/O error).

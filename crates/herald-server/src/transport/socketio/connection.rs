@@ -160,6 +160,12 @@ pub struct SocketIoTransport {
     attachments: usize,
     /// The client sent DISCONNECT: its state is not kept.
     left: bool,
+    /// The node lost continuity on a subscribed channel (`unsubscribed`, reason
+    /// `resubscribe`). A socket.io-client app cannot resubscribe with `since` (it never
+    /// subscribed to its auto-subscribed channels at all), so the connection ends the
+    /// reconnecting way and the reconnect is not recovered: fresh subscriptions, and the
+    /// application refetches, as it does on `socket.recovered === false`.
+    lost_continuity: bool,
     out: Vec<String>,
 }
 
@@ -214,6 +220,7 @@ impl SocketIoTransport {
             resuming,
             attachments: 0,
             left: false,
+            lost_continuity: false,
             out: Vec::new(),
         };
         let opening = Opening {
@@ -319,8 +326,14 @@ impl SocketIoTransport {
                     });
                     self.out.push(text.to_string());
                     if p.kind == FrameKind::Unsubscribed {
+                        // Nothing of this session may be recovered any more: no state is
+                        // written under the pid from now on, so a reconnect finds only what
+                        // predates the gap (which cannot resume) or nothing.
+                        self.lost_continuity = true;
+                        self.pid = None;
                         self.cursor.forget(&p.channel);
-                        return self.floors.forget(&p.channel);
+                        self.floors.forget(&p.channel);
+                        return false;
                     }
                     false
                 }
@@ -526,6 +539,10 @@ impl Transport for SocketIoTransport {
     }
 
     async fn recv(&mut self) -> Inbound {
+        if self.lost_continuity {
+            // Unavailable (1013) closes the engine: "transport close", the client reconnects.
+            return Inbound::End(Goodbye::Unavailable);
+        }
         loop {
             let text = match self.engine.next().await {
                 Read::Text(text) => text,

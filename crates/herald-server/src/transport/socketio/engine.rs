@@ -312,6 +312,15 @@ impl Engine {
         // A poll still waiting returns (refused: the transport changed).
         shared.readable.notify_one();
         self.socket = Some(socket);
+        // Bodies POSTed before the client sent `5` (engine.io-client flushes its buffer, and
+        // waits for those POSTs to be answered, before it upgrades) may still wait in the
+        // inbox: read them before it goes, or those packets are lost although their POST was
+        // answered 200. They come before anything the client sends on the WebSocket.
+        if let Some(inbox) = &mut self.inbox {
+            while let Ok(body) = inbox.try_recv() {
+                self.pending.extend(split_payload(&body).map(str::to_owned));
+            }
+        }
         self.inbox = None;
     }
 
@@ -456,9 +465,16 @@ impl Engine {
             let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
         } else if let Some(shared) = &self.shared {
             if !shared.closed.is_cancelled() {
-                last.push("1".into());
+                // The last packets and the close packet go in separate polls, as Node's engine
+                // writes them. socket.io-client hands Socket.IO packets to the socket a tick
+                // after it decodes their payload, but acts on a `1` at once: in one payload
+                // with a DISCONNECT, the client would see "transport close" (and reconnect)
+                // before it reads the DISCONNECT ("io server disconnect", no reconnect).
                 let bye = async {
-                    let _ = self.write(&mut last).await;
+                    if !last.is_empty() && self.write(&mut last).await.is_err() {
+                        return;
+                    }
+                    let _ = self.write(&mut vec!["1".to_owned()]).await;
                 };
                 let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
             }

@@ -38,7 +38,7 @@ export interface HeraldEventMeta {
   channel: string;
   offset: number;
   epoch: string;
-  from: { user?: string; client: string } | { server: true };
+  from: { user: string | null; client: string } | { server: true };
 }
 
 /** Socket.IO: the argument of every ack (a protocol v1 reply). */
@@ -62,8 +62,8 @@ export interface ServerToClientEvents {
   [event: `notifications.user.${string}`]: HeraldHandler<NotificationsUser>;
   [event: `chat.room.${string}`]: HeraldHandler<ChatRoom>;
   "ops.alerts": HeraldHandler<OpsAlerts>;
-  "herald:join": (frame: { type: "join"; channel: string; user?: string; client: string }) => void;
-  "herald:leave": (frame: { type: "leave"; channel: string; user?: string; client: string }) => void;
+  "herald:join": (frame: { type: "join"; channel: string; user: string | null; client: string }) => void;
+  "herald:leave": (frame: { type: "leave"; channel: string; user: string | null; client: string }) => void;
   "herald:unsubscribed": (frame: { type: "unsubscribed"; channel: string; reason: string }) => void;
   "herald:error": (frame: { type: "error"; channel?: string; error: { code: string; message: string; pointer?: string } }) => void;
   "herald:disconnect": (frame: { type: "disconnect"; code: number; reason: string; reconnect: boolean }) => void;

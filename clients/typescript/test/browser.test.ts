@@ -1,10 +1,11 @@
 // The demo page served by `herald serve`, in headless Chromium (Debian's, via playwright-core):
 // two users over WebSocket (and through a gateway restart), the same with SSE forced
-// (`?transports=sse`), and the automatic fallback to SSE behind a proxy that refuses WebSocket.
+// (`?transports=sse`), the automatic fallback to SSE behind a proxy that refuses WebSocket, and
+// the Socket.IO variant driven by socket.io-client (`?transport=socketio`).
 // Screenshots of each go to `test-results/` (look at them when the page changes).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
 import { chromium, type Browser, type Page } from "playwright-core";
 
 import { Gateway, repoRoot } from "./helpers/gateway.js";
@@ -45,11 +46,45 @@ async function gateway(): Promise<Gateway> {
   return gw;
 }
 
+/** The URLs of every request and WebSocket each page opened. */
+const requested = new WeakMap<Page, string[]>();
+/** Socket.IO traffic of each page (POST bodies, poll answers, WebSocket frames), to print when a test fails. */
+const wire = new WeakMap<Page, string[]>();
+
+function recordSocketIo(page: Page, user: string): void {
+  const log: string[] = [];
+  wire.set(page, log);
+  const short = (s: string) => (s.length > 160 ? `${s.slice(0, 160)}…` : s);
+  page.on("request", (r) => {
+    if (r.url().includes("/socket.io/") && r.method() === "POST") log.push(`${user} POST ${short(r.postData() ?? "")}`);
+  });
+  page.on("response", (r) => {
+    if (r.url().includes("/socket.io/") && r.request().method() === "GET")
+      r.text().then((t) => log.push(`${user} GET  ${r.status()} ${short(JSON.stringify(t))}`), () => {});
+  });
+  page.on("websocket", (ws) => {
+    ws.on("framesent", (f) => log.push(`${user} ws > ${short(String(f.payload))}`));
+    ws.on("framereceived", (f) => log.push(`${user} ws < ${short(String(f.payload))}`));
+  });
+}
+
+/** On failure, prints the Socket.IO traffic of `pages`. */
+function dumpOnFailure(...pages: Page[]): void {
+  onTestFailed(() => {
+    for (const p of pages) console.error((wire.get(p) ?? []).join("\n"));
+  });
+}
+
 /** Opens the demo at `base` + `query` as `user` and waits for the connection. */
 async function signIn(base: string, user: string, query = ""): Promise<Page> {
   const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${user}] page error:`, e));
+  const urls: string[] = [];
+  requested.set(page, urls);
+  page.on("request", (r) => urls.push(r.url()));
+  page.on("websocket", (ws) => urls.push(ws.url()));
+  if (query.includes("transport=socketio")) recordSocketIo(page, user);
   await page.goto(`${base}/${query}`);
   await page.fill("#user", user);
   await page.click("#connect");
@@ -192,5 +227,60 @@ describe("demo page in Chromium", () => {
     expect(await text(bob, "#transport")).toBe("via SSE");
     await twoUsers(gw, alice, bob);
     await shot(alice, "sse-fallback-alice");
+  });
+
+  it("the Socket.IO variant (?transport=socketio): two users over socket.io-client, upgraded to WebSocket, through a gateway restart", async () => {
+    const gw = await gateway();
+    const alice = await signIn(gw.http, "alice", "?transport=socketio");
+    const bob = await signIn(gw.http, "bob", "?transport=socketio");
+    dumpOnFailure(alice, bob);
+    // socket.io-client's default: polling first, then the upgrade.
+    await expectText(alice, "#transport", "via Socket.IO (websocket)");
+    await expectText(bob, "#transport", "via Socket.IO (websocket)");
+    for (const page of [alice, bob]) {
+      const urls = requested.get(page)!;
+      expect(urls.some((u) => u.includes("/socket.io/?EIO=4&transport=polling"))).toBe(true);
+      expect(urls.some((u) => u.startsWith("ws://") && u.includes("/socket.io/?EIO=4&transport=websocket"))).toBe(true);
+      expect(urls.filter((u) => u.includes("/v1/ws") || u.includes("/v1/sse"))).toEqual([]);
+    }
+    await twoUsers(gw, alice, bob);
+    await shot(alice, "socketio-alice");
+    await shot(bob, "socketio-bob");
+
+    // Stop the gateway: both pages say they are retrying, with the attempt.
+    await gw.kill();
+    await expectState(alice, "reconnecting (attempt ", 10_000, true);
+    await expectState(bob, "reconnecting (attempt ", 10_000, true);
+    await shot(alice, "socketio-alice-reconnecting");
+
+    // Start it again on the same port: socket.io-client reconnects by itself (a fresh token from
+    // its `auth` function), the gateway cannot recover (`recovered` false) and the page says so.
+    await gw.restart();
+    await expectState(alice, "connected", 20_000);
+    await expectState(bob, "connected", 20_000);
+    await expectText(alice, "main", "older notifications may be missing");
+    await gw.publish("notifications.user.alice", { type: "system", text: "after-restart" });
+    await expectText(alice, "#notifications", "system: after-restart");
+    await expectText(alice, "#presence", "bob");
+    await say(bob, "back again");
+    await expectText(alice, "#chat", "bob: back again");
+    expect((await items(alice, "#chat")).at(-1)).toBe("bob: back again");
+    expect(await text(bob, "#notifications")).not.toContain("after-restart");
+    await gw.publish("blog.article.feed", { id: "2", title: "Fresh news" });
+    await expectText(bob, "#feed", "Fresh news (2)");
+    await shot(alice, "socketio-alice-after-restart");
+  });
+
+  it("the Socket.IO variant over polling only, chatting with a @herald/client user over WebSocket", async () => {
+    const gw = await gateway();
+    const alice = await signIn(gw.http, "alice", "?transport=socketio&transports=polling");
+    const bob = await signIn(gw.http, "bob");
+    dumpOnFailure(alice);
+    expect(await text(alice, "#transport")).toBe("via Socket.IO (polling)");
+    expect(await text(bob, "#transport")).toBe("via WebSocket");
+    await twoUsers(gw, alice, bob);
+    expect(requested.get(alice)!.filter((u) => u.includes("transport=websocket") || u.includes("/v1/"))).toEqual([]);
+    expect(await text(alice, "#transport")).toBe("via Socket.IO (polling)");
+    await shot(alice, "socketio-polling-alice");
   });
 });

@@ -38,7 +38,7 @@ describe("herald codegen typescript", () => {
       env: { PATH: process.env["PATH"] ?? "" },
     });
     generated = readFileSync(join(work, "channels.ts"), "utf8");
-    for (const f of ["usage-ok.ts", "usage-bad.ts", "server-usage-ok.ts", "server-usage-bad.ts"]) copyFileSync(join(fixtures, f), join(work, f));
+    for (const f of ["usage-ok.ts", "usage-bad.ts", "server-usage-ok.ts", "server-usage-bad.ts", "socketio-usage.ts"]) copyFileSync(join(fixtures, f), join(work, f));
   });
 
   it("writes one type per channel and a map with template-literal keys", () => {
@@ -79,6 +79,12 @@ describe("herald codegen typescript", () => {
     const failing = [...new Set([...r.output.matchAll(/server-usage-bad\.ts\((\d+),\d+\): error/g)].map((m) => Number(m[1])))];
     expect(expected.length).toBe(9);
     expect(failing.sort((a, b) => a - b)).toEqual(expected);
+  });
+
+  it("Socket.IO: the event maps type socket.io-client code (each @ts-expect-error must fail)", () => {
+    const r = typecheck("socketio-usage.ts");
+    expect(r.output).toBe("");
+    expect(r.ok).toBe(true);
   });
 
   it("the demo's committed channel types match the example herald.toml", () => {

@@ -92,7 +92,7 @@ export interface HeraldEventMeta {
   channel: string;
   offset: number;
   epoch: string;
-  from: { user?: string; client: string } | { server: true };
+  from: { user: string | null; client: string } | { server: true };
 }
 
 /** Socket.IO: the argument of every ack (a protocol v1 reply). */
@@ -161,8 +161,8 @@ fn socketio_maps(registry: &Registry, entries: &[(String, bool, String)]) -> Str
         }
     }
     out.push_str(
-        "  \"herald:join\": (frame: { type: \"join\"; channel: string; user?: string; client: string }) => void;\n\
-         \x20 \"herald:leave\": (frame: { type: \"leave\"; channel: string; user?: string; client: string }) => void;\n\
+        "  \"herald:join\": (frame: { type: \"join\"; channel: string; user: string | null; client: string }) => void;\n\
+         \x20 \"herald:leave\": (frame: { type: \"leave\"; channel: string; user: string | null; client: string }) => void;\n\
          \x20 \"herald:unsubscribed\": (frame: { type: \"unsubscribed\"; channel: string; reason: string }) => void;\n\
          \x20 \"herald:error\": (frame: { type: \"error\"; channel?: string; error: { code: string; message: string; pointer?: string } }) => void;\n\
          \x20 \"herald:disconnect\": (frame: { type: \"disconnect\"; code: number; reason: string; reconnect: boolean }) => void;\n}\n",

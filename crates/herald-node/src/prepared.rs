@@ -133,6 +133,21 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Like [`Prepared::cached`], lending the cached value instead of cloning it: a transport
+    /// that only reads it (copies its bytes into a per-connection frame) saves a reference
+    /// count round trip per subscriber. `None` only when the slot holds another type (a
+    /// transport broke the one-type-per-slot rule); the caller then builds the value itself.
+    pub fn cached_ref<T>(&self, wire: Wire, make: impl FnOnce(&Prepared) -> T) -> Option<&T>
+    where
+        T: Any + Send + Sync,
+    {
+        self.lazy[wire as usize]
+            .get_or_init(|| Box::new(make(self)))
+            .downcast_ref::<T>()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +176,33 @@ mod tests {
             assert_eq!(&*s, "42[\"a.b\"]");
         }
         assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn lent_values_are_built_once_and_never_cloned() {
+        let p = Publication {
+            channel: Arc::from("a.b"),
+            offset: 1,
+            epoch: Arc::from("e"),
+            data: Arc::from(RawValue::from_string("1".into()).unwrap()),
+            from: None,
+        };
+        let prepared = Prepared::publication(&p);
+        let calls = AtomicUsize::new(0);
+        let make = |_: &Prepared| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Arc::<str>::from("x")
+        };
+        let first: *const Arc<str> = prepared.cached_ref(Wire::SocketIo, make).unwrap();
+        for _ in 0..10 {
+            let again = prepared.cached_ref(Wire::SocketIo, make).unwrap();
+            assert!(std::ptr::eq(first, again), "the same value, lent");
+            assert_eq!(Arc::strong_count(again), 1, "never cloned");
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(
+            prepared.cached_ref(Wire::SocketIo, |_| 5u8).is_none(),
+            "another type in the slot is refused, not mistaken"
+        );
     }
 }

@@ -1,13 +1,14 @@
 // The demo page served at `/` by `herald serve` (server.demo = true): built from
 // @herald/client and @herald/react, typed by `herald codegen typescript` (./channels.ts).
-import { StrictMode, useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
+// `?transport=socketio` drives the same page with socket.io-client instead (./socketio.tsx).
+import { StrictMode, useMemo, useState, useSyncExternalStore, type FormEvent } from "react";
 import { createRoot } from "react-dom/client";
-import { Herald, HeraldError, type PresenceClient, type PublicationFrom, type TransportName } from "@herald/client";
+import { Herald, HeraldError, type PresenceClient, type TransportName } from "@herald/client";
 import { HeraldProvider, useChannel, useHerald } from "@herald/react";
 
 import type { HeraldChannels } from "./channels.js";
-
-const ROOM = "chat.room.lobby";
+import { SocketIoBadge, SocketIoDashboard, socketIoClient, socketIoRequested } from "./socketio.js";
+import { Badge, ChatCard, FeedCard, NotificationsCard, ROOM, senderOf, useList, usersOf } from "./views.js";
 
 /** `?transports=sse` (or `websocket,sse`, …) picks the transports; default: the client's. */
 function transportsFromQuery(): TransportName[] | undefined {
@@ -24,15 +25,24 @@ async function devToken(user: string, admin: boolean): Promise<string> {
   return body.token;
 }
 
+type Session =
+  | { id: number; user: string; kind: "herald"; herald: Herald<HeraldChannels> }
+  | { id: number; user: string; kind: "socketio"; socket: ReturnType<typeof socketIoClient> };
+
 function App() {
   const [user, setUser] = useState("alice");
   const [admin, setAdmin] = useState(false);
-  const [session, setSession] = useState<{ id: number; user: string; herald: Herald<HeraldChannels> } | null>(null);
+  const [session, setSession] = useState<Session | null>(null);
 
   const connect = (ev: FormEvent) => {
     ev.preventDefault();
     const name = user.trim();
     if (!name) return;
+    if (socketIoRequested()) {
+      const socket = socketIoClient(() => devToken(name, admin));
+      setSession((s) => ({ id: (s?.id ?? 0) + 1, user: name, kind: "socketio", socket }));
+      return;
+    }
     const proto = location.protocol === "https:" ? "wss" : "ws";
     const transports = transportsFromQuery();
     const herald = new Herald<HeraldChannels>(`${proto}://${location.host}/v1/ws`, {
@@ -40,7 +50,7 @@ function App() {
       maxReconnectDelayMs: 3_000,
       ...(transports ? { transports } : {}),
     });
-    setSession((s) => ({ id: (s?.id ?? 0) + 1, user: name, herald }));
+    setSession((s) => ({ id: (s?.id ?? 0) + 1, user: name, kind: "herald", herald }));
   };
 
   const header = (
@@ -55,10 +65,19 @@ function App() {
         </label>{" "}
         <button id="connect">Connect</button>
       </form>
-      {session ? <ConnectionBadge /> : <span id="state">idle</span>}
+      {!session ? <span id="state">idle</span> : session.kind === "herald" ? <ConnectionBadge /> : <SocketIoBadge socket={session.socket} />}
     </header>
   );
   if (!session) return header;
+  if (session.kind === "socketio") {
+    // A new session (another user) replaces the dashboard, which disconnects the old socket.
+    return (
+      <>
+        {header}
+        <SocketIoDashboard key={session.id} socket={session.socket} user={session.user} />
+      </>
+    );
+  }
   // A new session (another user) replaces the provider, which disconnects the old client.
   return (
     <HeraldProvider key={session.id} client={session.herald}>
@@ -68,7 +87,7 @@ function App() {
   );
 }
 
-/** "connected", "connecting", or "reconnecting (attempt N)" while it retries; and the transport. */
+/** The connection's state and transport, from @herald/client. */
 function ConnectionBadge() {
   const herald = useHerald<HeraldChannels>();
   const snapshot = useSyncExternalStore(
@@ -76,27 +95,7 @@ function ConnectionBadge() {
     () => `${herald.state}|${herald.reconnectAttempt}|${herald.transport ?? ""}`,
   );
   const [state, attempt, transport] = snapshot.split("|") as [string, string, string];
-  const retrying = state !== "connected" && Number(attempt) > 0;
-  return (
-    <>
-      <span id="state" className={retrying ? "reconnecting" : state}>
-        {retrying ? `reconnecting (attempt ${attempt})` : state}
-      </span>
-      <span id="transport" className="muted-light">
-        {state === "connected" ? `via ${transport === "sse" ? "SSE" : "WebSocket"}` : ""}
-      </span>
-    </>
-  );
-}
-
-/** A bounded list: newest first, or (`oldestFirst`) in arrival order, newest at the bottom. */
-function useList<T>(max = 100, oldestFirst = false): [T[], (item: T) => void] {
-  const [items, setItems] = useState<T[]>([]);
-  const add = useCallback(
-    (item: T) => setItems((xs) => (oldestFirst ? [...xs, item].slice(-max) : [item, ...xs].slice(0, max))),
-    [max, oldestFirst],
-  );
-  return [items, add];
+  return <Badge state={state} attempt={Number(attempt)} transport={transport === "sse" ? "SSE" : "WebSocket"} />;
 }
 
 function Dashboard({ user }: { user: string }) {
@@ -116,68 +115,28 @@ function Notifications({ user }: { user: string }) {
   useChannel<HeraldChannels, typeof channel>(channel, (n) => add(`${n.type}: ${n.text ?? ""}`), {
     onRecoveryFailed: () => setMissed(true),
   });
-  const curl = `curl -H 'Authorization: Bearer dev-api-key-change-me' -d '{"channel":"${channel}","data":{"type":"mention","text":"hi"}}' http://${location.host}/v1/publish`;
-  return (
-    <section>
-      <h2>
-        My notifications <span className="muted">{channel}</span>
-      </h2>
-      {missed && <p className="warn">Reconnected to a restarted gateway: older notifications may be missing.</p>}
-      <ul id="notifications">
-        {items.map((t, i) => (
-          <li key={items.length - i}>{t}</li>
-        ))}
-      </ul>
-      <p className="muted">
-        Publish one with the server API:
-        <br />
-        <code>{curl}</code>
-      </p>
-    </section>
-  );
+  return <NotificationsCard channel={channel} items={items} missed={missed} />;
 }
 
 function Feed() {
   const [items, add] = useList<string>();
   useChannel<HeraldChannels, "blog.article.feed">("blog.article.feed", (a) => add(`${a.title} (${a.id})`));
-  return (
-    <section>
-      <h2>
-        Public feed <span className="muted">blog.article.feed</span>
-      </h2>
-      <ul id="feed">
-        {items.map((t, i) => (
-          <li key={items.length - i}>{t}</li>
-        ))}
-      </ul>
-    </section>
-  );
-}
-
-/** The vouched sender of a publication, for display. */
-function senderOf(from: PublicationFrom): string {
-  return "server" in from ? "server" : (from.user ?? "anonymous");
+  return <FeedCard items={items} />;
 }
 
 function Chat() {
   const herald = useHerald<HeraldChannels>();
-  // A conversation reads top to bottom: oldest first, newest at the bottom, kept in view.
+  // A conversation reads top to bottom: oldest first, newest at the bottom.
   const [messages, add] = useList<string>(100, true);
-  const list = useRef<HTMLUListElement>(null);
-  useEffect(() => {
-    const el = list.current;
-    if (el) el.scrollTop = el.scrollHeight;
-  }, [messages]);
   const [present, setPresent] = useState<PresenceClient[]>([]);
-  const [text, setText] = useState("");
-  const [error, setError] = useState("");
+  const [problem, setProblem] = useState("");
 
   // The sender shown is the one the gateway vouches for (`ctx.from`), never a name inside the
   // payload: any user could write `{"user":"bob"}` into a message.
   useChannel<HeraldChannels, typeof ROOM>(ROOM, (m, ctx) => add(`${senderOf(ctx.from)}: ${m.text}`), {
     // After every (re)subscription the presence list is fetched again; join/leave keep it current.
     onSubscribed: () => {
-      herald.presence(ROOM).then(setPresent, (e: HeraldError) => setError(`${e.code}: ${e.message}`));
+      herald.presence(ROOM).then(setPresent, (e: HeraldError) => setProblem(`${e.code}: ${e.message}`));
     },
     onPresence: (ev) =>
       setPresent((xs) =>
@@ -186,44 +145,18 @@ function Chat() {
           : xs.filter((c) => c.client !== ev.client),
       ),
   });
-  const users = useMemo(() => [...new Set(present.map((c) => c.user ?? "anonymous"))].sort(), [present]);
+  const users = useMemo(() => usersOf(present), [present]);
 
-  const send = async (ev: FormEvent) => {
-    ev.preventDefault();
-    if (!text) return;
+  const send = async (text: string): Promise<string> => {
     try {
       await herald.publish(ROOM, { text });
-      setText("");
-      setError("");
+      return "";
     } catch (e) {
-      setError(e instanceof HeraldError ? `${e.code}: ${e.message}` : String(e));
+      return e instanceof HeraldError ? `${e.code}: ${e.message}` : String(e);
     }
   };
 
-  return (
-    <section>
-      <h2>
-        Chat <span className="muted">{ROOM}</span>
-      </h2>
-      <div className="presence" id="presence">
-        {users.map((u) => (
-          <span key={u}>{u}</span>
-        ))}
-      </div>
-      <ul id="chat" ref={list}>
-        {messages.map((t, i) => (
-          <li key={i}>{t}</li>
-        ))}
-      </ul>
-      <form onSubmit={send}>
-        <input id="chat-text" type="text" placeholder="Say something" maxLength={2000} value={text} onChange={(e) => setText(e.target.value)} />
-        <button>Send</button>
-      </form>
-      <p className="muted" id="chat-error">
-        {error}
-      </p>
-    </section>
-  );
+  return <ChatCard users={users} messages={messages} send={send} problem={problem} />;
 }
 
 createRoot(document.getElementById("root")!).render(

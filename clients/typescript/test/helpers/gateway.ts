@@ -111,6 +111,8 @@ export interface GatewayOptions {
   sections?: string;
   /** Bind this port (to restart a gateway where clients expect it); default: a free one. */
   port?: number;
+  /** Extra `[[channel]]` descriptors after the shared `CHANNELS`. */
+  channels?: string;
 }
 
 export class Gateway {
@@ -159,7 +161,8 @@ hs256_secret = "${SECRET}"
 [api]
 key = "${API_KEY}"
 ${this.opts.sections ?? ""}
-${CHANNELS}`,
+${CHANNELS}
+${this.opts.channels ?? ""}`,
     );
     this.port = await startHerald(located, ["serve", "--config", config], (child) => (this.child = child));
   }
@@ -203,6 +206,17 @@ ${CHANNELS}`,
     const body = (await res.json()) as { offset: number; epoch: string };
     if (!res.ok) throw new Error(`publish ${res.status}: ${JSON.stringify(body)}`);
     return body;
+  }
+
+  /** Kicks every connection of `user` through the server API; resolves with how many were ended. */
+  async kick(user: string): Promise<number> {
+    const res = await fetch(`${this.http}/v1/users/${encodeURIComponent(user)}/disconnect`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}` },
+    });
+    const body = (await res.json()) as { disconnected: number };
+    if (!res.ok) throw new Error(`kick ${res.status}: ${JSON.stringify(body)}`);
+    return body.disconnected;
   }
 }
 

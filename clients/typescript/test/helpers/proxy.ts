@@ -1,5 +1,6 @@
 // Proxies between a client and the gateway: a TCP proxy a test can cut (the gateway keeps
-// running, same history and epoch, while the client sees its connection drop), and an HTTP
+// running, same history and epoch, while the client sees its connection drop) and point at
+// another node (a load balancer without sticky sessions), and an HTTP
 // proxy that refuses WebSocket upgrades (to prove the fallback to SSE).
 import { createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from "node:http";
 import { createServer, connect, type Server, type Socket } from "node:net";
@@ -8,8 +9,17 @@ export class CuttableProxy {
   private readonly sockets = new Set<Socket>();
   private blocked = false;
   port = 0;
+  /** Where new connections go (`retarget` changes it; open ones stay where they are). */
+  target: number;
+  /** Connections opened so far, by target port. */
+  readonly opened = new Map<number, number>();
 
-  private constructor(private readonly server: Server) {}
+  private constructor(
+    private readonly server: Server,
+    targetPort: number,
+  ) {
+    this.target = targetPort;
+  }
 
   static async start(targetPort: number): Promise<CuttableProxy> {
     let proxy: CuttableProxy | null = null;
@@ -18,8 +28,9 @@ export class CuttableProxy {
         client.destroy();
         return;
       }
-      const upstream = connect(targetPort, "127.0.0.1");
       const p = proxy;
+      const upstream = connect(p.target, "127.0.0.1");
+      p.opened.set(p.target, (p.opened.get(p.target) ?? 0) + 1);
       for (const s of [client, upstream]) {
         p.sockets.add(s);
         s.on("close", () => p.sockets.delete(s));
@@ -30,7 +41,7 @@ export class CuttableProxy {
       client.on("close", () => upstream.destroy());
       upstream.on("close", () => client.destroy());
     });
-    proxy = new CuttableProxy(server);
+    proxy = new CuttableProxy(server, targetPort);
     await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
     const addr = server.address();
     proxy.port = typeof addr === "object" && addr ? addr.port : 0;
@@ -39,6 +50,15 @@ export class CuttableProxy {
 
   get ws(): string {
     return `ws://127.0.0.1:${this.port}/v1/ws`;
+  }
+
+  get http(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Sends new connections to `port` from now on (open ones are left alone: `cut()` them). */
+  retarget(port: number): void {
+    this.target = port;
   }
 
   /** Destroys every open connection and refuses new ones until `unblock()`. */

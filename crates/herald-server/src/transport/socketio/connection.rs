@@ -303,12 +303,21 @@ impl SocketIoTransport {
         match item {
             Outgoing::Shared(p) => match p.kind {
                 FrameKind::Pub => {
-                    let prefix: Arc<str> = p.cached(Wire::SocketIo, |p| {
-                        Arc::from(publication_prefix(&self.node, p))
-                    });
+                    let node = &self.node;
+                    let built;
+                    // Built once per publication, lent to every subscriber.
+                    let prefix: &str = match p.cached_ref::<Arc<str>>(Wire::SocketIo, |p| {
+                        Arc::from(publication_prefix(node, p))
+                    }) {
+                        Some(shared) => shared,
+                        None => {
+                            built = publication_prefix(node, &p);
+                            &built
+                        }
+                    };
                     self.cursor.advance(&p.channel, p.offset, &p.epoch);
                     let mut text = String::with_capacity(prefix.len() + self.cursor.len_hint() + 4);
-                    text.push_str(&prefix);
+                    text.push_str(prefix);
                     text.push_str(",\"");
                     self.cursor.write_str(&mut text);
                     text.push_str("\"]");

@@ -164,7 +164,9 @@ pub fn parse_socketio(text: &str) -> Result<Packet<'_>, PacketError> {
         Kind::Disconnect => data.is_none(),
         Kind::Event | Kind::BinaryEvent => data.is_some_and(|d| d.starts_with('[')),
         Kind::Ack | Kind::BinaryAck => id.is_some() && data.is_some_and(|d| d.starts_with('[')),
-        Kind::ConnectError => true,
+        // An object (or a string), as Node's parser accepts: never a number, which would run
+        // into the id's digits.
+        Kind::ConnectError => data.is_none_or(|d| d.starts_with(['{', '"'])),
     };
     if !valid {
         return Err(PacketError("packet data of the wrong shape for its type"));
@@ -183,8 +185,8 @@ fn digits_at(bytes: &[u8], at: usize) -> usize {
         .get(at..)
         .unwrap_or_default()
         .iter()
-        // An id longer than u64 is refused by the parse, not read on forever.
-        .take(21)
+        // The whole run, as Node's parser reads it: an id too long for u64 is then refused
+        // (stopping early would read the rest of the run as data).
         .take_while(|b| b.is_ascii_digit())
         .count()
 }
@@ -309,6 +311,9 @@ mod tests {
         assert_eq!((p.attachments, p.namespace, p.id), (2, "/x", Some(9)));
         let p = parse_socketio("1").unwrap();
         assert_eq!(p.kind, Kind::Disconnect);
+        // The id is the whole digit run (leading zeros and all), never cut into id and data.
+        let p = parse_socketio("400000004704000000004740").unwrap();
+        assert_eq!((p.id, p.data), (Some(4704000000004740), None));
         for bad in [
             "",
             "9",
@@ -322,6 +327,7 @@ mod tests {
             "5x-[\"x\"]",
             "565-[\"x\"]",
             "299999999999999999999999[\"x\"]",
+            "4-1",
         ] {
             assert!(parse_socketio(bad).is_err(), "{bad:?}");
         }

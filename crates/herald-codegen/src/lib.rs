@@ -254,6 +254,7 @@ pub fn json_schemas(registry: &Registry, source: &str) -> Vec<(String, Value)> {
         let file = format!("{name}.json");
         let scope = |s: &Scope| match s {
             Scope::Role(r) => json!({ "role": r }),
+            Scope::Proxy(p) => json!({ "proxy": p }),
             other => json!(format!("{other:?}").to_lowercase()),
         };
         index.insert(

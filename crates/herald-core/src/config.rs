@@ -31,14 +31,17 @@ use crate::registry::{Registry, Scope};
 /// is an error, like an unknown key in the file. Variables without `__` (the CLI's
 /// `HERALD_CONFIG` and `HERALD_LOG`, a deployment's own `HERALD_URL`, the tests'
 /// `HERALD_BIN`) are not config and are left alone.
-const ENV_SECTIONS: &[&str] = &["server", "auth", "api", "broker", "limits", "socketio"];
+const ENV_SECTIONS: &[&str] = &[
+    "server", "auth", "api", "broker", "limits", "socketio", "backend",
+];
 
 /// Sections that are arrays of tables, which one flat variable cannot express: the file only.
-const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source"];
+const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy"];
 
 /// The top-level keys of `herald.toml`.
 const SECTIONS: &[&str] = &[
-    "server", "auth", "api", "broker", "limits", "socketio", "channel", "source",
+    "server", "auth", "api", "broker", "limits", "socketio", "channel", "source", "backend",
+    "proxy",
 ];
 
 /// The fully validated configuration of one gateway process.
@@ -57,6 +60,13 @@ pub struct Config {
     /// Gate 1's verifier, built from `[auth]` while validating (key files read, JWKS parsed),
     /// so a bad key is a config error like any other and is never built twice.
     pub authenticator: Arc<Authenticator>,
+    /// The verifier of subscription tokens when `[auth.subscription]` names a key of its own;
+    /// `None`: subscription tokens are verified with the connection keys (`authenticator`).
+    pub subscription_authenticator: Option<Arc<Authenticator>>,
+    /// `[backend]`: how requests to the application's backend are signed.
+    pub backend: BackendConfig,
+    /// `[[proxy]]`: the backend endpoints gates may ask, by name.
+    pub proxies: Vec<ProxyConfig>,
     /// Things that are not errors but probably mistakes, e.g. `HERALD_API_KEY` (one
     /// underscore: not a config key) next to an intended `HERALD_API__KEY`. The binary logs them.
     pub warnings: Vec<String>,
@@ -191,6 +201,53 @@ pub struct AuthConfig {
     pub require_exp: bool,
     /// Name of a cookie that may carry the token (browsers on the same site). Off when unset.
     pub cookie: Option<String>,
+    /// `[auth.subscription]`: a key of its own for subscription tokens (`scope = "token"`).
+    /// Unset: they are verified with the connection keys above.
+    pub subscription: Option<SubscriptionKeyConfig>,
+}
+
+/// `[auth.subscription]`: the key subscription tokens are signed with, when it is not the
+/// connection key (e.g. the backend that mints them holds a secret the login service does
+/// not). Exactly one of the three.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionKeyConfig {
+    /// Shared secret for HS256/HS384/HS512 subscription tokens.
+    pub hs256_secret: Option<String>,
+    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key.
+    pub public_key_pem: Option<PathBuf>,
+    /// JWKS file; tokens pick their key by `kid`.
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// `[backend]`: requests Herald makes to the application's backend (proxies).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// The shared secret every request is signed with (`Herald-Signature`, docs/backend.md).
+    /// Required when a `[[proxy]]` is configured.
+    pub secret: Option<String>,
+}
+
+/// One `[[proxy]]`: a backend endpoint a gate asks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// How descriptors refer to it (`scope = { proxy = "rooms" }`).
+    pub name: String,
+    /// `http://` or `https://` URL the signed JSON request is POSTed to.
+    pub url: String,
+    /// The whole request, connect to last byte of the answer; past it the gate refuses with
+    /// `unavailable` (fail closed).
+    #[serde(default = "default_proxy_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long an answer is reused for the same (user, channel); zero: never cached.
+    #[serde(default, with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+fn default_proxy_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Default for AuthConfig {
@@ -206,6 +263,7 @@ impl Default for AuthConfig {
             leeway: Duration::from_secs(5),
             require_exp: false,
             cookie: None,
+            subscription: None,
         }
     }
 }
@@ -397,6 +455,10 @@ struct RawConfig {
     channels: Vec<ChannelConfig>,
     #[serde(default)]
     source: SourcesConfig,
+    #[serde(default)]
+    backend: BackendConfig,
+    #[serde(default)]
+    proxy: Vec<ProxyConfig>,
 }
 
 /// One thing wrong with the configuration, located as precisely as we can.
@@ -735,9 +797,16 @@ impl Config {
             socketio,
             channels,
             source,
+            backend,
+            proxy: proxies,
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
+        if let Some(sub) = &mut auth.subscription {
+            sub.public_key_pem = sub.public_key_pem.take().map(|p| base.join(p));
+            sub.jwks_file = sub.jwks_file.take().map(|p| base.join(p));
+        }
+        validate_backend(&backend, &proxies, &mut problems);
         validate_general(&server, &auth, &limits, &mut problems);
         validate_broker(&broker, &limits, &mut problems);
         for (i, pg) in source.postgres.iter().enumerate() {
@@ -766,11 +835,62 @@ impl Config {
             }
         }
         let registry = Registry::build(&channels, base, &mut problems);
+        for (index, d) in registry.descriptors().iter().enumerate() {
+            if let Scope::Proxy(name) = &d.scope
+                && !proxies.iter().any(|p| p.name == *name)
+            {
+                problems.push(
+                    Some(channel_label(index, d.pattern.as_str())),
+                    "scope.proxy",
+                    format!("no [[proxy]] is named {name:?}"),
+                );
+            }
+        }
         let authenticator = match Authenticator::from_config(&auth) {
             Ok(a) => Some(a),
             Err(e) => {
                 problems.push(None, e.field, e.message);
                 None
+            }
+        };
+        let subscription_authenticator = match &auth.subscription {
+            None => None,
+            Some(sub) => {
+                let keys = [
+                    sub.hs256_secret.is_some(),
+                    sub.public_key_pem.is_some(),
+                    sub.jwks_file.is_some(),
+                ];
+                if keys.iter().filter(|k| **k).count() != 1 {
+                    problems.push(
+                        None,
+                        "auth.subscription",
+                        "set exactly one of hs256_secret, public_key_pem, jwks_file",
+                    );
+                }
+                if sub.hs256_secret.as_deref().is_some_and(str::is_empty) {
+                    problems.push(None, "auth.subscription.hs256_secret", "must not be empty");
+                }
+                // The same rules as connection tokens (leeway included); `iss`/`aud` belong to
+                // the login service's tokens, not to the backend's.
+                let cfg = AuthConfig {
+                    hs256_secret: sub.hs256_secret.clone(),
+                    public_key_pem: sub.public_key_pem.clone(),
+                    jwks_file: sub.jwks_file.clone(),
+                    leeway: auth.leeway,
+                    ..AuthConfig::default()
+                };
+                match Authenticator::from_config(&cfg) {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        problems.push(
+                            None,
+                            &format!("auth.subscription.{}", field_tail(e.field)),
+                            e.message,
+                        );
+                        None
+                    }
+                }
             }
         };
         if let (true, true, Some(authenticator)) = (
@@ -781,6 +901,9 @@ impl Config {
             Ok(Config {
                 warnings: env.warnings,
                 authenticator: Arc::new(authenticator),
+                subscription_authenticator,
+                backend,
+                proxies,
                 file,
                 server,
                 auth,
@@ -832,6 +955,17 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
             "api" => collect::<ApiConfig>(value, at, &mut errors),
             "broker" => collect::<BrokerConfig>(value, at, &mut errors),
             "limits" => collect::<Limits>(value, at, &mut errors),
+            "socketio" => collect::<SocketIoConfig>(value, at, &mut errors),
+            "backend" => collect::<BackendConfig>(value, at, &mut errors),
+            "proxy" => match value {
+                Value::Array(_, items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), i.to_string()];
+                        collect::<ProxyConfig>(item, at, &mut errors);
+                    }
+                }
+                other => collect::<Vec<ProxyConfig>>(other, at, &mut errors),
+            },
             "source" => {
                 // Each `[[source.postgres]]` on its own, like channels.
                 let mut value = value;
@@ -914,6 +1048,44 @@ fn remove(value: &mut Value, path: &[String]) -> bool {
             Some(inner) => remove(inner, rest),
             None => false,
         },
+    }
+}
+
+/// The last part of a dotted field name (`auth.hs256_secret` → `hs256_secret`).
+fn field_tail(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
+}
+
+fn validate_backend(backend: &BackendConfig, proxies: &[ProxyConfig], p: &mut Problems) {
+    if backend.secret.as_deref().is_some_and(str::is_empty) {
+        p.push(None, "backend.secret", "must not be empty");
+    }
+    // Unsigned requests would let anyone who reaches the backend impersonate the gateway.
+    if !proxies.is_empty() && backend.secret.is_none() {
+        p.push(
+            None,
+            "backend.secret",
+            "required when a [[proxy]] is configured: every request to the backend is signed",
+        );
+    }
+    for (i, proxy) in proxies.iter().enumerate() {
+        let field = |f: &str| format!("proxy.{i}.{f}");
+        if proxy.name.is_empty() {
+            p.push(None, &field("name"), "must not be empty");
+        }
+        if proxies[..i].iter().any(|o| o.name == proxy.name) {
+            p.push(
+                None,
+                &field("name"),
+                format!("duplicate proxy name {:?}", proxy.name),
+            );
+        }
+        if !(proxy.url.starts_with("http://") || proxy.url.starts_with("https://")) {
+            p.push(None, &field("url"), "must be an http:// or https:// URL");
+        }
+        if proxy.timeout.is_zero() {
+            p.push(None, &field("timeout"), "must be greater than 0");
+        }
     }
 }
 

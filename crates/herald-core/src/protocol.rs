@@ -255,6 +255,9 @@ pub enum ClientFrame {
         id: Option<u64>,
         channel: String,
         since: Option<Since>,
+        /// A subscription token, for channels with `scope = "token"` (ignored by others).
+        #[serde(default)]
+        token: Option<String>,
     },
     Unsubscribe {
         id: Option<u64>,
@@ -272,6 +275,13 @@ pub enum ClientFrame {
     },
     Refresh {
         id: Option<u64>,
+        token: String,
+    },
+    /// Renews a token-scoped subscription with a new subscription token for the same channel
+    /// and user, before the old one expires.
+    SubRefresh {
+        id: Option<u64>,
+        channel: String,
         token: String,
     },
     Ping {
@@ -644,7 +654,17 @@ mod tests {
             ClientFrame::Subscribe {
                 id: Some(1),
                 channel: "a.b".into(),
-                since: None
+                since: None,
+                token: None,
+            }
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"sub_refresh","id":2,"channel":"a.b","token":"t"}"#)
+                .unwrap(),
+            ClientFrame::SubRefresh {
+                id: Some(2),
+                channel: "a.b".into(),
+                token: "t".into(),
             }
         );
         assert!(matches!(

@@ -18,6 +18,8 @@
 //! - [`prepared`]: a publication encoded once per wire format (v1 JSON eagerly, others lazily).
 //! - [`outbox`]: each session's byte-bounded queue (the slow-consumer policy).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`proxy`]: gate 2 decided by the application's backend (the subscribe proxy), behind the
+//!   [`proxy::Backend`] seam that `herald-server` implements over HTTP.
 //!
 //! # The path of a publication
 //! `Node::publish_as` (gate 3: resolve, authorize, validate) → `Broker::publish` → the broker
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod prepared;
+pub mod proxy;
 pub mod session;
 
 pub use admission::{Admitted, Handshake, Refusal, Slot};

@@ -2,7 +2,8 @@
 //! every transport and source goes through (the same gates whatever the door).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use herald_core::broker::{HistoryQuery, HistoryResult, random_id};
@@ -51,6 +52,10 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every session task and source task, so shutdown can wait for them to drain.
     pub tasks: TaskTracker,
+    /// The application's backend (proxies), set once by the server that builds the node.
+    pub backend: OnceLock<Arc<dyn crate::proxy::Backend>>,
+    /// Subscribe proxy decisions, per (proxy, user, channel), for each proxy's `cache_ttl`.
+    pub decisions: crate::proxy::DecisionCache,
     draining: AtomicBool,
     next_conn: AtomicU64,
     /// A random name for this process; client ids are `<node>-<n>`, unique across nodes.
@@ -109,6 +114,8 @@ impl Node {
             sessions,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            backend: OnceLock::new(),
+            decisions: Default::default(),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             id: random_id(8).to_ascii_lowercase(),
@@ -162,6 +169,56 @@ impl Node {
             .authorize_subscribe(&params, identity)
             .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
         Ok(descriptor)
+    }
+
+    /// Gate 2 for `scope = "token"`: `token` is a JWT signed with the subscription key (or the
+    /// connection keys), whose `channel` claim is exactly `channel`, whose `sub` is the
+    /// connection's user, and which carries `exp`. Returns that `exp`, when the subscription
+    /// ends unless renewed. Errors: `forbidden` (no token, or a valid token for another
+    /// channel or user), `unauthorized` (the token does not verify, or has expired).
+    pub fn verify_subscription_token(
+        &self,
+        channel: &str,
+        identity: &Identity,
+        token: Option<&str>,
+    ) -> Result<SystemTime, ErrorBody> {
+        let token = token.ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("{channel:?} needs a subscription token (`token` in subscribe)"),
+            )
+        })?;
+        let auth = self
+            .config
+            .subscription_authenticator
+            .as_deref()
+            .unwrap_or(&self.config.authenticator);
+        let verified = auth.verify_claims(token).map_err(|e| {
+            ErrorBody::new(ErrorCode::Unauthorized, format!("subscription token: {e}"))
+        })?;
+        // A grant without an end could never be taken back: `exp` is required.
+        let exp = verified.expires_at.ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "subscription token: exp is required",
+            )
+        })?;
+        match verified.claims.get("channel") {
+            Some(serde_json::Value::String(c)) if c == channel => {}
+            _ => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    format!("the subscription token is not for {channel:?}"),
+                ));
+            }
+        }
+        match (verified.claims.get("sub"), identity.user.as_deref()) {
+            (Some(serde_json::Value::String(sub)), Some(me)) if sub == me => Ok(exp),
+            _ => Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "the subscription token is for another user",
+            )),
+        }
     }
 
     /// Gate 3 and the publish itself, for every source. `client` is `None` for the server

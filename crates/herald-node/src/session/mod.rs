@@ -8,7 +8,8 @@
 //!
 //! - `subscribe.rs`: the welcome and its subscriptions, subscribe/unsubscribe, presence
 //!   join/leave, evictions (gate 2 is called from here).
-//! - `commands.rs`: publish (the publish rate, then gate 3), presence, refresh.
+//! - `commands.rs`: publish (the publish rate, then gate 3), presence, refresh, and the
+//!   renewal of subscription tokens (`sub_refresh`).
 //! - `recover.rs`: the recovery rule.
 //! - `limits.rs`: token buckets and the expiry deadline.
 //! - `transport.rs`: the seam.
@@ -103,6 +104,11 @@ pub struct Session {
     publishes: Bucket,
     last_seen: Instant,
     expires: Option<Instant>,
+    /// Token-scoped subscriptions and when their subscription token runs out (`sub_refresh`
+    /// moves it). A Vec: few connections hold any, and an empty Vec costs no allocation.
+    sub_expiry: Vec<(Arc<str>, Instant)>,
+    /// [`Transport::NAME`] of the transport running the session.
+    transport: &'static str,
 }
 
 /// What the loop does after an event.
@@ -124,6 +130,8 @@ impl Session {
             identity,
             subscriptions: HashMap::new(),
             last_seen: Instant::now(),
+            sub_expiry: Vec::new(),
+            transport: "other",
         }
     }
 
@@ -153,6 +161,7 @@ impl Session {
         opening: Opening,
     ) -> impl std::future::Future<Output = ()> {
         async move {
+            self.transport = T::NAME;
             let node = self.node().clone();
             node.metrics.connections.inc();
             let ending = match self.welcome(opening).await {
@@ -188,6 +197,8 @@ impl Session {
 
         loop {
             let expiry = sleep_until(self.expires.unwrap_or(far));
+            let sub_deadline = self.sub_expiry.iter().map(|(_, at)| *at).min();
+            let sub_expiry = sleep_until(sub_deadline.unwrap_or(far));
             let drain = sleep_until(draining_at.unwrap_or(far));
             let flow = tokio::select! {
                 biased;
@@ -213,6 +224,10 @@ impl Session {
                 }
                 _ = expiry, if self.expires.is_some() => {
                     Flow::End(Ending::Goodbye(Goodbye::TokenExpired))
+                }
+                _ = sub_expiry, if sub_deadline.is_some() => {
+                    self.expire_subscriptions().await;
+                    Flow::Continue
                 }
                 _ = shutdown.cancelled(), if draining_at.is_none() => {
                     // Spread reconnects over the window so the other nodes are not stampeded.
@@ -268,8 +283,13 @@ impl Session {
 
     async fn dispatch(&mut self, frame: ClientFrame) {
         match frame {
-            ClientFrame::Subscribe { id, channel, since } => {
-                if let Err(e) = self.subscribe(id, channel, since).await {
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                since,
+                token,
+            } => {
+                if let Err(e) = self.subscribe(id, channel, since, token.as_deref()).await {
                     self.node().metrics.reject(Gate::subscribe, e.code);
                     self.fail(id, e);
                 }
@@ -322,6 +342,10 @@ impl Session {
             }
             ClientFrame::Refresh { id, token } => {
                 let r = self.refresh(&token);
+                self.answer(id, r.map(|()| |id| reply_ok(id, ReplyBody::Empty {})));
+            }
+            ClientFrame::SubRefresh { id, channel, token } => {
+                let r = self.sub_refresh(&channel, &token).await;
                 self.answer(id, r.map(|()| |id| reply_ok(id, ReplyBody::Empty {})));
             }
             ClientFrame::Ping { id } => match id {

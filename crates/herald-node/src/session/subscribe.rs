@@ -11,14 +11,28 @@ use herald_core::protocol::{
     ChannelPosition, ClientInfo, ErrorBody, ErrorCode, FrameKind, PublicationView, ReplyBody,
     ServerFrame, Since, channel_error_frame, reply_ok,
 };
-use herald_core::{Position, Publication};
+use herald_core::{Position, Publication, Scope};
+use tokio::time::Instant;
 
+use super::limits::deadline_of;
 use super::recover::recover;
 use super::transport::{CursorUpdate, Outgoing, Own};
 use super::{Opening, Session};
 use crate::metrics::Gate;
 use crate::node::broker_error;
 use crate::prepared::Prepared;
+use crate::proxy::SubscribeAsk;
+
+/// The reason of the `unsubscribed` frame sent when a subscription token runs out.
+pub const TOKEN_EXPIRED: &str = "token_expired";
+
+/// What gate 2 granted one subscription.
+struct Grant {
+    /// A presence channel (join now, leave on unsubscribe).
+    presence: bool,
+    /// When the subscription token runs out (token-scoped channels).
+    expires: Option<Instant>,
+}
 
 /// One subscription made at connect, between its history read and its activation.
 struct Opened {
@@ -192,20 +206,94 @@ impl Session {
         auto: bool,
     ) -> Result<HistoryResult, ErrorBody> {
         let node = self.node().clone();
-        let presence = match node.authorize_subscribe(channel, &self.identity) {
-            Ok(d) => d.presence,
-            Err(e) => return Err(e),
-        };
+        // At connect there is no subscription token to present: a token-scoped channel asked
+        // for here (an SSE `?channel=`, a resume) is refused, and the client subscribes with
+        // its token instead. A proxy-scoped one asks the backend like a subscribe.
+        let grant = self.gate2(channel, None).await?;
         if !auto {
             self.check_limit(channel)?;
         }
-        self.attach(channel, presence).await?;
+        self.attach(channel, grant.presence).await?;
         match node.history(channel, history_query(since, &node)).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.detach(channel).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Gate 2 for this session: the registry's pure rule, or the subscription token, or the
+    /// backend (subscribe proxy), by the descriptor's scope. Errors: `unknown_channel`,
+    /// `forbidden`, `unauthorized` (a token that does not verify), `unavailable` (the backend
+    /// gave no usable answer).
+    async fn gate2(&self, channel: &str, token: Option<&str>) -> Result<Grant, ErrorBody> {
+        let node = self.node().clone();
+        let (descriptor, params) = node.resolve(channel)?;
+        let presence = descriptor.presence;
+        match &descriptor.scope {
+            Scope::Token => {
+                let exp = node.verify_subscription_token(channel, &self.identity, token)?;
+                Ok(Grant {
+                    presence,
+                    expires: deadline_of(Some(exp)),
+                })
+            }
+            Scope::Proxy(name) => {
+                let ask = SubscribeAsk {
+                    identity: &self.identity,
+                    channel,
+                    params: &params,
+                    client: &self.handle().id,
+                    transport: self.transport,
+                };
+                node.proxy_subscribe(name, ask).await?;
+                Ok(Grant {
+                    presence,
+                    expires: None,
+                })
+            }
+            _ => {
+                node.authorize_subscribe(channel, &self.identity)?;
+                Ok(Grant {
+                    presence,
+                    expires: None,
+                })
+            }
+        }
+    }
+
+    /// Ends every token-scoped subscription whose token has run out: the client gets
+    /// `unsubscribed` with reason `token_expired` (after every publication it was owed, before
+    /// none it was not) and may subscribe again with a fresh token.
+    pub(super) async fn expire_subscriptions(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Arc<str>> = self
+            .sub_expiry
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in due {
+            self.detach(&channel).await;
+            let json = ServerFrame::Unsubscribed {
+                channel: &channel,
+                reason: TOKEN_EXPIRED,
+            }
+            .encode();
+            self.handle().outbox.push(Outgoing::Own(Own {
+                kind: FrameKind::Unsubscribed,
+                json,
+                cursor: CursorUpdate::Forget(channel.clone()),
+            }));
+        }
+    }
+
+    /// Sets (or clears) when a subscription's token runs out.
+    pub(super) fn set_expiry(&mut self, channel: &Arc<str>, at: Option<Instant>) {
+        self.sub_expiry.retain(|(c, _)| c != channel);
+        if let Some(at) = at {
+            self.sub_expiry.push((channel.clone(), at));
         }
     }
 
@@ -240,6 +328,7 @@ impl Session {
 
     pub(super) async fn detach(&mut self, channel: &str) {
         let node = self.node().clone();
+        self.sub_expiry.retain(|(c, _)| **c != *channel);
         if self.subscriptions.remove(channel) == Some(true)
             && let Err(e) = node
                 .broker
@@ -270,13 +359,15 @@ impl Session {
         id: Option<u64>,
         channel: String,
         since: Option<Since>,
+        token: Option<&str>,
     ) -> Result<(), ErrorBody> {
         self.forget_evicted().await;
         let node = self.node().clone();
-        let presence = node.authorize_subscribe(&channel, &self.identity)?.presence;
+        let grant = self.gate2(&channel, token).await?;
         self.check_limit(&channel)?;
         let channel: Arc<str> = Arc::from(channel);
-        self.attach(&channel, presence).await?;
+        self.attach(&channel, grant.presence).await?;
+        self.set_expiry(&channel, grant.expires);
         let result = match node
             .history(&channel, history_query(since.as_ref(), &node))
             .await

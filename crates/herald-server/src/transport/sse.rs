@@ -260,6 +260,8 @@ fn event_bytes(kind: FrameKind, json: &str) -> Bytes {
 }
 
 impl Transport for SseTransport {
+    const NAME: &'static str = "sse";
+
     fn answers_pings(&self) -> bool {
         false
     }

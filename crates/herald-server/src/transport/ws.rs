@@ -182,6 +182,8 @@ impl WsTransport {
 }
 
 impl Transport for WsTransport {
+    const NAME: &'static str = "websocket";
+
     fn answers_pings(&self) -> bool {
         true
     }

@@ -361,6 +361,13 @@ impl SocketIoTransport {
                             .push(packet::event("herald:error", &[&o.json], false))
                     }
                     FrameKind::Ping => self.out.push("2".into()),
+                    // The session ended one subscription itself (its token ran out): the
+                    // others, and the recovery state under the pid, carry on — unlike an
+                    // eviction for lost continuity, which arrives as a shared frame.
+                    FrameKind::Unsubscribed => {
+                        self.out
+                            .push(packet::event("herald:unsubscribed", &[&o.json], false))
+                    }
                     _ => {}
                 }
                 changed
@@ -473,6 +480,14 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
         channel: String,
         #[serde(default)]
         since: Option<Since>,
+        #[serde(default)]
+        token: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SubRefresh {
+        channel: String,
+        token: String,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -495,6 +510,12 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
             id,
             channel: s.channel,
             since: s.since,
+            token: s.token,
+        }),
+        "sub_refresh" => read::<SubRefresh>("sub_refresh", arg).map(|r| ClientFrame::SubRefresh {
+            id,
+            channel: r.channel,
+            token: r.token,
         }),
         "unsubscribe" => read::<Channel>("unsubscribe", arg).map(|c| ClientFrame::Unsubscribe {
             id,
@@ -524,7 +545,7 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
         },
         name => Err(format!(
             "unknown event {name:?}: not a command (subscribe, unsubscribe, publish, presence, \
-             refresh) nor a registered channel"
+             refresh, sub_refresh) nor a registered channel"
         )),
     };
     match frame {
@@ -534,6 +555,8 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
 }
 
 impl Transport for SocketIoTransport {
+    const NAME: &'static str = "socketio";
+
     fn answers_pings(&self) -> bool {
         true
     }

@@ -1,0 +1,372 @@
+//! The backend stays in charge: the subscribe proxy and signed backend requests, against a
+//! real backend process (`tests/backend/backend.mjs`, Node builtins only) that verifies every
+//! signature the way docs/backend.md tells a backend to. Also `[auth.subscription]`.
+//!
+//! What is checked: allow and deny (with the backend's reason) on every transport's gate 2;
+//! the request body; the signature (by the Node backend, and again here in Rust as a Rust
+//! backend would); failing closed (`unavailable`) when the backend is down, answers 500, answers
+//! a malformed body, refuses our signature, or is slower than the timeout, while other clients
+//! on the node are served meanwhile; and the decision cache with its counters in /metrics.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::sio::SioClient;
+use common::{Client, TestServer, config_toml, config_with_auth, sign_raw_claims, token, unix_now};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BACKEND_SECRET: &str = "backend-secret";
+
+/// The backend process, killed when dropped.
+struct Backend {
+    port: u16,
+    _child: Child,
+}
+
+impl Backend {
+    async fn start() -> Self {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/backend/backend.mjs");
+        let mut child = Command::new("node")
+            .arg(script)
+            .arg(BACKEND_SECRET)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs (the backend tests need Node.js, like the TypeScript tests)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the backend starts within 10 s")
+            .unwrap()
+            .expect("the backend prints its port");
+        let port = line.strip_prefix("listening ").unwrap().parse().unwrap();
+        Backend {
+            port,
+            _child: child,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every request the backend received, oldest first.
+    async fn requests(&self) -> Vec<Value> {
+        reqwest::get(self.url("/requests"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// A config with `[backend]`, a `[[proxy]]` per (name, path, extra keys) and a proxy-scoped
+/// template channel `<name>.room.{roomId}` for each.
+fn proxy_config(backend: &Backend, secret: &str, proxies: &[(&str, &str, &str)]) -> String {
+    let mut extra = format!("[backend]\nsecret = \"{secret}\"\n");
+    for (name, path, keys) in proxies {
+        extra.push_str(&format!(
+            "[[proxy]]\nname = \"{name}\"\nurl = \"{}\"\n{keys}\n\
+             [[channel]]\nname = \"{name}.room.{{roomId}}\"\nscope = {{ proxy = \"{name}\" }}\n\
+             presence = true\nschema = {{ type = \"object\" }}\n",
+            backend.url(path)
+        ));
+    }
+    config_toml(&extra)
+}
+
+/// Verifies a request's signature as a Rust backend would (the docs/backend.md snippet):
+/// HMAC-SHA256 over "<timestamp>.<body>", compared in constant time, timestamp fresh.
+fn verify_like_a_backend(secret: &str, timestamp: &str, signature: &str, body: &[u8]) -> bool {
+    let Ok(ts) = timestamp.parse::<u64>() else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now.abs_diff(ts) > 300 {
+        return false;
+    }
+    let Some(hex) = signature.strip_prefix("v1=") else {
+        return false;
+    };
+    let Some(tag) = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&tag).is_ok()
+}
+
+fn tok(user: &str) -> String {
+    token(user, &[], Duration::from_secs(600))
+}
+
+#[tokio::test]
+async fn subscribe_proxy_allows_denies_and_signs() {
+    let b = Backend::start().await;
+    let s = TestServer::with_config(&proxy_config(
+        &b,
+        BACKEND_SECRET,
+        &[("rooms", "/rooms", "")],
+    ))
+    .await;
+
+    let mut alice = s.client("alice").await;
+    let r = alice.subscribe("rooms.room.1").await;
+    assert_eq!(r["ok"], true, "{r}");
+    s.publish("rooms.room.1", json!({"n": 1})).await;
+    let p = alice.next().await;
+    assert_eq!(
+        (p["type"].clone(), p["data"]["n"].clone()),
+        (json!("pub"), json!(1))
+    );
+
+    let mut bob = s.client("bob").await;
+    let r = bob.subscribe("rooms.room.1").await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    assert_eq!(r["error"]["message"], "bob is not invited to room 1", "{r}");
+
+    // The same gate on Socket.IO and SSE.
+    let mut carol = SioClient::connect(s.addr, json!({ "token": tok("carol") }))
+        .await
+        .unwrap();
+    let r = carol
+        .request(json!({"type": "subscribe", "channel": "rooms.room.1"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut dave = common::sse::SseClient::connect(&s.url(""), Some(&tok("dave")), "", None)
+        .await
+        .unwrap();
+    let r = dave
+        .request(json!({"type": "subscribe", "channel": "rooms.room.1"}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+
+    let seen = b.requests().await;
+    assert_eq!(seen.len(), 4, "one backend call per subscribe: {seen:#?}");
+    let transports: Vec<_> = seen
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap()["transport"].clone()
+        })
+        .collect();
+    assert_eq!(
+        transports,
+        [
+            json!("websocket"),
+            json!("websocket"),
+            json!("socketio"),
+            json!("sse")
+        ]
+    );
+    let first: Value = serde_json::from_str(seen[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        first,
+        json!({"user": "alice", "roles": [], "channel": "rooms.room.1",
+               "params": {"roomId": "1"}, "client": alice.welcome["client"],
+               "transport": "websocket"})
+    );
+    for r in &seen {
+        // The Node backend verified it (or it would have answered 401: unavailable)…
+        assert_eq!(r["verified"], true, "{r}");
+        // …and so does a Rust backend, and a changed byte does not verify.
+        let (ts, sig) = (
+            r["headers"]["herald-timestamp"].as_str().unwrap(),
+            r["headers"]["herald-signature"].as_str().unwrap(),
+        );
+        let body = r["body"].as_str().unwrap().as_bytes();
+        assert!(verify_like_a_backend(BACKEND_SECRET, ts, sig, body), "{r}");
+        let mut tampered = body.to_vec();
+        tampered[2] ^= 1;
+        assert!(!verify_like_a_backend(BACKEND_SECRET, ts, sig, &tampered));
+        assert!(!verify_like_a_backend("another-secret", ts, sig, body));
+        let old = (ts.parse::<u64>().unwrap() - 3600).to_string();
+        assert!(
+            !verify_like_a_backend(BACKEND_SECRET, &old, sig, body),
+            "a replayed timestamp"
+        );
+    }
+}
+
+#[tokio::test]
+async fn backend_failures_fail_closed() {
+    let b = Backend::start().await;
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("http://127.0.0.1:{closed}/rooms");
+    let config = proxy_config(
+        &b,
+        BACKEND_SECRET,
+        &[("err", "/status500", ""), ("junk", "/malformed", "")],
+    )
+    .replace(
+        "[backend]",
+        &format!(
+            "[[proxy]]\nname = \"down\"\nurl = \"{down}\"\n\
+             [[channel]]\nname = \"down.room.{{roomId}}\"\nscope = {{ proxy = \"down\" }}\n\
+             schema = {{ type = \"object\" }}\n[backend]"
+        ),
+    );
+    let s = TestServer::with_config(&config).await;
+    let mut c = s.client("alice").await;
+    for channel in ["down.room.1", "err.room.1", "junk.room.1"] {
+        let r = c.subscribe(channel).await;
+        assert_eq!(r["error"]["code"], "unavailable", "{channel}: {r}");
+        s.publish(channel, json!({"n": 1})).await;
+    }
+    assert!(
+        c.silent_for(Duration::from_millis(300)).await,
+        "nothing delivered from a refused channel"
+    );
+    // A gateway whose signature the backend refuses (another secret): 401, so unavailable.
+    let s2 = TestServer::with_config(&proxy_config(
+        &b,
+        "wrong-secret",
+        &[("rooms", "/rooms", "")],
+    ))
+    .await;
+    let mut c2 = s2.client("alice").await;
+    let r = c2.subscribe("rooms.room.1").await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("401"),
+        "{r}"
+    );
+    let m = s.metrics().await;
+    assert!(
+        m.contains(r#"herald_proxy_requests_total{proxy="err",result="error"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn slow_backend_times_out_while_other_clients_are_served() {
+    let b = Backend::start().await;
+    let s = TestServer::with_config(&proxy_config(
+        &b,
+        BACKEND_SECRET,
+        &[("slow", "/slow", "timeout = \"600ms\"")],
+    ))
+    .await;
+    let mut waiting = s.client("alice").await;
+    let mut other = s.client("bob").await;
+    assert_eq!(other.subscribe("blog.article.feed").await["ok"], true);
+
+    let started = Instant::now();
+    let asking = async {
+        let r = waiting.subscribe("slow.room.1").await;
+        (r, started.elapsed())
+    };
+    let meanwhile = async {
+        // While alice's gate waits for the backend, bob subscribes and receives at once.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        assert_eq!(other.subscribe("history.small").await["ok"], true);
+        s.publish("blog.article.feed", json!({"id": "1", "title": "t"}))
+            .await;
+        let p = other.next().await;
+        assert_eq!(p["type"], "pub", "{p}");
+        t.elapsed()
+    };
+    let ((r, waited), served) = tokio::join!(asking, meanwhile);
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_millis(1500),
+        "refused after {waited:?} (timeout 600ms)"
+    );
+    assert!(
+        served < Duration::from_millis(300),
+        "bob waited {served:?} for alice's backend call"
+    );
+    assert!(served + Duration::from_millis(100) < waited);
+}
+
+#[tokio::test]
+async fn decisions_are_cached_per_user_and_channel() {
+    let b = Backend::start().await;
+    let s = TestServer::with_config(&proxy_config(
+        &b,
+        BACKEND_SECRET,
+        &[("rooms", "/rooms", "cache_ttl = \"1m\"")],
+    ))
+    .await;
+    let mut alice = s.client("alice").await;
+    let mut bob = s.client("bob").await;
+    for _ in 0..2 {
+        assert_eq!(alice.subscribe("rooms.room.1").await["ok"], true);
+        let r = alice
+            .request(json!({"type": "unsubscribe", "channel": "rooms.room.1"}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+        let r = bob.subscribe("rooms.room.1").await;
+        assert_eq!(r["error"]["message"], "bob is not invited to room 1", "{r}");
+    }
+    // Another channel is another decision.
+    assert_eq!(alice.subscribe("rooms.room.open").await["ok"], true);
+    let seen = b.requests().await;
+    assert_eq!(seen.len(), 3, "alice/1, bob/1, alice/open: {seen:#?}");
+    let m = s.metrics().await;
+    assert!(
+        m.contains(r#"herald_proxy_cache_hits_total{proxy="rooms"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"herald_proxy_requests_total{proxy="rooms",result="allow"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"herald_proxy_requests_total{proxy="rooms",result="deny"} 1"#),
+        "{m}"
+    );
+}
+
+/// `[auth.subscription]`: subscription tokens are verified with that key, not the connection's.
+#[tokio::test]
+async fn subscription_tokens_with_a_key_of_their_own() {
+    let s = TestServer::with_config(&config_with_auth(
+        "[auth.subscription]\nhs256_secret = \"subscription-secret\"",
+        "[[channel]]\nname = \"private.room.{roomId}\"\nscope = \"token\"\nschema = { type = \"object\" }",
+    ))
+    .await;
+    let mut c: Client = s.client("alice").await;
+    let exp = unix_now() as u64 + 600;
+    let claims = json!({"sub": "alice", "channel": "private.room.1", "exp": exp});
+    // Signed with the connection secret: not good enough here.
+    let with_connection_key = sign_raw_claims(&claims.to_string());
+    let r = c
+        .request(
+            json!({"type": "subscribe", "channel": "private.room.1", "token": with_connection_key}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    let with_subscription_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"subscription-secret"),
+    )
+    .unwrap();
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "private.room.1", "token": with_subscription_key}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+}

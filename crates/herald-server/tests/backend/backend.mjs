@@ -1,0 +1,66 @@
+// A small application backend for Herald's proxy tests: a real HTTP process, Node builtins
+// only (no npm install). It verifies every request's signature exactly as docs/backend.md tells
+// a backend to (HMAC-SHA256 of "<timestamp>.<body>", constant-time compare, timestamp within
+// 5 minutes), and answers 401 when it does not verify.
+//
+// Routes (POST, JSON):
+//   /rooms       subscribe proxy: room "1" admits alice and carol, others are "not invited";
+//                room "open" admits everyone with info {"role":"guest"}
+//   /slow        waits 3 s, then allows
+//   /status500   500
+//   /malformed   200 with a body that is not the answer's shape
+// GET /requests  every request seen so far: [{path, headers, body (raw text), verified}]
+//
+// Usage: node backend.mjs <secret>; prints "listening <port>" once ready.
+import http from "node:http";
+import crypto from "node:crypto";
+
+const secret = process.argv[2];
+const seen = [];
+
+function verify(req, raw) {
+  const ts = req.headers["herald-timestamp"];
+  const sig = req.headers["herald-signature"] || "";
+  if (!ts || Math.abs(Date.now() / 1000 - Number(ts)) > 300) return false;
+  const expected = "v1=" + crypto.createHmac("sha256", secret).update(`${ts}.${raw}`).digest("hex");
+  const a = Buffer.from(sig);
+  const b = Buffer.from(expected);
+  return a.length === b.length && crypto.timingSafeEqual(a, b);
+}
+
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    const raw = Buffer.concat(chunks).toString("utf8");
+    const send = (status, body) => {
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(typeof body === "string" ? body : JSON.stringify(body));
+    };
+    if (req.method === "GET" && req.url === "/requests") return send(200, seen);
+    const verified = verify(req, raw);
+    seen.push({ path: req.url, headers: req.headers, body: raw, verified });
+    if (!verified) return send(401, { error: "bad signature" });
+    const ask = JSON.parse(raw);
+    switch (req.url) {
+      case "/rooms": {
+        const room = ask.params.roomId;
+        if (room === "open") return send(200, { allow: true, info: { role: "guest" } });
+        const invited = room === "1" && ["alice", "carol"].includes(ask.user);
+        return send(200, invited ? { allow: true } : { allow: false, reason: `${ask.user} is not invited to room ${room}` });
+      }
+      case "/slow":
+        return setTimeout(() => send(200, { allow: true }), 3000);
+      case "/status500":
+        return send(500, { error: "boom" });
+      case "/malformed":
+        return send(200, "<html>not json</html>");
+      default:
+        return send(404, { error: "no such route" });
+    }
+  });
+});
+server.keepAliveTimeout = 65000;
+server.listen(0, "127.0.0.1", () => {
+  console.log(`listening ${server.address().port}`);
+});

@@ -204,6 +204,10 @@ pub struct AuthConfig {
     /// `[auth.subscription]`: a key of its own for subscription tokens (`scope = "token"`).
     /// Unset: they are verified with the connection keys above.
     pub subscription: Option<SubscriptionKeyConfig>,
+    /// A `[[proxy]]` that authenticates connections without a token (session cookies): gate
+    /// 1 forwards the request's cookies and the proxy's `headers`, the backend answers the
+    /// user. Tokens, when a request carries one, are still verified with the keys above.
+    pub connect_proxy: Option<String>,
 }
 
 /// `[auth.subscription]`: the key subscription tokens are signed with, when it is not the
@@ -244,6 +248,10 @@ pub struct ProxyConfig {
     /// How long an answer is reused for the same (user, channel); zero: never cached.
     #[serde(default, with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Connect proxies: request headers forwarded to the backend besides the cookies
+    /// (case-insensitive names, e.g. `["x-forwarded-for", "user-agent"]`).
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 fn default_proxy_timeout() -> Duration {
@@ -264,6 +272,7 @@ impl Default for AuthConfig {
             require_exp: false,
             cookie: None,
             subscription: None,
+            connect_proxy: None,
         }
     }
 }
@@ -807,6 +816,15 @@ impl Config {
             sub.jwks_file = sub.jwks_file.take().map(|p| base.join(p));
         }
         validate_backend(&backend, &proxies, &mut problems);
+        if let Some(name) = &auth.connect_proxy
+            && !proxies.iter().any(|p| p.name == *name)
+        {
+            problems.push(
+                None,
+                "auth.connect_proxy",
+                format!("no [[proxy]] is named {name:?}"),
+            );
+        }
         validate_general(&server, &auth, &limits, &mut problems);
         validate_broker(&broker, &limits, &mut problems);
         for (i, pg) in source.postgres.iter().enumerate() {
@@ -1158,7 +1176,7 @@ fn validate_general(server: &ServerConfig, auth: &AuthConfig, limits: &Limits, p
             "set only one of hs256_secret, public_key_pem, jwks_file",
         );
     }
-    if keys.iter().all(|k| !k) && !auth.anonymous {
+    if keys.iter().all(|k| !k) && !auth.anonymous && auth.connect_proxy.is_none() {
         p.push(
             None,
             "auth",

@@ -1,4 +1,5 @@
-//! Gate 2 decided by the application's backend: the subscribe proxy.
+//! Gates decided by the application's backend: the subscribe proxy (gate 2) and the connect
+//! proxy (gate 1, for applications with session cookies instead of JWTs).
 //!
 //! A descriptor with `scope = { proxy = "rooms" }` makes the session ask the backend whether
 //! this identity may subscribe. The request goes through the [`Backend`] seam, which
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use crate::admission::{Handshake, Refusal};
 use crate::lock;
 
 /// Why a backend call produced no usable answer (each is a refusal with `unavailable`).
@@ -226,6 +228,127 @@ impl crate::Node {
             .map_err(|e| e.to_string())?;
         judge(&answer).ok_or_else(|| {
             "the answer is not {\"allow\": true|false, \"reason\"?, \"info\"?}".to_owned()
+        })
+    }
+}
+
+/// The connect proxy's request body.
+#[derive(Debug, Serialize)]
+pub struct ConnectRequest<'a> {
+    /// Every cookie of the request, by name (the first of a repeated name).
+    pub cookies: HashMap<&'a str, &'a str>,
+    /// The request headers the proxy's `headers` names, lowercase names.
+    pub headers: HashMap<String, &'a str>,
+}
+
+/// The connect proxy's answer.
+#[derive(Debug, Deserialize)]
+struct ConnectAnswer {
+    allow: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Unix seconds (a fraction allowed): the session ends there with 4001, like a token's `exp`.
+    #[serde(default)]
+    expires_at: Option<f64>,
+}
+
+/// The latest `expires_at` accepted (9999-12-31T23:59:59Z, as for a token's `exp`).
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+impl crate::Node {
+    /// Gate 1 through the connect proxy `name`: the request's cookies and chosen headers go
+    /// to the backend, which answers the identity. Errors: `unauthorized` (the backend said
+    /// no, or answered an identity that cannot be used), `unavailable` (no usable answer:
+    /// fail closed).
+    pub async fn proxy_connect(&self, name: &str, h: &Handshake<'_>) -> Result<Identity, Refusal> {
+        let unavailable = |m: String| Refusal(ErrorBody::new(ErrorCode::Unavailable, m));
+        let unauthorized = |m: String| Refusal(ErrorBody::new(ErrorCode::Unauthorized, m));
+        let Some(proxy) = self.config.proxies.iter().find(|p| p.name == name) else {
+            return Err(unavailable(format!("no proxy named {name:?}")));
+        };
+        let Some(backend) = self.backend.get() else {
+            return Err(unavailable("no backend client on this node".into()));
+        };
+        let mut cookies = HashMap::new();
+        for (k, v) in h
+            .cookies
+            .iter()
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+        {
+            cookies.entry(k).or_insert_with(|| v.trim_matches('"'));
+        }
+        let headers = h
+            .headers
+            .iter()
+            .filter(|(n, _)| proxy.headers.iter().any(|w| w.eq_ignore_ascii_case(n)))
+            .map(|(n, v)| (n.to_ascii_lowercase(), *v))
+            .collect();
+        let body = serde_json::to_vec(&ConnectRequest { cookies, headers })
+            .map_err(|e| unavailable(e.to_string()))?;
+        let answer = tokio::time::timeout(proxy.timeout, backend.post(proxy, body))
+            .await
+            .map_err(|_| BackendError::Timeout(proxy.timeout))
+            .and_then(|r| r);
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.proxy_call(name, "error");
+                tracing::warn!(proxy = name, error = %e, "connect proxy failed: refused");
+                return Err(unavailable(format!(
+                    "the connect proxy {name:?} failed: {e}"
+                )));
+            }
+        };
+        let Ok(a) = serde_json::from_slice::<ConnectAnswer>(&answer) else {
+            self.metrics.proxy_call(name, "error");
+            return Err(unavailable(format!(
+                "the connect proxy {name:?} answered a body that is not \
+                 {{\"allow\", \"user\"?, \"roles\"?, \"expires_at\"?, \"reason\"?}}"
+            )));
+        };
+        if !a.allow {
+            self.metrics.proxy_call(name, "deny");
+            return Err(unauthorized(
+                a.reason.unwrap_or_else(|| "refused by the backend".into()),
+            ));
+        }
+        let user = match a.user {
+            Some(u) if !u.is_empty() => u,
+            // An allow without a user is a backend bug; anonymous has its own switch.
+            _ => {
+                self.metrics.proxy_call(name, "error");
+                return Err(unavailable(format!(
+                    "the connect proxy {name:?} allowed without a user"
+                )));
+            }
+        };
+        let expires_at = match a.expires_at {
+            None => None,
+            Some(t) if (0.0..=MAX_NUMERIC_DATE).contains(&t) => {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(t);
+                if at <= std::time::SystemTime::now() {
+                    self.metrics.proxy_call(name, "deny");
+                    return Err(unauthorized("the backend's session has expired".into()));
+                }
+                Some(at)
+            }
+            Some(_) => {
+                self.metrics.proxy_call(name, "error");
+                return Err(unavailable(format!(
+                    "the connect proxy {name:?} answered expires_at out of range (Unix seconds)"
+                )));
+            }
+        };
+        self.metrics.proxy_call(name, "allow");
+        Ok(Identity {
+            user: Some(std::sync::Arc::from(user)),
+            roles: a.roles,
+            expires_at,
         })
     }
 }

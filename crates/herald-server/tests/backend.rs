@@ -370,3 +370,107 @@ async fn subscription_tokens_with_a_key_of_their_own() {
         .await;
     assert_eq!(r["ok"], true, "{r}");
 }
+
+/// The HTTP status a refused upgrade got, and its JSON body.
+fn refusal(e: tokio_tungstenite::tungstenite::Error) -> (u16, Value) {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => (
+            r.status().as_u16(),
+            serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap_or(Value::Null),
+        ),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+/// `[auth] connect_proxy`: a connection without a token is authenticated by the backend from
+/// its cookies and the proxy's chosen headers; refused with 401 before the upgrade when the
+/// backend says no, 503 when it cannot answer, 403 for a cross-origin cookie; the backend's
+/// `expires_at` ends the session like a token's `exp`; tokens still work beside it.
+#[tokio::test]
+async fn connect_proxy_authenticates_by_cookie() {
+    let b = Backend::start().await;
+    let proxy = |url: String| {
+        config_with_auth(
+            "connect_proxy = \"sessions\"",
+            &format!(
+                "[backend]\nsecret = \"{BACKEND_SECRET}\"\n\
+                 [[proxy]]\nname = \"sessions\"\nurl = \"{url}\"\nheaders = [\"X-Tenant\"]\n\
+                 [[channel]]\nname = \"tenant.acme\"\nscope = {{ role = \"tenant:acme\" }}\n\
+                 schema = {{ type = \"object\" }}\n"
+            ),
+        )
+    };
+    let s = TestServer::with_config(&proxy(b.url("/connect"))).await;
+    let cookie = ("cookie", "theme=dark; session=s3cret-alice");
+
+    let mut alice = Client::connect_with_headers(
+        &s.ws_url(),
+        &[cookie, ("x-tenant", "acme"), ("x-other", "not forwarded")],
+    )
+    .await
+    .unwrap();
+    let welcome = alice.next().await;
+    assert_eq!(welcome["user"], "alice", "{welcome}");
+    assert_eq!(
+        welcome["subscriptions"][0]["channel"],
+        "notifications.user.alice"
+    );
+    // The roles the backend answered are the identity's (from the forwarded header here).
+    assert_eq!(alice.subscribe("tenant.acme").await["ok"], true);
+    let seen = b.requests().await;
+    let body: Value = serde_json::from_str(seen[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"cookies": {"theme": "dark", "session": "s3cret-alice"},
+               "headers": {"x-tenant": "acme"}})
+    );
+    assert_eq!(seen[0]["verified"], true);
+
+    // Refused by the backend: 401 before the upgrade, with its reason.
+    let e = Client::connect_with_headers(&s.ws_url(), &[("cookie", "session=forged")])
+        .await
+        .err()
+        .expect("refused");
+    let (status, body) = refusal(e);
+    assert_eq!(
+        (status, body["error"]["message"].clone()),
+        (401, json!("no valid session"))
+    );
+    // A cookie is CSRF-checked: another site's page cannot use it.
+    let e =
+        Client::connect_with_headers(&s.ws_url(), &[cookie, ("origin", "https://evil.example")])
+            .await
+            .err()
+            .expect("refused");
+    assert_eq!(refusal(e).0, 403);
+    // A token is verified as before, without the backend.
+    let before = b.requests().await.len();
+    let carol = s.client("carol").await;
+    assert_eq!(carol.welcome["user"], "carol");
+    assert_eq!(b.requests().await.len(), before);
+
+    // The backend's expires_at ends the session like a token's exp (4001).
+    let mut bob = Client::connect_with_headers(&s.ws_url(), &[("cookie", "session=short-bob")])
+        .await
+        .unwrap();
+    assert_eq!(bob.next().await["user"], "bob");
+    let g = bob.goodbye(Duration::from_secs(5)).await;
+    assert_eq!(g.disconnect.expect("a disconnect frame")["code"], 4001);
+
+    // The backend unreachable: 503, fail closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s2 = TestServer::with_config(&proxy(format!("http://127.0.0.1:{closed}/connect"))).await;
+    let e = Client::connect_with_headers(&s2.ws_url(), &[cookie])
+        .await
+        .err()
+        .expect("refused");
+    let (status, body) = refusal(e);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (503, json!("unavailable"))
+    );
+}

@@ -6,6 +6,9 @@
 // Routes (POST, JSON):
 //   /rooms       subscribe proxy: room "1" admits alice and carol, others are "not invited";
 //                room "open" admits everyone with info {"role":"guest"}
+//   /connect     connect proxy: cookie session=s3cret-alice is alice (roles ["member"], the
+//                x-tenant header echoed as a role "tenant:<x-tenant>"); session=short-bob is
+//                bob for 2 s; anything else is refused
 //   /slow        waits 3 s, then allows
 //   /status500   500
 //   /malformed   200 with a body that is not the answer's shape
@@ -48,6 +51,16 @@ const server = http.createServer((req, res) => {
         if (room === "open") return send(200, { allow: true, info: { role: "guest" } });
         const invited = room === "1" && ["alice", "carol"].includes(ask.user);
         return send(200, invited ? { allow: true } : { allow: false, reason: `${ask.user} is not invited to room ${room}` });
+      }
+      case "/connect": {
+        const session = ask.cookies.session;
+        if (session === "s3cret-alice") {
+          const roles = ["member"];
+          if (ask.headers["x-tenant"]) roles.push(`tenant:${ask.headers["x-tenant"]}`);
+          return send(200, { allow: true, user: "alice", roles });
+        }
+        if (session === "short-bob") return send(200, { allow: true, user: "bob", roles: [], expires_at: Date.now() / 1000 + 2 });
+        return send(200, { allow: false, reason: "no valid session" });
       }
       case "/slow":
         return setTimeout(() => send(200, { allow: true }), 3000);

@@ -36,12 +36,12 @@ const ENV_SECTIONS: &[&str] = &[
 ];
 
 /// Sections that are arrays of tables, which one flat variable cannot express: the file only.
-const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy"];
+const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy", "rpc"];
 
 /// The top-level keys of `herald.toml`.
 const SECTIONS: &[&str] = &[
     "server", "auth", "api", "broker", "limits", "socketio", "channel", "source", "backend",
-    "proxy",
+    "proxy", "rpc",
 ];
 
 /// The fully validated configuration of one gateway process.
@@ -67,6 +67,8 @@ pub struct Config {
     pub backend: BackendConfig,
     /// `[[proxy]]`: the backend endpoints gates may ask, by name.
     pub proxies: Vec<ProxyConfig>,
+    /// `[[rpc]]`: the methods clients may call, each answered by a proxy.
+    pub rpc: Arc<Vec<crate::rpc::RpcMethod>>,
     /// Things that are not errors but probably mistakes, e.g. `HERALD_API_KEY` (one
     /// underscore: not a config key) next to an intended `HERALD_API__KEY`. The binary logs them.
     pub warnings: Vec<String>,
@@ -468,6 +470,8 @@ struct RawConfig {
     backend: BackendConfig,
     #[serde(default)]
     proxy: Vec<ProxyConfig>,
+    #[serde(default)]
+    rpc: Vec<crate::rpc::RpcConfig>,
 }
 
 /// One thing wrong with the configuration, located as precisely as we can.
@@ -808,6 +812,7 @@ impl Config {
             source,
             backend,
             proxy: proxies,
+            rpc,
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
@@ -853,15 +858,21 @@ impl Config {
             }
         }
         let registry = Registry::build(&channels, base, &mut problems);
+        let rpc = crate::rpc::build(&rpc, &proxies, base, &mut problems);
         for (index, d) in registry.descriptors().iter().enumerate() {
-            if let Scope::Proxy(name) = &d.scope
-                && !proxies.iter().any(|p| p.name == *name)
-            {
-                problems.push(
-                    Some(channel_label(index, d.pattern.as_str())),
-                    "scope.proxy",
-                    format!("no [[proxy]] is named {name:?}"),
-                );
+            for (field, scope) in [
+                ("scope.proxy", Some(&d.scope)),
+                ("publish.proxy", d.publish.as_ref()),
+            ] {
+                if let Some(Scope::Proxy(name)) = scope
+                    && !proxies.iter().any(|p| p.name == *name)
+                {
+                    problems.push(
+                        Some(channel_label(index, d.pattern.as_str())),
+                        field,
+                        format!("no [[proxy]] is named {name:?}"),
+                    );
+                }
             }
         }
         let authenticator = match Authenticator::from_config(&auth) {
@@ -922,6 +933,7 @@ impl Config {
                 subscription_authenticator,
                 backend,
                 proxies,
+                rpc,
                 file,
                 server,
                 auth,
@@ -983,6 +995,15 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
                     }
                 }
                 other => collect::<Vec<ProxyConfig>>(other, at, &mut errors),
+            },
+            "rpc" => match value {
+                Value::Array(_, items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), i.to_string()];
+                        collect::<crate::rpc::RpcConfig>(item, at, &mut errors);
+                    }
+                }
+                other => collect::<Vec<crate::rpc::RpcConfig>>(other, at, &mut errors),
             },
             "source" => {
                 // Each `[[source.postgres]]` on its own, like channels.

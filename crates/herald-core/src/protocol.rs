@@ -39,6 +39,8 @@ pub enum ErrorCode {
     UpgradeRequired,
     /// HTTP only: the path exists but not with this method (405, with `Allow`).
     MethodNotAllowed,
+    /// The backend answered an `rpc` call with an error of its own (its message is passed on).
+    RpcError,
     Internal,
 }
 
@@ -58,6 +60,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::RpcError => "rpc_error",
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
@@ -277,6 +280,13 @@ pub enum ClientFrame {
         id: Option<u64>,
         token: String,
     },
+    /// Calls a `[[rpc]]` method: the backend's answer comes back in the reply; nothing is
+    /// published.
+    Rpc {
+        id: Option<u64>,
+        method: String,
+        data: RawJson,
+    },
     /// Renews a token-scoped subscription with a new subscription token for the same channel
     /// and user, before the old one expires.
     SubRefresh {
@@ -337,6 +347,17 @@ struct PublishFrame {
     data: RawJson,
 }
 
+/// An `rpc` frame, read like a publish (its `data` keeps its text).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RpcFrame {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    id: Option<u64>,
+    method: String,
+    data: RawJson,
+}
+
 /// Parses one client text frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     // One pass for the common case: straight from the text (a `Value` first would also lose
@@ -351,6 +372,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
                 data: p.data,
             })
         }
+        Ok(FrameType { kind: Some(k) }) if k == "rpc" => serde_json::from_str::<RpcFrame>(text)
+            .map(|r| ClientFrame::Rpc {
+                id: r.id,
+                method: r.method,
+                data: r.data,
+            }),
         _ => serde_json::from_str::<ClientFrame>(text),
     };
     // A `Value` keeps only the last of a repeated key, serde's derive the first or neither;
@@ -536,6 +563,10 @@ pub enum ReplyBody<'a> {
     Presence {
         channel: &'a str,
         clients: &'a [ClientInfo],
+    },
+    /// An `rpc` answer: the backend's `data`, as it sent it (validated).
+    Rpc {
+        data: &'a RawValue,
     },
 }
 

@@ -348,13 +348,14 @@ fn build_descriptor(
         _ => None,
     };
 
-    // Client publish through a backend is a proxy of its own kind (not built yet), and a
-    // subscription token says nothing about publishing: refused rather than half-meant.
-    if matches!(ch.publish, Some(Scope::Token | Scope::Proxy(_))) {
+    // A subscription token says nothing about publishing (`publish = { proxy }` is the
+    // publish proxy: the backend decides, and may rewrite).
+    if ch.publish == Some(Scope::Token) {
         problems.push(
             label.clone(),
             "publish",
-            "publish may be \"public\", \"authenticated\", \"user\" or { role = \"…\" }",
+            "publish may be \"public\", \"authenticated\", \"user\", { role = \"…\" } or \
+             { proxy = \"…\" }",
         );
     }
 
@@ -489,7 +490,7 @@ fn build_descriptor(
     })
 }
 
-fn compile_schema(
+pub(crate) fn compile_schema(
     value: &Value,
     field: &str,
     label: &Option<String>,

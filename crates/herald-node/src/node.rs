@@ -32,6 +32,10 @@ pub struct ClientPublish<'a> {
     pub identity: &'a Identity,
     /// `{"user":…,"client":…}`.
     pub from: &'a Arc<RawValue>,
+    /// The connection id (the publish proxy's `client`).
+    pub client: &'a str,
+    /// The transport's name (the publish proxy's `transport`).
+    pub transport: &'a str,
 }
 
 /// One gateway node: everything a request handler, a session or a source needs.
@@ -266,19 +270,46 @@ impl Node {
         client: Option<ClientPublish<'_>>,
     ) -> Result<Position, ErrorBody> {
         let (descriptor, params) = self.resolve(channel)?;
-        if let Some(client) = &client {
+        let via_backend = match (&client, &descriptor.publish) {
+            (Some(_), Some(herald_core::Scope::Proxy(name))) => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(client) = &client
+            && via_backend.is_none()
+        {
             descriptor
                 .authorize_publish(&params, client.identity)
                 .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
         }
         // Validated as a value, delivered as the bytes the publisher sent (whitespace aside):
         // the gateway vouches for the payload, it does not rewrite it.
-        let payload = accept_payload(data)?;
-        descriptor.validate(&payload.value).map_err(|v| ErrorBody {
-            code: ErrorCode::InvalidPayload,
-            message: v.message,
-            pointer: Some(v.pointer),
-        })?;
+        let validate = |data: &RawValue| {
+            let payload = accept_payload(data)?;
+            descriptor.validate(&payload.value).map_err(|v| ErrorBody {
+                code: ErrorCode::InvalidPayload,
+                message: v.message,
+                pointer: Some(v.pointer),
+            })?;
+            Ok::<_, ErrorBody>(payload)
+        };
+        let mut payload = validate(data)?;
+        // The publish proxy sees only what the schema allows, and what it sends back in its
+        // place is held to the same schema (a backend bug must not reach subscribers).
+        if let (Some(name), Some(client)) = (via_backend, &client) {
+            let ask = crate::proxy::SubscribeAsk {
+                identity: client.identity,
+                channel,
+                params: &params,
+                client: client.client,
+                transport: client.transport,
+            };
+            if let Some(replacement) = self.proxy_publish(name, ask, &payload.raw).await? {
+                payload = validate(&replacement).map_err(|e| ErrorBody {
+                    message: format!("the publish proxy's replacement data: {}", e.message),
+                    ..e
+                })?;
+            }
+        }
         let raw = payload.raw;
         let limit = self.config.limits.max_payload_bytes;
         if raw.get().len() > limit {

@@ -208,28 +208,199 @@ impl crate::Node {
         proxy: &ProxyConfig,
         ask: &SubscribeAsk<'_>,
     ) -> Result<Decision, String> {
-        let Some(backend) = self.backend.get() else {
-            return Err("no backend client on this node".into());
-        };
-        let body = serde_json::to_vec(&SubscribeRequest {
-            user: ask.identity.user.as_deref(),
-            roles: &ask.identity.roles,
-            channel: ask.channel,
-            params: ask.params.iter().collect(),
-            client: ask.client,
-            transport: ask.transport,
-        })
-        .map_err(|e| e.to_string())?;
-        // The client bounds the call with the same timeout; this one also covers a client
-        // that does not (a node's gate must never wait forever).
-        let answer = tokio::time::timeout(proxy.timeout, backend.post(proxy, body))
-            .await
-            .map_err(|_| BackendError::Timeout(proxy.timeout).to_string())?
-            .map_err(|e| e.to_string())?;
+        let answer = self
+            .call_backend(
+                proxy,
+                &SubscribeRequest {
+                    user: ask.identity.user.as_deref(),
+                    roles: &ask.identity.roles,
+                    channel: ask.channel,
+                    params: ask.params.iter().collect(),
+                    client: ask.client,
+                    transport: ask.transport,
+                },
+            )
+            .await?;
         judge(&answer).ok_or_else(|| {
             "the answer is not {\"allow\": true|false, \"reason\"?, \"info\"?}".to_owned()
         })
     }
+
+    /// POSTs `body` to `proxy` and returns a 200 answer's body; any failure as its text.
+    async fn call_backend<T: Serialize>(
+        &self,
+        proxy: &ProxyConfig,
+        body: &T,
+    ) -> Result<Vec<u8>, String> {
+        let Some(backend) = self.backend.get() else {
+            return Err("no backend client on this node".into());
+        };
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        // The client bounds the call with the same timeout; this one also covers a client
+        // that does not (a node's gate must never wait forever).
+        tokio::time::timeout(proxy.timeout, backend.post(proxy, body))
+            .await
+            .map_err(|_| BackendError::Timeout(proxy.timeout).to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The publish proxy: the backend sees a client's publication (already schema-valid) and
+    /// refuses it, accepts it, or returns replacement data. `Ok(None)`: publish as sent;
+    /// `Ok(Some(data))`: publish `data` instead (the caller validates it again). Errors:
+    /// `forbidden` with the backend's reason, `unavailable` (fail closed).
+    pub(crate) async fn proxy_publish(
+        &self,
+        name: &str,
+        ask: SubscribeAsk<'_>,
+        data: &RawValue,
+    ) -> Result<Option<Box<RawValue>>, ErrorBody> {
+        #[derive(Serialize)]
+        struct PublishRequest<'a> {
+            #[serde(flatten)]
+            ask: SubscribeRequest<'a>,
+            data: &'a RawValue,
+        }
+        #[derive(Deserialize)]
+        struct PublishAnswer {
+            allow: bool,
+            #[serde(default)]
+            reason: Option<String>,
+            #[serde(default)]
+            data: Option<Box<RawValue>>,
+        }
+        let unavailable = |m: String| ErrorBody::new(ErrorCode::Unavailable, m);
+        let Some(proxy) = self.config.proxies.iter().find(|p| p.name == name) else {
+            return Err(unavailable(format!("no proxy named {name:?}")));
+        };
+        let body = PublishRequest {
+            ask: SubscribeRequest {
+                user: ask.identity.user.as_deref(),
+                roles: &ask.identity.roles,
+                channel: ask.channel,
+                params: ask.params.iter().collect(),
+                client: ask.client,
+                transport: ask.transport,
+            },
+            data,
+        };
+        let answer = self.call_backend(proxy, &body).await.and_then(|a| {
+            serde_json::from_slice::<PublishAnswer>(&a).map_err(|_| {
+                "the answer is not {\"allow\": true|false, \"reason\"?, \"data\"?}".to_owned()
+            })
+        });
+        match answer {
+            Err(e) => {
+                self.metrics.proxy_call(name, "error");
+                tracing::warn!(proxy = name, channel = ask.channel, error = %e, "publish proxy failed: refused");
+                Err(unavailable(format!(
+                    "the publish proxy {name:?} failed: {e}"
+                )))
+            }
+            Ok(a) if !a.allow => {
+                self.metrics.proxy_call(name, "deny");
+                Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    a.reason.unwrap_or_else(|| "refused by the backend".into()),
+                ))
+            }
+            Ok(a) => {
+                self.metrics.proxy_call(name, "allow");
+                Ok(a.data)
+            }
+        }
+    }
+
+    /// An `rpc` call: `data` is checked against the method's request schema, sent to its
+    /// proxy, and the answer's `data` checked against the response schema. Errors:
+    /// `not_found` (no such method), `invalid_payload` (the request), `rpc_error` (the
+    /// backend's own error, its message passed on), `unavailable` (no usable answer, or an
+    /// answer that breaks the response schema).
+    pub async fn rpc(
+        &self,
+        method: &str,
+        ask: RpcAsk<'_>,
+        data: &RawValue,
+    ) -> Result<Box<RawValue>, ErrorBody> {
+        #[derive(Serialize)]
+        struct RpcRequest<'a> {
+            user: Option<&'a str>,
+            roles: &'a [String],
+            client: &'a str,
+            transport: &'a str,
+            method: &'a str,
+            data: &'a RawValue,
+        }
+        #[derive(Deserialize)]
+        struct RpcAnswer {
+            #[serde(default)]
+            data: Option<Box<RawValue>>,
+            #[serde(default)]
+            error: Option<String>,
+        }
+        let unavailable = |m: String| ErrorBody::new(ErrorCode::Unavailable, m);
+        let Some(m) = self.config.rpc.iter().find(|m| m.method == method) else {
+            return Err(ErrorBody::new(
+                ErrorCode::NotFound,
+                format!("no rpc method {method:?}"),
+            ));
+        };
+        let payload = herald_core::input::accept_payload(data)?;
+        m.validate_request(&payload.value)
+            .map_err(|(pointer, message)| ErrorBody {
+                code: ErrorCode::InvalidPayload,
+                message,
+                pointer: Some(pointer),
+            })?;
+        let Some(proxy) = self.config.proxies.iter().find(|p| p.name == m.proxy) else {
+            return Err(unavailable(format!("no proxy named {:?}", m.proxy)));
+        };
+        let name = proxy.name.as_str();
+        let body = RpcRequest {
+            user: ask.identity.user.as_deref(),
+            roles: &ask.identity.roles,
+            client: ask.client,
+            transport: ask.transport,
+            method,
+            data: &payload.raw,
+        };
+        let fail = |e: String| {
+            self.metrics.proxy_call(name, "error");
+            tracing::warn!(proxy = name, method, error = %e, "rpc failed");
+            unavailable(format!("rpc {method:?} failed: {e}"))
+        };
+        let answer = self.call_backend(proxy, &body).await.map_err(fail)?;
+        let a: RpcAnswer = serde_json::from_slice(&answer)
+            .map_err(|_| fail("the answer is not {\"data\": …} or {\"error\": \"…\"}".into()))?;
+        match (a.data, a.error) {
+            (_, Some(message)) => {
+                self.metrics.proxy_call(name, "deny");
+                Err(ErrorBody::new(ErrorCode::RpcError, message))
+            }
+            (Some(data), None) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(data.get()).map_err(|e| fail(e.to_string()))?;
+                m.validate_response(&value).map_err(|(pointer, message)| {
+                    fail(format!(
+                        "the answer breaks the response schema at {pointer:?}: {message}"
+                    ))
+                })?;
+                self.metrics.proxy_call(name, "allow");
+                Ok(data)
+            }
+            (None, None) => Err(fail("the answer has neither data nor error".into())),
+        }
+    }
+}
+
+/// Who makes an `rpc` call.
+#[derive(Debug)]
+pub struct RpcAsk<'a> {
+    /// The caller's identity.
+    pub identity: &'a Identity,
+    /// The connection id.
+    pub client: &'a str,
+    /// The transport's name.
+    pub transport: &'a str,
 }
 
 /// The connect proxy's request body.

@@ -474,3 +474,172 @@ async fn connect_proxy_authenticates_by_cookie() {
         (503, json!("unavailable"))
     );
 }
+
+/// The config of the publish proxy and rpc tests.
+fn publish_and_rpc_config(b: &Backend) -> String {
+    config_toml(&format!(
+        r#"[backend]
+secret = "{BACKEND_SECRET}"
+
+[[proxy]]
+name = "chat"
+url = "{chat}"
+
+[[proxy]]
+name = "app"
+url = "{rpc}"
+timeout = "600ms"
+
+[[rpc]]
+method = "room.invite"
+proxy = "app"
+request = {{ type = "object", required = ["room", "user"], properties = {{ room = {{ type = "string" }}, user = {{ type = "string" }} }} }}
+response = {{ type = "object", required = ["invited"], properties = {{ invited = {{ type = "string" }} }} }}
+
+[[rpc]]
+method = "bad.answer"
+proxy = "app"
+request = {{ type = "object" }}
+response = {{ type = "object", required = ["invited"], properties = {{ invited = {{ type = "string" }} }} }}
+
+[[rpc]]
+method = "slow.op"
+proxy = "app"
+request = {{ type = "object" }}
+response = {{ type = "object" }}
+
+[[channel]]
+name = "moderated.room.{{roomId}}"
+scope = "authenticated"
+publish = {{ proxy = "chat" }}
+schema = {{ type = "object", required = ["text"], additionalProperties = false, properties = {{ text = {{ type = "string" }}, author = {{ type = "string" }} }} }}
+"#,
+        chat = b.url("/publish"),
+        rpc = b.url("/rpc"),
+    ))
+}
+
+/// `publish = { proxy }`: the backend refuses (with its reason), accepts as sent, or replaces
+/// the data (here with a server-set author); a replacement that breaks the schema is refused
+/// and nothing is published; a payload that breaks the schema never reaches the backend.
+#[tokio::test]
+async fn publish_proxy_refuses_and_rewrites() {
+    let b = Backend::start().await;
+    let s = TestServer::with_config(&publish_and_rpc_config(&b)).await;
+    let mut alice = s.client("alice").await;
+    let mut reader = s.client("reader").await;
+    assert_eq!(reader.subscribe("moderated.room.1").await["ok"], true);
+    let publish = |text: Value| json!({"type": "publish", "channel": "moderated.room.1", "data": {"text": text}});
+
+    let r = alice.request(publish(json!("buy spam now"))).await;
+    assert_eq!(
+        (r["error"]["code"].clone(), r["error"]["message"].clone()),
+        (json!("forbidden"), json!("no spam")),
+        "{r}"
+    );
+    let r = alice.request(publish(json!("break"))).await;
+    assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("publish proxy"),
+        "{r}"
+    );
+    let before = b.requests().await.len();
+    let r = alice.request(publish(json!(5))).await;
+    assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
+    assert_eq!(
+        b.requests().await.len(),
+        before,
+        "an invalid payload is not sent to the backend"
+    );
+
+    let r = alice.request(publish(json!("hello"))).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = alice.request(publish(json!("as-is"))).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let p = reader.next().await;
+    assert_eq!(
+        p["data"],
+        json!({"text": "hello", "author": "alice"}),
+        "rewritten: {p}"
+    );
+    assert_eq!(p["from"]["user"], "alice");
+    let p = reader.next().await;
+    assert_eq!(p["data"], json!({"text": "as-is"}), "{p}");
+    assert!(
+        reader.silent_for(Duration::from_millis(200)).await,
+        "refused ones were not published"
+    );
+    let seen = b.requests().await;
+    let body: Value = serde_json::from_str(seen[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["data"], json!({"text": "buy spam now"}));
+    assert_eq!(
+        (body["user"].clone(), body["channel"].clone()),
+        (json!("alice"), json!("moderated.room.1"))
+    );
+}
+
+/// `rpc`: the backend's answer in the reply (nothing published), its error as `rpc_error`,
+/// a request that breaks the method's schema refused before the backend, an answer that breaks
+/// the response schema and a slow backend (600ms timeout) as `unavailable`; an unknown method
+/// is `not_found`. Also through Socket.IO.
+#[tokio::test]
+async fn rpc_answers_errors_and_timeouts() {
+    let b = Backend::start().await;
+    let s = TestServer::with_config(&publish_and_rpc_config(&b)).await;
+    let mut c = s.client("alice").await;
+    let rpc = |method: &str, data: Value| json!({"type": "rpc", "method": method, "data": data});
+
+    let r = c
+        .request(rpc("room.invite", json!({"room": "1", "user": "bob"})))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["data"],
+        json!({"invited": "bob", "room": "1", "by": "alice"})
+    );
+    let r = c
+        .request(rpc("room.invite", json!({"room": "1", "user": "mallory"})))
+        .await;
+    assert_eq!(
+        (r["error"]["code"].clone(), r["error"]["message"].clone()),
+        (json!("rpc_error"), json!("mallory is banned")),
+        "{r}"
+    );
+    let before = b.requests().await.len();
+    let r = c.request(rpc("room.invite", json!({"room": 1}))).await;
+    assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
+    let r = c.request(rpc("no.such", json!({}))).await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+    assert_eq!(
+        b.requests().await.len(),
+        before,
+        "refused calls never reach the backend"
+    );
+    let r = c.request(rpc("bad.answer", json!({}))).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    let t = Instant::now();
+    let r = c.request(rpc("slow.op", json!({}))).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(550) && t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    let mut sio = SioClient::connect(s.addr, json!({ "token": tok("carol") }))
+        .await
+        .unwrap();
+    let r = sio
+        .request(
+            json!({"type": "rpc", "method": "room.invite", "data": {"room": "2", "user": "dan"}}),
+        )
+        .await;
+    assert_eq!(
+        r["data"],
+        json!({"invited": "dan", "room": "2", "by": "carol"}),
+        "{r}"
+    );
+}

@@ -32,9 +32,37 @@ impl Session {
         let client = ClientPublish {
             identity: &self.identity,
             from: &from,
+            client: &self.handle().id,
+            transport: self.transport,
         };
         node.publish_as(Source::client, channel, data, None, Some(client))
             .await
+    }
+
+    /// `rpc`: forwarded to the method's proxy, the answer returned. Counts against the
+    /// publish rate (each call costs the backend a request). Errors: `rate_limited`, then
+    /// [`Node::rpc`](crate::Node::rpc)'s.
+    pub(super) async fn rpc(
+        &mut self,
+        method: &str,
+        data: &serde_json::value::RawValue,
+    ) -> Result<Box<serde_json::value::RawValue>, ErrorBody> {
+        let node = self.node().clone();
+        if !self.publishes.take() {
+            return Err(ErrorBody::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} publications and rpc calls per second",
+                    node.config.limits.publish_rate
+                ),
+            ));
+        }
+        let ask = crate::proxy::RpcAsk {
+            identity: &self.identity,
+            client: &self.handle().id,
+            transport: self.transport,
+        };
+        node.rpc(method, ask, data).await
     }
 
     /// `presence`: gate 2 applies, whoever may subscribe may see who is there. On channels

@@ -344,6 +344,13 @@ impl Session {
                 let r = self.refresh(&token);
                 self.answer(id, r.map(|()| |id| reply_ok(id, ReplyBody::Empty {})));
             }
+            ClientFrame::Rpc { id, method, data } => {
+                let r = self.rpc(&method, &data.0).await;
+                self.answer(
+                    id,
+                    r.map(|data| move |id| reply_ok(id, ReplyBody::Rpc { data: &data })),
+                );
+            }
             ClientFrame::SubRefresh { id, channel, token } => {
                 let r = self.sub_refresh(&channel, &token).await;
                 self.answer(id, r.map(|()| |id| reply_ok(id, ReplyBody::Empty {})));

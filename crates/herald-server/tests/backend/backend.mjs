@@ -9,6 +9,11 @@
 //   /connect     connect proxy: cookie session=s3cret-alice is alice (roles ["member"], the
 //                x-tenant header echoed as a role "tenant:<x-tenant>"); session=short-bob is
 //                bob for 2 s; anything else is refused
+//   /publish     publish proxy: text containing "spam" is refused ("no spam"), "as-is" is
+//                allowed unchanged, "break" is replaced by data that breaks the schema, anything
+//                else is replaced by {text, author: <user>}
+//   /rpc         rpc: room.invite answers {invited, room} or, for user "mallory", an error;
+//                bad.answer answers data that breaks the response schema; slow.op waits 3 s
 //   /slow        waits 3 s, then allows
 //   /status500   500
 //   /malformed   200 with a body that is not the answer's shape
@@ -62,6 +67,25 @@ const server = http.createServer((req, res) => {
         if (session === "short-bob") return send(200, { allow: true, user: "bob", roles: [], expires_at: Date.now() / 1000 + 2 });
         return send(200, { allow: false, reason: "no valid session" });
       }
+      case "/publish": {
+        const text = ask.data.text;
+        if (text.includes("spam")) return send(200, { allow: false, reason: "no spam" });
+        if (text === "as-is") return send(200, { allow: true });
+        if (text === "break") return send(200, { allow: true, data: { text: 42 } });
+        return send(200, { allow: true, data: { text, author: ask.user } });
+      }
+      case "/rpc":
+        switch (ask.method) {
+          case "room.invite":
+            if (ask.data.user === "mallory") return send(200, { error: "mallory is banned" });
+            return send(200, { data: { invited: ask.data.user, room: ask.data.room, by: ask.user } });
+          case "bad.answer":
+            return send(200, { data: { invited: 7 } });
+          case "slow.op":
+            return setTimeout(() => send(200, { data: {} }), 3000);
+          default:
+            return send(404, { error: "no such method" });
+        }
       case "/slow":
         return setTimeout(() => send(200, { allow: true }), 3000);
       case "/status500":

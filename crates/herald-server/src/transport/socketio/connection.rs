@@ -485,6 +485,12 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct Rpc {
+        method: String,
+        data: RawJson,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct SubRefresh {
         channel: String,
         token: String,
@@ -511,6 +517,11 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
             channel: s.channel,
             since: s.since,
             token: s.token,
+        }),
+        "rpc" => read::<Rpc>("rpc", arg).map(|r| ClientFrame::Rpc {
+            id,
+            method: r.method,
+            data: r.data,
         }),
         "sub_refresh" => read::<SubRefresh>("sub_refresh", arg).map(|r| ClientFrame::SubRefresh {
             id,
@@ -545,7 +556,7 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
         },
         name => Err(format!(
             "unknown event {name:?}: not a command (subscribe, unsubscribe, publish, presence, \
-             refresh, sub_refresh) nor a registered channel"
+             refresh, sub_refresh, rpc) nor a registered channel"
         )),
     };
     match frame {

@@ -36,12 +36,12 @@ const ENV_SECTIONS: &[&str] = &[
 ];
 
 /// Sections that are arrays of tables, which one flat variable cannot express: the file only.
-const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy", "rpc"];
+const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy", "rpc", "webhook"];
 
 /// The top-level keys of `herald.toml`.
 const SECTIONS: &[&str] = &[
     "server", "auth", "api", "broker", "limits", "socketio", "channel", "source", "backend",
-    "proxy", "rpc",
+    "proxy", "rpc", "webhook",
 ];
 
 /// The fully validated configuration of one gateway process.
@@ -67,6 +67,8 @@ pub struct Config {
     pub backend: BackendConfig,
     /// `[[proxy]]`: the backend endpoints gates may ask, by name.
     pub proxies: Vec<ProxyConfig>,
+    /// `[[webhook]]`: endpoints told what happened (connections, presence, occupancy).
+    pub webhooks: Vec<WebhookConfig>,
     /// `[[rpc]]`: the methods clients may call, each answered by a proxy.
     pub rpc: Arc<Vec<crate::rpc::RpcMethod>>,
     /// Things that are not errors but probably mistakes, e.g. `HERALD_API_KEY` (one
@@ -254,6 +256,64 @@ pub struct ProxyConfig {
     /// (case-insensitive names, e.g. `["x-forwarded-for", "user-agent"]`).
     #[serde(default)]
     pub headers: Vec<String>,
+}
+
+/// The kinds of events a `[[webhook]]` may receive.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "client_connect",
+    "client_disconnect",
+    "channel_occupied",
+    "channel_vacated",
+    "presence_join",
+    "presence_leave",
+];
+
+/// One `[[webhook]]`: an endpoint the node POSTs batches of events to, signed like every
+/// backend request, retried with backoff from a bounded queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Its label in `/metrics` (default: its position, `0`, `1`, …).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `http://` URL the batches are POSTed to.
+    pub url: String,
+    /// The kinds of events sent (default: all of [`WEBHOOK_EVENTS`]).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// Most events per request.
+    #[serde(default = "default_batch_size_hook")]
+    pub batch_size: usize,
+    /// How long an event may wait for others to fill its batch.
+    #[serde(default = "default_batch_wait", with = "humantime_serde")]
+    pub batch_wait: Duration,
+    /// Events held while the endpoint is slow or down; past it new events are dropped and
+    /// counted (`herald_webhook_dropped_total{reason="queue_full"}`).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// One request, connect to last byte.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per batch (the first included) before it is dropped and counted
+    /// (`reason="retries"`); between attempts the wait doubles from 250ms up to 30s.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_batch_size_hook() -> usize {
+    100
+}
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_queue_size() -> usize {
+    10_000
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_attempts() -> u32 {
+    10
 }
 
 fn default_proxy_timeout() -> Duration {
@@ -472,6 +532,8 @@ struct RawConfig {
     proxy: Vec<ProxyConfig>,
     #[serde(default)]
     rpc: Vec<crate::rpc::RpcConfig>,
+    #[serde(default)]
+    webhook: Vec<WebhookConfig>,
 }
 
 /// One thing wrong with the configuration, located as precisely as we can.
@@ -813,6 +875,7 @@ impl Config {
             backend,
             proxy: proxies,
             rpc,
+            webhook: mut webhooks,
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
@@ -821,6 +884,7 @@ impl Config {
             sub.jwks_file = sub.jwks_file.take().map(|p| base.join(p));
         }
         validate_backend(&backend, &proxies, &mut problems);
+        validate_webhooks(&backend, &mut webhooks, &mut problems);
         if let Some(name) = &auth.connect_proxy
             && !proxies.iter().any(|p| p.name == *name)
         {
@@ -934,6 +998,7 @@ impl Config {
                 backend,
                 proxies,
                 rpc,
+                webhooks,
                 file,
                 server,
                 auth,
@@ -995,6 +1060,15 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
                     }
                 }
                 other => collect::<Vec<ProxyConfig>>(other, at, &mut errors),
+            },
+            "webhook" => match value {
+                Value::Array(_, items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), i.to_string()];
+                        collect::<WebhookConfig>(item, at, &mut errors);
+                    }
+                }
+                other => collect::<Vec<WebhookConfig>>(other, at, &mut errors),
             },
             "rpc" => match value {
                 Value::Array(_, items) => {
@@ -1131,6 +1205,47 @@ fn validate_backend(backend: &BackendConfig, proxies: &[ProxyConfig], p: &mut Pr
         if proxy.timeout.is_zero() {
             p.push(None, &field("timeout"), "must be greater than 0");
         }
+    }
+}
+
+/// Checks `[[webhook]]` tables and fills in their defaults (name, events).
+fn validate_webhooks(backend: &BackendConfig, hooks: &mut [WebhookConfig], p: &mut Problems) {
+    if !hooks.is_empty() && backend.secret.is_none() {
+        p.push(
+            None,
+            "backend.secret",
+            "required when a [[webhook]] is configured: every request to the backend is signed",
+        );
+    }
+    for (i, h) in hooks.iter_mut().enumerate() {
+        let field = |f: &str| format!("webhook.{i}.{f}");
+        if !h.url.starts_with("http://") {
+            p.push(None, &field("url"), "must be an http:// URL");
+        }
+        for e in h.events.iter().flatten() {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                p.push(
+                    None,
+                    &field("events"),
+                    format!("unknown event {e:?}: one of {}", WEBHOOK_EVENTS.join(", ")),
+                );
+            }
+        }
+        for (f, v) in [
+            ("batch_size", h.batch_size),
+            ("queue_size", h.queue_size),
+            ("max_attempts", h.max_attempts as usize),
+        ] {
+            if v == 0 {
+                p.push(None, &field(f), "must be greater than 0");
+            }
+        }
+        if h.timeout.is_zero() {
+            p.push(None, &field("timeout"), "must be greater than 0");
+        }
+        h.name.get_or_insert_with(|| i.to_string());
+        h.events
+            .get_or_insert_with(|| WEBHOOK_EVENTS.iter().map(|e| (*e).to_owned()).collect());
     }
 }
 

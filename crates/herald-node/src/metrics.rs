@@ -72,6 +72,24 @@ pub struct ProxyNameLabels {
     pub proxy: String,
 }
 
+/// Labels of `herald_webhook_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookDropLabels {
+    /// The webhook's name.
+    pub webhook: String,
+    /// `queue_full` or `retries`.
+    pub reason: &'static str,
+}
+
+/// Labels of `herald_webhook_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The webhook's name.
+    pub webhook: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// The node's metrics. Every field is registered under the `herald_` prefix.
 #[derive(Debug)]
 pub struct Metrics {
@@ -93,6 +111,10 @@ pub struct Metrics {
     pub proxy_requests: Family<ProxyLabels, Counter>,
     /// Subscribe proxy decisions answered from the cache, by proxy.
     pub proxy_cache_hits: Family<ProxyNameLabels, Counter>,
+    /// Webhook events dropped, by webhook and reason.
+    pub webhook_dropped: Family<WebhookDropLabels, Counter>,
+    /// Webhook requests (attempts), by webhook and result.
+    pub webhook_requests: Family<WebhookLabels, Counter>,
     registry: Registry,
 }
 
@@ -174,6 +196,8 @@ impl Metrics {
             memory: Arc::default(),
             proxy_requests: Family::default(),
             proxy_cache_hits: Family::default(),
+            webhook_dropped: Family::default(),
+            webhook_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -216,6 +240,16 @@ impl Metrics {
             "Subscribe proxy decisions taken from the cache instead of the backend, by proxy",
             m.proxy_cache_hits.clone(),
         );
+        registry.register(
+            "webhook_dropped",
+            "Webhook events dropped: the queue was full, or the batch failed max_attempts times",
+            m.webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Webhook requests (each attempt), by result",
+            m.webhook_requests.clone(),
+        );
         registry.register_collector(Box::new(MemoryCollector(m.memory.clone())));
         Self { registry, ..m }
     }
@@ -235,6 +269,26 @@ impl Metrics {
         self.proxy_cache_hits
             .get_or_create(&ProxyNameLabels {
                 proxy: proxy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` dropped webhook events.
+    pub fn webhook_dropped(&self, webhook: &str, reason: &'static str, n: u64) {
+        self.webhook_dropped
+            .get_or_create(&WebhookDropLabels {
+                webhook: webhook.to_owned(),
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    /// Counts one webhook request and its result.
+    pub fn webhook_delivery(&self, webhook: &str, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_owned(),
+                result,
             })
             .inc();
     }

@@ -60,6 +60,8 @@ pub struct Node {
     pub backend: OnceLock<Arc<dyn crate::proxy::Backend>>,
     /// Subscribe proxy decisions, per (proxy, user, channel), for each proxy's `cache_ttl`.
     pub decisions: crate::proxy::DecisionCache,
+    /// The `[[webhook]]` queues ([`Node::emit`]).
+    pub webhooks: crate::webhook::Webhooks,
     draining: AtomicBool,
     next_conn: AtomicU64,
     /// A random name for this process; client ids are `<node>-<n>`, unique across nodes.
@@ -110,6 +112,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Self {
         let sessions = hub.sessions.clone();
+        let webhooks = crate::webhook::Webhooks::new(&config.webhooks);
         Self {
             config,
             hub,
@@ -120,6 +123,7 @@ impl Node {
             tasks: TaskTracker::new(),
             backend: OnceLock::new(),
             decisions: Default::default(),
+            webhooks,
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             id: random_id(8).to_ascii_lowercase(),

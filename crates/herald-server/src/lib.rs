@@ -95,7 +95,9 @@ pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
         // A fresh node: the cell is empty.
         let _ = node.backend.set(b);
     }
-    Ok(Arc::new(node))
+    let node = Arc::new(node);
+    node.start_webhooks();
+    Ok(node)
 }
 
 /// The HTTP routes.

@@ -643,3 +643,166 @@ async fn rpc_answers_errors_and_timeouts() {
         "{r}"
     );
 }
+
+/// A config with one `[[webhook]]` (its extra keys after the URL).
+fn webhook_config(url: &str, keys: &str) -> String {
+    config_toml(&format!(
+        "[backend]\nsecret = \"{BACKEND_SECRET}\"\n[[webhook]]\nurl = \"{url}\"\n{keys}\n"
+    ))
+}
+
+/// The events of every request the backend received on `path`, in order.
+async fn hook_events(b: &Backend, path: &str) -> Vec<Value> {
+    b.requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == path)
+        .flat_map(|r| {
+            assert_eq!(r["verified"], true, "signed: {r}");
+            let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            body["events"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+/// Connection, occupancy and presence events reach the webhook, signed, in order, batched.
+#[tokio::test]
+async fn webhooks_are_delivered_signed_and_batched() {
+    let b = Backend::start().await;
+    let s =
+        TestServer::with_config(&webhook_config(&b.url("/hooks"), "batch_wait = \"100ms\"")).await;
+    let mut alice = s.client("alice").await;
+    let client = alice.welcome["client"].clone();
+    assert_eq!(alice.subscribe("chat.room.1").await["ok"], true);
+    let r = alice
+        .request(json!({"type": "unsubscribe", "channel": "chat.room.1"}))
+        .await;
+    assert_eq!(r["ok"], true);
+    drop(alice);
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = hook_events(&b, "/hooks").await;
+        if events.iter().any(|e| e["type"] == "client_disconnect") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mine: Vec<(String, Value)> = events
+        .iter()
+        .filter(|e| e["channel"].is_null() || e["channel"] == "chat.room.1")
+        .map(|e| (e["type"].as_str().unwrap().to_owned(), e["channel"].clone()))
+        .collect();
+    let room = json!("chat.room.1");
+    assert_eq!(
+        mine,
+        [
+            ("client_connect".to_owned(), Value::Null),
+            ("channel_occupied".to_owned(), room.clone()),
+            ("presence_join".to_owned(), room.clone()),
+            ("presence_leave".to_owned(), room.clone()),
+            ("channel_vacated".to_owned(), room.clone()),
+            ("client_disconnect".to_owned(), Value::Null),
+        ],
+        "{events:#?}"
+    );
+    let connect = &events[0];
+    assert_eq!(
+        (
+            connect["client"].clone(),
+            connect["user"].clone(),
+            connect["transport"].clone()
+        ),
+        (client, json!("alice"), json!("websocket"))
+    );
+    assert!(connect["id"].is_string() && connect["at"].as_u64().unwrap() > 1_700_000_000_000);
+    // The auto-subscription's occupancy too (notifications.user.alice), and fewer requests
+    // than events: they are batched.
+    assert!(events.len() >= 8, "{events:#?}");
+    let requests = b
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/hooks")
+        .count();
+    assert!(
+        requests < events.len(),
+        "{requests} requests for {} events",
+        events.len()
+    );
+}
+
+/// A batch the endpoint answers with 500 is retried (the same events) until it is taken.
+#[tokio::test]
+async fn webhooks_are_retried_after_a_500() {
+    let b = Backend::start().await;
+    let s = TestServer::with_config(&webhook_config(
+        &b.url("/flaky"),
+        "events = [\"client_connect\"]\nbatch_wait = \"10ms\"",
+    ))
+    .await;
+    let _alice = s.client("alice").await;
+    let mut bodies = Vec::new();
+    for _ in 0..50 {
+        bodies = b
+            .requests()
+            .await
+            .into_iter()
+            .filter(|r| r["path"] == "/flaky")
+            .map(|r| r["body"].as_str().unwrap().to_owned())
+            .collect();
+        if bodies.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bodies.len(), 3, "two 500s, then accepted");
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "the same batch each time"
+    );
+    let m = s.metrics().await;
+    assert!(
+        m.contains(r#"herald_webhook_requests_total{webhook="0",result="error"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"herald_webhook_requests_total{webhook="0",result="ok"} 1"#),
+        "{m}"
+    );
+}
+
+/// An endpoint that is down holds at most `queue_size` events (plus the batch being retried);
+/// the rest are dropped and counted in /metrics, and sessions are not slowed by it.
+#[tokio::test]
+async fn webhook_queue_is_bounded() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = TestServer::with_config(&webhook_config(
+        &format!("http://127.0.0.1:{closed}/hooks"),
+        "events = [\"client_connect\"]\nqueue_size = 3\nbatch_size = 1\nmax_attempts = 1000",
+    ))
+    .await;
+    let started = Instant::now();
+    for i in 0..8 {
+        let _c = s.client(&format!("u{i}")).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "connects were not held up"
+    );
+    let m = s.metrics().await;
+    let dropped: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"herald_webhook_dropped_total{webhook="0",reason="queue_full"} "#)
+        })
+        .expect("drops are counted")
+        .parse()
+        .unwrap();
+    // 8 events: one in the retried batch, three queued, the rest dropped (or one more if the
+    // queue filled before the task took the first).
+    assert!((4..=5).contains(&dropped), "dropped {dropped}\n{m}");
+}

@@ -164,6 +164,7 @@ impl Session {
             self.transport = T::NAME;
             let node = self.node().clone();
             node.metrics.connections.inc();
+            node.emit("client_connect", || self.event("client_connect", None));
             let ending = match self.welcome(opening).await {
                 Ok(()) => self.serve(&mut transport).await,
                 Err(e) => {
@@ -175,6 +176,9 @@ impl Session {
             // slot are gone (a reconnect is not refused for a slot still held by a closing socket).
             self.cleanup().await;
             node.metrics.connections.dec();
+            node.emit("client_disconnect", || {
+                self.event("client_disconnect", None)
+            });
             let Session { slot, .. } = self;
             drop(slot);
             transport.close(ending).await;

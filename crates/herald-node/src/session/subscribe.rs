@@ -22,6 +22,7 @@ use crate::metrics::Gate;
 use crate::node::broker_error;
 use crate::prepared::Prepared;
 use crate::proxy::SubscribeAsk;
+use crate::webhook::{Event, channel_event, client_event};
 
 /// The reason of the `unsubscribed` frame sent when a subscription token runs out.
 pub const TOKEN_EXPIRED: &str = "token_expired";
@@ -319,9 +320,14 @@ impl Session {
         let node = self.node().clone();
         let first = node.hub.add(channel, self.handle());
         self.subscriptions.insert(channel.clone(), presence);
-        if first && let Err(e) = node.broker.subscribe(channel).await {
-            self.detach(channel).await;
-            return Err(broker_error(e));
+        if first {
+            if let Err(e) = node.broker.subscribe(channel).await {
+                self.detach(channel).await;
+                return Err(broker_error(e));
+            }
+            node.emit("channel_occupied", || {
+                channel_event("channel_occupied", channel)
+            });
         }
         Ok(())
     }
@@ -329,18 +335,25 @@ impl Session {
     pub(super) async fn detach(&mut self, channel: &str) {
         let node = self.node().clone();
         self.sub_expiry.retain(|(c, _)| **c != *channel);
-        if self.subscriptions.remove(channel) == Some(true)
-            && let Err(e) = node
+        if self.subscriptions.remove(channel) == Some(true) {
+            if let Err(e) = node
                 .broker
                 .presence_remove(channel, self.client_info())
                 .await
-        {
-            tracing::warn!(channel, error = %e, "presence remove failed");
+            {
+                tracing::warn!(channel, error = %e, "presence remove failed");
+            }
+            node.emit("presence_leave", || {
+                self.event("presence_leave", Some(&Arc::from(channel)))
+            });
         }
-        if node.hub.remove(channel, self.handle())
-            && let Err(e) = node.broker.unsubscribe(channel).await
-        {
-            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+        if node.hub.remove(channel, self.handle()) {
+            if let Err(e) = node.broker.unsubscribe(channel).await {
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
+            node.emit("channel_vacated", || {
+                channel_event("channel_vacated", &Arc::from(channel))
+            });
         }
     }
 
@@ -405,6 +418,18 @@ impl Session {
         Ok(())
     }
 
+    /// A webhook event about this connection (the node stamps `id` and `at`).
+    pub(super) fn event(&self, kind: &'static str, channel: Option<&Arc<str>>) -> Event {
+        let transport = channel.is_none().then_some(self.transport);
+        client_event(
+            kind,
+            &self.handle().id,
+            self.identity.user.as_ref(),
+            channel,
+            transport,
+        )
+    }
+
     pub(super) fn client_info(&self) -> ClientInfo {
         ClientInfo {
             client: self.handle().id.to_string(),
@@ -421,6 +446,9 @@ impl Session {
         if let Err(e) = node.broker.presence_add(channel, self.client_info()).await {
             tracing::warn!(channel, error = %e, "presence add failed");
         }
+        node.emit("presence_join", || {
+            self.event("presence_join", Some(&Arc::from(channel)))
+        });
     }
 
     /// `unsubscribe`. Errors: `not_subscribed`.

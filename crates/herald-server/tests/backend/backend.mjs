@@ -14,6 +14,8 @@
 //                else is replaced by {text, author: <user>}
 //   /rpc         rpc: room.invite answers {invited, room} or, for user "mallory", an error;
 //                bad.answer answers data that breaks the response schema; slow.op waits 3 s
+//   /hooks       webhooks: 200
+//   /flaky       webhooks: 500 for the first two requests, then 200
 //   /slow        waits 3 s, then allows
 //   /status500   500
 //   /malformed   200 with a body that is not the answer's shape
@@ -25,6 +27,7 @@ import crypto from "node:crypto";
 
 const secret = process.argv[2];
 const seen = [];
+let flaky = 0;
 
 function verify(req, raw) {
   const ts = req.headers["herald-timestamp"];
@@ -86,6 +89,11 @@ const server = http.createServer((req, res) => {
           default:
             return send(404, { error: "no such method" });
         }
+      case "/hooks":
+        return send(200, {});
+      case "/flaky":
+        flaky += 1;
+        return send(flaky <= 2 ? 500 : 200, {});
       case "/slow":
         return setTimeout(() => send(200, { allow: true }), 3000);
       case "/status500":

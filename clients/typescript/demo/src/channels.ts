@@ -32,3 +32,62 @@ export interface HeraldUserChannels {
 
 /** A channel name the registry accepts. */
 export type HeraldChannel = keyof HeraldChannels & string;
+
+/**
+ * Channels with `scope = "token"`: subscribing needs a subscription token from your
+ * backend (`getSubscriptionToken` of @herald/client).
+ */
+export type HeraldTokenChannel = never;
+
+/** The `[[rpc]]` methods: `herald.rpc(method, request)` resolves to the response. */
+export interface HeraldRpc {
+}
+
+/** Socket.IO: the second argument of every publication event. */
+export interface HeraldEventMeta {
+  channel: string;
+  offset: number;
+  epoch: string;
+  from: { user?: string; client: string } | { server: true };
+}
+
+/** Socket.IO: the argument of every ack (a protocol v1 reply). */
+export interface HeraldReply {
+  type: "reply";
+  id: number;
+  ok: boolean;
+  error?: { code: string; message: string; pointer?: string };
+  [field: string]: unknown;
+}
+
+/** Socket.IO: a publication handler (`offset` is the recovery cursor; handlers may omit it). */
+export type HeraldHandler<T> = (data: T, meta: HeraldEventMeta, offset: string) => void;
+
+/** Socket.IO: an ack callback. */
+export type HeraldAck = (reply: HeraldReply) => void;
+
+/** Socket.IO events the server emits (docs/socketio.md), for `socket.io-client`. */
+export interface ServerToClientEvents {
+  "blog.article.feed": HeraldHandler<BlogArticleFeed>;
+  [event: `notifications.user.${string}`]: HeraldHandler<NotificationsUser>;
+  [event: `chat.room.${string}`]: HeraldHandler<ChatRoom>;
+  "ops.alerts": HeraldHandler<OpsAlerts>;
+  "herald:join": (frame: { type: "join"; channel: string; user?: string; client: string }) => void;
+  "herald:leave": (frame: { type: "leave"; channel: string; user?: string; client: string }) => void;
+  "herald:unsubscribed": (frame: { type: "unsubscribed"; channel: string; reason: string }) => void;
+  "herald:error": (frame: { type: "error"; channel?: string; error: { code: string; message: string; pointer?: string } }) => void;
+  "herald:disconnect": (frame: { type: "disconnect"; code: number; reason: string; reconnect: boolean }) => void;
+}
+
+/** Socket.IO events a client may emit: the commands, and a publication to each channel that
+ * allows client publishing (gate 3). */
+export interface ClientToServerEvents {
+  subscribe: (arg: { channel: HeraldChannel; since?: { offset: number; epoch: string }; token?: string }, ack?: HeraldAck) => void;
+  unsubscribe: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;
+  publish: (arg: { [C in HeraldChannel]: { channel: C; data: HeraldChannels[C] } }[HeraldChannel], ack?: HeraldAck) => void;
+  presence: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;
+  refresh: (arg: { token: string }, ack?: HeraldAck) => void;
+  sub_refresh: (arg: { channel: HeraldChannel; token: string }, ack?: HeraldAck) => void;
+  rpc: (arg: { method: string; data: unknown }, ack?: HeraldAck) => void;
+  [event: `chat.room.${string}`]: (data: ChatRoom, ack?: HeraldAck) => void;
+}

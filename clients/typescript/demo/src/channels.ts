@@ -14,12 +14,16 @@ export type ChatRoom = { text: string; user?: string; [key: string]: unknown };
 /** Payload of `ops.alerts`. */
 export type OpsAlerts = { [key: string]: unknown };
 
+/** Payload of `vip.room.{roomId}`. */
+export type VipRoom = { text: string; [key: string]: unknown };
+
 /** Every channel of the registry, by name, with its payload type. */
 export interface HeraldChannels {
   "blog.article.feed": BlogArticleFeed;
   [channel: `notifications.user.${string}`]: NotificationsUser;
   [channel: `chat.room.${string}`]: ChatRoom;
   "ops.alerts": OpsAlerts;
+  [channel: `vip.room.${string}`]: VipRoom;
 }
 
 /**
@@ -72,6 +76,7 @@ export interface ServerToClientEvents {
   [event: `notifications.user.${string}`]: HeraldHandler<NotificationsUser>;
   [event: `chat.room.${string}`]: HeraldHandler<ChatRoom>;
   "ops.alerts": HeraldHandler<OpsAlerts>;
+  [event: `vip.room.${string}`]: HeraldHandler<VipRoom>;
   "herald:join": (frame: { type: "join"; channel: string; user?: string; client: string }) => void;
   "herald:leave": (frame: { type: "leave"; channel: string; user?: string; client: string }) => void;
   "herald:unsubscribed": (frame: { type: "unsubscribed"; channel: string; reason: string }) => void;
@@ -90,4 +95,5 @@ export interface ClientToServerEvents {
   sub_refresh: (arg: { channel: HeraldChannel; token: string }, ack?: HeraldAck) => void;
   rpc: (arg: { method: string; data: unknown }, ack?: HeraldAck) => void;
   [event: `chat.room.${string}`]: (data: ChatRoom, ack?: HeraldAck) => void;
+  [event: `vip.room.${string}`]: (data: VipRoom, ack?: HeraldAck) => void;
 }

@@ -494,10 +494,45 @@ impl<'a> From<&'a Publication> for PublicationView<'a> {
 }
 
 /// A presence entry.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub client: String,
     pub user: Option<String>,
+    /// What the backend attached when it admitted the client (the subscribe proxy's `info`),
+    /// as it sent it; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Arc<RawValue>>,
+}
+
+impl ClientInfo {
+    /// The fields that order and compare entries (`info` by its text).
+    fn key(&self) -> (&str, Option<&str>, Option<&str>) {
+        (
+            &self.client,
+            self.user.as_deref(),
+            self.info.as_deref().map(RawValue::get),
+        )
+    }
+}
+
+impl PartialEq for ClientInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for ClientInfo {}
+
+impl PartialOrd for ClientInfo {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ClientInfo {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// Frames the server sends (all but `pub`, which [`encode_pub`] writes).
@@ -525,6 +560,9 @@ pub enum ServerFrame<'a> {
         channel: &'a str,
         user: Option<&'a str>,
         client: &'a str,
+        /// The backend's `info` about the member (subscribe proxy), when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a RawValue>,
     },
     Leave {
         channel: &'a str,

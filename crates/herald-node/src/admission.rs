@@ -355,6 +355,7 @@ impl Slot {
         ClientInfo {
             client: self.handle.id.to_string(),
             user: self.handle.user.as_deref().map(str::to_owned),
+            info: None,
         }
     }
 

@@ -806,3 +806,38 @@ async fn webhook_queue_is_bounded() {
     // queue filled before the task took the first).
     assert!((4..=5).contains(&dropped), "dropped {dropped}\n{m}");
 }
+
+/// The subscribe proxy's `info` is shown with the member in presence: the presence reply and
+/// the `join` other members receive.
+#[tokio::test]
+async fn proxy_info_is_shown_in_presence() {
+    let b = Backend::start().await;
+    let s = TestServer::with_config(&proxy_config(
+        &b,
+        BACKEND_SECRET,
+        &[("rooms", "/rooms", "")],
+    ))
+    .await;
+    let mut alice = s.client("alice").await;
+    assert_eq!(alice.subscribe("rooms.room.open").await["ok"], true);
+    let mut bob = s.client("bob").await;
+    assert_eq!(bob.subscribe("rooms.room.open").await["ok"], true);
+    let join = loop {
+        let v = alice.next().await;
+        if v["type"] == "join" && v["user"] == "bob" {
+            break v;
+        }
+    };
+    assert_eq!(join["info"], json!({"role": "guest"}), "{join}");
+    let r = bob
+        .request(json!({"type": "presence", "channel": "rooms.room.open"}))
+        .await;
+    let clients = r["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2, "{r}");
+    assert!(
+        clients
+            .iter()
+            .all(|c| c["info"] == json!({"role": "guest"})),
+        "{r}"
+    );
+}

@@ -109,6 +109,8 @@ pub struct Session {
     sub_expiry: Vec<(Arc<str>, Instant)>,
     /// [`Transport::NAME`] of the transport running the session.
     transport: &'static str,
+    /// The subscribe proxy's `info` per channel, shown with this client in presence.
+    presence_info: Vec<(Arc<str>, Arc<serde_json::value::RawValue>)>,
 }
 
 /// What the loop does after an event.
@@ -132,6 +134,7 @@ impl Session {
             last_seen: Instant::now(),
             sub_expiry: Vec::new(),
             transport: "other",
+            presence_info: Vec::new(),
         }
     }
 

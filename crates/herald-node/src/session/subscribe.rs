@@ -33,6 +33,8 @@ struct Grant {
     presence: bool,
     /// When the subscription token runs out (token-scoped channels).
     expires: Option<Instant>,
+    /// What the backend attached to this member (subscribe proxy), shown in presence.
+    info: Option<Arc<serde_json::value::RawValue>>,
 }
 
 /// One subscription made at connect, between its history read and its activation.
@@ -215,6 +217,7 @@ impl Session {
             self.check_limit(channel)?;
         }
         self.attach(channel, grant.presence).await?;
+        self.set_info(channel, grant.info);
         match node.history(channel, history_query(since, &node)).await {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -238,6 +241,7 @@ impl Session {
                 Ok(Grant {
                     presence,
                     expires: deadline_of(Some(exp)),
+                    info: None,
                 })
             }
             Scope::Proxy(name) => {
@@ -248,10 +252,11 @@ impl Session {
                     client: &self.handle().id,
                     transport: self.transport,
                 };
-                node.proxy_subscribe(name, ask).await?;
+                let info = node.proxy_subscribe(name, ask).await?;
                 Ok(Grant {
                     presence,
                     expires: None,
+                    info,
                 })
             }
             _ => {
@@ -259,6 +264,7 @@ impl Session {
                 Ok(Grant {
                     presence,
                     expires: None,
+                    info: None,
                 })
             }
         }
@@ -295,6 +301,14 @@ impl Session {
         self.sub_expiry.retain(|(c, _)| c != channel);
         if let Some(at) = at {
             self.sub_expiry.push((channel.clone(), at));
+        }
+    }
+
+    /// Keeps the backend's `info` for this member of `channel` (presence entries and `join`).
+    fn set_info(&mut self, channel: &Arc<str>, info: Option<Arc<serde_json::value::RawValue>>) {
+        self.presence_info.retain(|(c, _)| c != channel);
+        if let Some(info) = info {
+            self.presence_info.push((channel.clone(), info));
         }
     }
 
@@ -335,6 +349,7 @@ impl Session {
     pub(super) async fn detach(&mut self, channel: &str) {
         let node = self.node().clone();
         self.sub_expiry.retain(|(c, _)| **c != *channel);
+        self.presence_info.retain(|(c, _)| **c != *channel);
         if self.subscriptions.remove(channel) == Some(true) {
             if let Err(e) = node
                 .broker
@@ -381,6 +396,7 @@ impl Session {
         let channel: Arc<str> = Arc::from(channel);
         self.attach(&channel, grant.presence).await?;
         self.set_expiry(&channel, grant.expires);
+        self.set_info(&channel, grant.info);
         let result = match node
             .history(&channel, history_query(since.as_ref(), &node))
             .await
@@ -434,6 +450,19 @@ impl Session {
         ClientInfo {
             client: self.handle().id.to_string(),
             user: self.identity.user.as_deref().map(str::to_owned),
+            info: None,
+        }
+    }
+
+    /// This client's presence entry on `channel`, with the backend's `info` if it gave one.
+    fn client_info_for(&self, channel: &str) -> ClientInfo {
+        ClientInfo {
+            info: self
+                .presence_info
+                .iter()
+                .find(|(c, _)| **c == *channel)
+                .map(|(_, i)| i.clone()),
+            ..self.client_info()
         }
     }
 
@@ -443,7 +472,11 @@ impl Session {
             return;
         }
         let node = self.node().clone();
-        if let Err(e) = node.broker.presence_add(channel, self.client_info()).await {
+        if let Err(e) = node
+            .broker
+            .presence_add(channel, self.client_info_for(channel))
+            .await
+        {
             tracing::warn!(channel, error = %e, "presence add failed");
         }
         node.emit("presence_join", || {

@@ -457,6 +457,34 @@ async fn connect_proxy_authenticates_by_cookie() {
     let g = bob.goodbye(Duration::from_secs(5)).await;
     assert_eq!(g.disconnect.expect("a disconnect frame")["code"], 4001);
 
+    // Socket.IO: the same gate at CONNECT (the cookie of the upgrade request), and its
+    // refusal as a CONNECT_ERROR.
+    let mut sio = SioClient::connect_with_headers(s.addr, &[cookie], json!({}))
+        .await
+        .expect("admitted by the backend");
+    let r = sio
+        .request(json!({"type": "subscribe", "channel": "tenant.acme"}))
+        .await;
+    assert_eq!(
+        r["error"]["code"], "forbidden",
+        "no x-tenant header this time: {r}"
+    );
+    let r = sio
+        .request(json!({"type": "subscribe", "channel": "notifications.user.alice"}))
+        .await;
+    assert_eq!(
+        r["error"]["code"], "already_subscribed",
+        "alice's own channel: {r}"
+    );
+    match SioClient::connect_with_headers(s.addr, &[("cookie", "session=forged")], json!({})).await
+    {
+        Err(common::sio::Refused::ConnectError(e)) => {
+            assert_eq!(e["data"]["code"], "unauthorized", "{e}")
+        }
+        Err(other) => panic!("expected CONNECT_ERROR, got {other:?}"),
+        Ok(_) => panic!("a forged session was admitted"),
+    }
+
     // The backend unreachable: 503, fail closed.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

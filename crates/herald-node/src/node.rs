@@ -136,6 +136,11 @@ impl Node {
         &self.config.authenticator
     }
 
+    /// This process's random name (the prefix of its client ids and webhook event ids).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// A connection id unique across nodes and restarts.
     pub fn next_client_id(&self) -> Arc<str> {
         let n = self.next_conn.fetch_add(1, Ordering::Relaxed);

@@ -135,7 +135,7 @@ pub fn judge(body: &[u8]) -> Option<Decision> {
     })
 }
 
-/// Everything gate 2 needs to ask a subscribe proxy.
+/// Who asks, on which channel: what the subscribe and publish proxies are told.
 #[derive(Debug)]
 pub struct SubscribeAsk<'a> {
     /// The identity asking.

@@ -25,7 +25,7 @@ use crate::Node;
 /// One thing that happened, as the backend receives it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// Unique per event (`<node>-<n>`), to deduplicate retried deliveries.
+    /// Unique per event (`<node>-e<n>`), to deduplicate retried deliveries.
     pub id: String,
     /// `client_connect`, `client_disconnect`, `channel_occupied`, `channel_vacated`,
     /// `presence_join`, `presence_leave`.
@@ -97,7 +97,8 @@ impl Node {
         let n = hooks
             .next
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        event.id = format!("{}-{n}", self.next_client_id());
+        // Not a client id: those count connections. `e` keeps the two apart.
+        event.id = format!("{}-e{n}", self.id());
         event.at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -15,7 +15,7 @@
 //! HTTP/1.1 keep-alive), so what is measured is Herald's side: signing, the pooled client, the
 //! round trip over loopback, the cache.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
-use crate::wire::{Client, Event, find};
+use crate::wire::{Client, Event, find, source_addr};
 
 const SECRET: &str = "bench-secret";
 
@@ -149,12 +149,16 @@ async fn reply(c: &mut Client, id: u64) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(server: SocketAddr, user: &str) -> anyhow::Result<Client> {
+/// Source addresses the connections spread over (127.0.0.1–16): thousands of short
+/// connections from one address run out of ephemeral ports (TIME_WAIT).
+const SPREAD: u8 = 16;
+
+async fn connect(server: SocketAddr, user: &str, n: usize) -> anyhow::Result<Client> {
     let token =
         herald_core::identity::mint_hs256(SECRET, user, &[], "roles", Duration::from_secs(3600))?;
     let auth = format!("Bearer {token}");
     Client::connect(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        source_addr(n, SPREAD),
         server,
         "/v1/ws",
         &[("Authorization", &auth)],
@@ -206,7 +210,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     // Subscribe latency: one connection, one subscribe after the other.
     println!("| subscribe to | subscribes | p50 µs | p99 µs | p99.9 µs | max µs | backend calls |");
     println!("|---|---|---|---|---|---|---|");
-    let mut c = connect(listen, "lat").await?;
+    let mut c = connect(listen, "lat", 0).await?;
     let mut id = 0u64;
     let mut measure = async |c: &mut Client,
                              prefix: &str,
@@ -279,7 +283,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                     }
                     let t = Instant::now();
                     // The same (user, channel) pairs in the cold and the warm round.
-                    let mut c = connect(listen, &format!("{users}{i}")).await?;
+                    let mut c = connect(listen, &format!("{users}{i}"), i as usize).await?;
                     c.send_text(&format!(
                         r#"{{"type":"subscribe","id":1,"channel":"{prefix}.room.{i}"}}"#
                     ))

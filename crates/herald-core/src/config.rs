@@ -706,7 +706,7 @@ fn scan_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> EnvScan {
             let table = if section == "source" {
                 "source.postgres"
             } else {
-                "channel"
+                section.as_str()
             };
             scan.problems.push(problem(format!(
                 "`[[{table}]]` tables are configured in the config file only, not from the \
@@ -1621,6 +1621,13 @@ mod tests {
         assert!(
             text.contains("HERALD_SERVER__LISTN: field `server.listn`: unknown key `listn`; did you mean `listen`?"),
             "{text}"
+        );
+        let proxy = Config::load_with_env(None, vars(&[("HERALD_PROXY__URL", "x")])).unwrap_err();
+        assert!(
+            proxy.to_string().contains(
+                "HERALD_PROXY__URL: `[[proxy]]` tables are configured in the config file only"
+            ),
+            "{proxy}"
         );
         assert!(
             text.contains("HERALD_SOURCE__POSTGRES__URL: `[[source.postgres]]` tables are configured in the config file only"),

@@ -75,6 +75,8 @@ fn id_of(f: &ClientFrame) -> Option<u64> {
         | ClientFrame::Publish { id, .. }
         | ClientFrame::Presence { id, .. }
         | ClientFrame::Refresh { id, .. }
+        | ClientFrame::SubRefresh { id, .. }
+        | ClientFrame::Rpc { id, .. }
         | ClientFrame::Ping { id }
         | ClientFrame::Pong { id } => *id,
     }
@@ -94,6 +96,17 @@ fn same(a: &ClientFrame, b: &ClientFrame) -> bool {
             let v = |r: &herald_core::protocol::RawJson| serde_json::from_str::<Value>(r.0.get()).ok();
             id == i && channel == c && v(data) == v(d)
         }
+        (
+            ClientFrame::Rpc { id, method, data },
+            ClientFrame::Rpc {
+                id: i,
+                method: m,
+                data: d,
+            },
+        ) => {
+            let v = |r: &herald_core::protocol::RawJson| serde_json::from_str::<Value>(r.0.get()).ok();
+            id == i && method == m && v(data) == v(d)
+        }
         _ => a == b,
     }
 }
@@ -103,8 +116,16 @@ fn same(a: &ClientFrame, b: &ClientFrame) -> bool {
 fn to_json(f: &ClientFrame) -> Option<Value> {
     let mut m = Map::new();
     let kind = match f {
-        ClientFrame::Subscribe { channel, since, .. } => {
+        ClientFrame::Subscribe {
+            channel,
+            since,
+            token,
+            ..
+        } => {
             m.insert("channel".into(), json!(channel));
+            if let Some(t) = token {
+                m.insert("token".into(), json!(t));
+            }
             if let Some(s) = since {
                 m.insert(
                     "since".into(),
@@ -129,6 +150,16 @@ fn to_json(f: &ClientFrame) -> Option<Value> {
         ClientFrame::Refresh { token, .. } => {
             m.insert("token".into(), json!(token));
             "refresh"
+        }
+        ClientFrame::SubRefresh { channel, token, .. } => {
+            m.insert("channel".into(), json!(channel));
+            m.insert("token".into(), json!(token));
+            "sub_refresh"
+        }
+        ClientFrame::Rpc { method, data, .. } => {
+            m.insert("method".into(), json!(method));
+            m.insert("data".into(), serde_json::from_str(data.0.get()).ok()?);
+            "rpc"
         }
         ClientFrame::Ping { .. } => "ping",
         ClientFrame::Pong { .. } => "pong",

@@ -1,10 +1,13 @@
 // The demo page served by `herald serve`, in headless Chromium (Debian's, via playwright-core):
 // two users over WebSocket (and through a gateway restart), the same with SSE forced
 // (`?transports=sse`), the automatic fallback to SSE behind a proxy that refuses WebSocket, and
-// the Socket.IO variant driven by socket.io-client (`?transport=socketio`).
+// the Socket.IO variant driven by socket.io-client (`?transport=socketio`), and the private room
+// that the demo backend (demo/backend.mjs) guards through the subscribe proxy.
 // Screenshots of each go to `test-results/` (look at them when the page changes).
+import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
 import { chromium, type Browser, type Page } from "playwright-core";
 
@@ -282,5 +285,52 @@ describe("demo page in Chromium", () => {
     expect(requested.get(alice)!.filter((u) => u.includes("transport=websocket") || u.includes("/v1/"))).toEqual([]);
     expect(await text(alice, "#transport")).toBe("via Socket.IO (polling)");
     await shot(alice, "socketio-polling-alice");
+  });
+
+  it("private room: the demo backend admits the invited users only, through the subscribe proxy", async () => {
+    const backend = spawn(process.execPath, [join(repoRoot, "clients/typescript/demo/backend.mjs")], {
+      env: { ...process.env, DEMO_BACKEND_PORT: "0", HERALD_BACKEND_SECRET: "demo-secret" },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    cleanup.push(() => backend.kill());
+    const port = await new Promise<number>((resolve) => {
+      createInterface({ input: backend.stdout! }).once("line", (l) => resolve(Number(l.split(" ")[1])));
+    });
+    const gw = await Gateway.start({
+      sections: `
+[backend]
+secret = "demo-secret"
+
+[[proxy]]
+name = "demo-rooms"
+url = "http://127.0.0.1:${port}/herald/subscribe"
+
+[[channel]]
+name = "vip.room.{roomId}"
+scope = { proxy = "demo-rooms" }
+publish = "authenticated"
+presence = true
+schema = { type = "object", required = ["text"], properties = { text = { type = "string" } } }
+`,
+    });
+    cleanup.push(() => gw.kill());
+    const alice = await signIn(gw.http, "alice");
+    const bob = await signIn(gw.http, "bob");
+    const carol = await signIn(gw.http, "carol");
+    await expectText(alice, "#vip-status", "entered");
+    await expectText(carol, "#vip-status", "entered");
+    // The backend's reason reaches the refused user.
+    await expectText(bob, "#vip-status", "forbidden: bob is not invited to the vip room");
+
+    await alice.fill("#vip-text", "for invited eyes");
+    await alice.press("#vip-text", "Enter");
+    await expectText(carol, "#vip", "alice: for invited eyes");
+    await expectText(alice, "#vip", "alice: for invited eyes");
+    await gw.publish("vip.room.vip", { text: "from the server" });
+    await expectText(carol, "#vip", "server: from the server");
+    expect(await items(bob, "#vip")).toEqual([]);
+    expect(await bob.$("#vip-text")).toBeNull();
+    await shot(bob, "private-room-bob-refused");
+    await shot(carol, "private-room-carol");
   });
 });

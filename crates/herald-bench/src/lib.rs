@@ -16,7 +16,8 @@
 //! - [`procfs`]: CPU ticks and RSS of a process, and the fd limit;
 //! - [`load`]: one load run (connect, publish in rate steps, drain, report);
 //! - [`suite`]: the scenarios S1–S7 against every peer, and the markdown report;
-//! - [`null`]: the null gateway, a server that only writes pre-framed bytes (the ceiling).
+//! - [`null`]: the null gateway, a server that only writes pre-framed bytes (the ceiling);
+//! - [`subscribe`]: subscribe latency and connects/s with static scopes and the subscribe proxy.
 
 pub mod dialect;
 pub mod load;
@@ -25,5 +26,6 @@ pub mod payload;
 pub mod procfs;
 pub mod sse;
 pub mod stats;
+pub mod subscribe;
 pub mod suite;
 pub mod wire;

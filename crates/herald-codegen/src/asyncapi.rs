@@ -197,12 +197,15 @@ fn scope_text(scope: &Scope) -> String {
         Scope::Authenticated => "authenticated users".into(),
         Scope::Role(r) => format!("identities with role {r:?}"),
         Scope::User => "only the user the name belongs to".into(),
+        Scope::Token => "holders of a subscription token for the channel".into(),
+        Scope::Proxy(p) => format!("whoever the backend allows (proxy {p:?})"),
     }
 }
 
 fn scope_json(scope: &Scope) -> Value {
     match scope {
         Scope::Role(r) => json!({ "role": r }),
+        Scope::Proxy(p) => json!({ "proxy": p }),
         other => json!(format!("{other:?}").to_lowercase()),
     }
 }

@@ -320,6 +320,7 @@ fn scope_change(o: &Scope, n: &Scope, pointer: &str, affects: Affects) -> Option
     }
     let show = |s: &Scope| match s {
         Scope::Role(r) => format!("role {r:?}"),
+        Scope::Proxy(p) => format!("proxy {p:?}"),
         other => format!("{other:?}").to_lowercase(),
     };
     let (status, what) = if admits_all_of(n, o) {

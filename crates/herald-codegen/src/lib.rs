@@ -28,6 +28,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use herald_core::registry::{Registry, Scope, SocketIoEvent};
+use herald_core::rpc::RpcMethod;
 use serde_json::{Value, json};
 
 pub use asyncapi::asyncapi;
@@ -36,6 +37,12 @@ use schema::{Emitter, to_pascal_case};
 
 /// Renders the TypeScript module for `registry`; `source` names the config in the header.
 pub fn typescript(registry: &Registry, source: &str) -> String {
+    typescript_with_rpc(registry, &[], source)
+}
+
+/// [`typescript`], plus the `[[rpc]]` methods: `HeraldRpc` maps each method to its request and
+/// response types (for `herald.rpc(method, data)` of @herald/client).
+pub fn typescript_with_rpc(registry: &Registry, rpc: &[RpcMethod], source: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -79,7 +86,71 @@ pub fn typescript(registry: &Registry, source: &str) -> String {
     }
     out.push_str("}\n\n");
     out.push_str("/** A channel name the registry accepts. */\n");
-    out.push_str("export type HeraldChannel = keyof HeraldChannels & string;\n");
+    out.push_str("export type HeraldChannel = keyof HeraldChannels & string;\n\n");
+    let token: Vec<String> = registry
+        .descriptors()
+        .iter()
+        .filter(|d| d.scope == Scope::Token)
+        .map(|d| {
+            if d.pattern.is_template() {
+                format!("`{}`", template_literal(d.pattern.as_str()))
+            } else {
+                schema::quote(d.pattern.as_str())
+            }
+        })
+        .collect();
+    out.push_str(
+        "/**\n * Channels with `scope = \"token\"`: subscribing needs a subscription token from your\n \
+         * backend (`getSubscriptionToken` of @herald/client).\n */\n",
+    );
+    let _ = writeln!(
+        out,
+        "export type HeraldTokenChannel = {};\n",
+        if token.is_empty() {
+            "never".to_owned()
+        } else {
+            token.join(" | ")
+        }
+    );
+    let mut methods = Vec::new();
+    for m in rpc {
+        let base = to_pascal_case(&m.method);
+        let mut pair = Vec::new();
+        for (suffix, schema) in [
+            ("Request", &m.request_schema),
+            ("Response", &m.response_schema),
+        ] {
+            let name = unique(format!("{base}{suffix}"), &mut used);
+            let mut emitter = Emitter::new(&name, schema, &mut used);
+            let body = emitter.root();
+            let _ = writeln!(
+                out,
+                "/** `{}` rpc: {} data. */",
+                m.method,
+                suffix.to_lowercase()
+            );
+            let _ = writeln!(out, "export type {name} = {body};\n");
+            for (def_name, def_body) in emitter.take_defs() {
+                let _ = writeln!(out, "export type {def_name} = {def_body};\n");
+            }
+            pair.push(name);
+        }
+        methods.push((m.method.clone(), pair));
+    }
+    out.push_str(
+        "/** The `[[rpc]]` methods: `herald.rpc(method, request)` resolves to the response. */\n",
+    );
+    out.push_str("export interface HeraldRpc {\n");
+    for (method, pair) in &methods {
+        let _ = writeln!(
+            out,
+            "  {}: {{ request: {}; response: {} }};",
+            schema::quote(method),
+            pair[0],
+            pair[1]
+        );
+    }
+    out.push_str("}\n");
     out.push_str(&socketio);
     out
 }
@@ -171,11 +242,13 @@ fn socketio_maps(registry: &Registry, entries: &[(String, bool, String)]) -> Str
         "\n/** Socket.IO events a client may emit: the commands, and a publication to each channel that\n\
          \x20* allows client publishing (gate 3). */\n\
          export interface ClientToServerEvents {\n\
-         \x20 subscribe: (arg: { channel: HeraldChannel; since?: { offset: number; epoch: string } }, ack?: HeraldAck) => void;\n\
+         \x20 subscribe: (arg: { channel: HeraldChannel; since?: { offset: number; epoch: string }; token?: string }, ack?: HeraldAck) => void;\n\
          \x20 unsubscribe: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;\n\
          \x20 publish: (arg: { [C in HeraldChannel]: { channel: C; data: HeraldChannels[C] } }[HeraldChannel], ack?: HeraldAck) => void;\n\
          \x20 presence: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;\n\
-         \x20 refresh: (arg: { token: string }, ack?: HeraldAck) => void;\n",
+         \x20 refresh: (arg: { token: string }, ack?: HeraldAck) => void;\n\
+         \x20 sub_refresh: (arg: { channel: HeraldChannel; token: string }, ack?: HeraldAck) => void;\n\
+         \x20 rpc: (arg: { method: string; data: unknown }, ack?: HeraldAck) => void;\n",
     );
     for (key, name) in publishable {
         let _ = writeln!(out, "  {key}: (data: {name}, ack?: HeraldAck) => void;");
@@ -254,6 +327,7 @@ pub fn json_schemas(registry: &Registry, source: &str) -> Vec<(String, Value)> {
         let file = format!("{name}.json");
         let scope = |s: &Scope| match s {
             Scope::Role(r) => json!({ "role": r }),
+            Scope::Proxy(p) => json!({ "proxy": p }),
             other => json!(format!("{other:?}").to_lowercase()),
         };
         index.insert(
@@ -326,6 +400,65 @@ fn unique(base: String, used: &mut HashSet<String>) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn token_channels_and_rpc_methods_are_typed() {
+        let toml = r#"
+[auth]
+hs256_secret = "s"
+[backend]
+secret = "b"
+[[proxy]]
+name = "app"
+url = "http://127.0.0.1:1/rpc"
+[[rpc]]
+method = "room.invite"
+proxy = "app"
+request = { type = "object", required = ["room"], properties = { room = { type = "string" } } }
+response = { type = "object", required = ["ok"], properties = { ok = { type = "boolean" } } }
+[[channel]]
+name = "private.room.{roomId}"
+scope = "token"
+schema = { type = "object" }
+[[channel]]
+name = "vip.lounge"
+scope = "token"
+schema = { type = "object" }
+[[channel]]
+name = "open.feed"
+scope = "public"
+schema = { type = "object" }
+"#;
+        let config = herald_core::Config::from_toml_str(toml, Path::new(".")).unwrap();
+        let ts = typescript_with_rpc(&config.registry, &config.rpc, "t.toml");
+        assert!(
+            ts.contains(
+                "export type HeraldTokenChannel = `private.room.${string}` | \"vip.lounge\";"
+            ),
+            "{ts}"
+        );
+        assert!(
+            ts.contains(
+                "export type RoomInviteRequest = { room: string; [key: string]: unknown };"
+            ),
+            "{ts}"
+        );
+        assert!(
+            ts.contains(
+                "export type RoomInviteResponse = { ok: boolean; [key: string]: unknown };"
+            ),
+            "{ts}"
+        );
+        assert!(
+            ts.contains(
+                "  \"room.invite\": { request: RoomInviteRequest; response: RoomInviteResponse };"
+            ),
+            "{ts}"
+        );
+        // Without token channels or methods the names still exist, empty.
+        let plain = typescript(&config.registry, "t.toml");
+        assert!(plain.contains("export interface HeraldRpc {\n}"), "{plain}");
+    }
 
     fn generate(toml: &str) -> String {
         let config = herald_core::Config::from_toml_str(toml, Path::new(".")).unwrap();

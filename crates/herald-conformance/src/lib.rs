@@ -342,13 +342,18 @@ pub async fn idempotent_publish(s: Subject, rec: Arc<Recorder>) {
 pub async fn presence_tracks_members(s: Subject, rec: Arc<Recorder>) {
     let ch = channel("presence");
     s.broker.subscribe(&ch).await.unwrap();
+    // With the backend's `info` (subscribe proxy): kept as it was given, on every broker.
     let a = ClientInfo {
         client: "c-a".into(),
         user: Some("alice".into()),
+        info: Some(herald_core::protocol::raw_json(
+            &serde_json::json!({"role": "guest", "n": [1, 2]}),
+        )),
     };
     let b = ClientInfo {
         client: "c-b".into(),
         user: None,
+        info: None,
     };
     s.broker.presence_add(&ch, b.clone()).await.unwrap();
     s.broker.presence_add(&ch, a.clone()).await.unwrap();
@@ -384,6 +389,7 @@ pub async fn sessions_are_counted_per_user_and_kicked(s: Subject, rec: Arc<Recor
     let info = |n: u32| ClientInfo {
         client: format!("{user}-c{n}"),
         user: Some(user.clone()),
+        info: None,
     };
     assert!(s.broker.session_open(&info(1), 2).await.unwrap());
     assert!(s.broker.session_open(&info(2), 2).await.unwrap());
@@ -394,6 +400,7 @@ pub async fn sessions_are_counted_per_user_and_kicked(s: Subject, rec: Arc<Recor
     let anonymous = ClientInfo {
         client: format!("{user}-anon"),
         user: None,
+        info: None,
     };
     assert!(s.broker.session_open(&anonymous, 0).await.unwrap());
     s.broker.session_close(&info(1)).await.unwrap();

@@ -31,14 +31,17 @@ use crate::registry::{Registry, Scope};
 /// is an error, like an unknown key in the file. Variables without `__` (the CLI's
 /// `HERALD_CONFIG` and `HERALD_LOG`, a deployment's own `HERALD_URL`, the tests'
 /// `HERALD_BIN`) are not config and are left alone.
-const ENV_SECTIONS: &[&str] = &["server", "auth", "api", "broker", "limits", "socketio"];
+const ENV_SECTIONS: &[&str] = &[
+    "server", "auth", "api", "broker", "limits", "socketio", "backend",
+];
 
 /// Sections that are arrays of tables, which one flat variable cannot express: the file only.
-const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source"];
+const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy", "rpc", "webhook"];
 
 /// The top-level keys of `herald.toml`.
 const SECTIONS: &[&str] = &[
-    "server", "auth", "api", "broker", "limits", "socketio", "channel", "source",
+    "server", "auth", "api", "broker", "limits", "socketio", "channel", "source", "backend",
+    "proxy", "rpc", "webhook",
 ];
 
 /// The fully validated configuration of one gateway process.
@@ -57,6 +60,17 @@ pub struct Config {
     /// Gate 1's verifier, built from `[auth]` while validating (key files read, JWKS parsed),
     /// so a bad key is a config error like any other and is never built twice.
     pub authenticator: Arc<Authenticator>,
+    /// The verifier of subscription tokens when `[auth.subscription]` names a key of its own;
+    /// `None`: subscription tokens are verified with the connection keys (`authenticator`).
+    pub subscription_authenticator: Option<Arc<Authenticator>>,
+    /// `[backend]`: how requests to the application's backend are signed.
+    pub backend: BackendConfig,
+    /// `[[proxy]]`: the backend endpoints gates may ask, by name.
+    pub proxies: Vec<ProxyConfig>,
+    /// `[[webhook]]`: endpoints told what happened (connections, presence, occupancy).
+    pub webhooks: Vec<WebhookConfig>,
+    /// `[[rpc]]`: the methods clients may call, each answered by a proxy.
+    pub rpc: Arc<Vec<crate::rpc::RpcMethod>>,
     /// Things that are not errors but probably mistakes, e.g. `HERALD_API_KEY` (one
     /// underscore: not a config key) next to an intended `HERALD_API__KEY`. The binary logs them.
     pub warnings: Vec<String>,
@@ -191,6 +205,119 @@ pub struct AuthConfig {
     pub require_exp: bool,
     /// Name of a cookie that may carry the token (browsers on the same site). Off when unset.
     pub cookie: Option<String>,
+    /// `[auth.subscription]`: a key of its own for subscription tokens (`scope = "token"`).
+    /// Unset: they are verified with the connection keys above.
+    pub subscription: Option<SubscriptionKeyConfig>,
+    /// A `[[proxy]]` that authenticates connections without a token (session cookies): gate
+    /// 1 forwards the request's cookies and the proxy's `headers`, the backend answers the
+    /// user. Tokens, when a request carries one, are still verified with the keys above.
+    pub connect_proxy: Option<String>,
+}
+
+/// `[auth.subscription]`: the key subscription tokens are signed with, when it is not the
+/// connection key (e.g. the backend that mints them holds a secret the login service does
+/// not). Exactly one of the three.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionKeyConfig {
+    /// Shared secret for HS256/HS384/HS512 subscription tokens.
+    pub hs256_secret: Option<String>,
+    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key.
+    pub public_key_pem: Option<PathBuf>,
+    /// JWKS file; tokens pick their key by `kid`.
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// `[backend]`: requests Herald makes to the application's backend (proxies).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// The shared secret every request is signed with (`Herald-Signature`, docs/backend.md).
+    /// Required when a `[[proxy]]` is configured.
+    pub secret: Option<String>,
+}
+
+/// One `[[proxy]]`: a backend endpoint a gate asks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// How descriptors refer to it (`scope = { proxy = "rooms" }`).
+    pub name: String,
+    /// `http://` URL the signed JSON request is POSTed to.
+    pub url: String,
+    /// The whole request, connect to last byte of the answer; past it the gate refuses with
+    /// `unavailable` (fail closed).
+    #[serde(default = "default_proxy_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long an answer is reused for the same (user, channel); zero: never cached.
+    #[serde(default, with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Connect proxies: request headers forwarded to the backend besides the cookies
+    /// (case-insensitive names, e.g. `["x-forwarded-for", "user-agent"]`).
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+/// The kinds of events a `[[webhook]]` may receive.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "client_connect",
+    "client_disconnect",
+    "channel_occupied",
+    "channel_vacated",
+    "presence_join",
+    "presence_leave",
+];
+
+/// One `[[webhook]]`: an endpoint the node POSTs batches of events to, signed like every
+/// backend request, retried with backoff from a bounded queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Its label in `/metrics` (default: its position, `0`, `1`, …).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `http://` URL the batches are POSTed to.
+    pub url: String,
+    /// The kinds of events sent (default: all of [`WEBHOOK_EVENTS`]).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// Most events per request.
+    #[serde(default = "default_batch_size_hook")]
+    pub batch_size: usize,
+    /// How long an event may wait for others to fill its batch.
+    #[serde(default = "default_batch_wait", with = "humantime_serde")]
+    pub batch_wait: Duration,
+    /// Events held while the endpoint is slow or down; past it new events are dropped and
+    /// counted (`herald_webhook_dropped_total{reason="queue_full"}`).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// One request, connect to last byte.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per batch (the first included) before it is dropped and counted
+    /// (`reason="retries"`); between attempts the wait doubles from 250ms up to 30s.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_batch_size_hook() -> usize {
+    100
+}
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_queue_size() -> usize {
+    10_000
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+
+fn default_proxy_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Default for AuthConfig {
@@ -206,6 +333,8 @@ impl Default for AuthConfig {
             leeway: Duration::from_secs(5),
             require_exp: false,
             cookie: None,
+            subscription: None,
+            connect_proxy: None,
         }
     }
 }
@@ -397,6 +526,14 @@ struct RawConfig {
     channels: Vec<ChannelConfig>,
     #[serde(default)]
     source: SourcesConfig,
+    #[serde(default)]
+    backend: BackendConfig,
+    #[serde(default)]
+    proxy: Vec<ProxyConfig>,
+    #[serde(default)]
+    rpc: Vec<crate::rpc::RpcConfig>,
+    #[serde(default)]
+    webhook: Vec<WebhookConfig>,
 }
 
 /// One thing wrong with the configuration, located as precisely as we can.
@@ -569,7 +706,7 @@ fn scan_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> EnvScan {
             let table = if section == "source" {
                 "source.postgres"
             } else {
-                "channel"
+                section.as_str()
             };
             scan.problems.push(problem(format!(
                 "`[[{table}]]` tables are configured in the config file only, not from the \
@@ -735,9 +872,28 @@ impl Config {
             socketio,
             channels,
             source,
+            backend,
+            proxy: proxies,
+            rpc,
+            webhook: mut webhooks,
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
+        if let Some(sub) = &mut auth.subscription {
+            sub.public_key_pem = sub.public_key_pem.take().map(|p| base.join(p));
+            sub.jwks_file = sub.jwks_file.take().map(|p| base.join(p));
+        }
+        validate_backend(&backend, &proxies, &mut problems);
+        validate_webhooks(&backend, &mut webhooks, &mut problems);
+        if let Some(name) = &auth.connect_proxy
+            && !proxies.iter().any(|p| p.name == *name)
+        {
+            problems.push(
+                None,
+                "auth.connect_proxy",
+                format!("no [[proxy]] is named {name:?}"),
+            );
+        }
         validate_general(&server, &auth, &limits, &mut problems);
         validate_broker(&broker, &limits, &mut problems);
         for (i, pg) in source.postgres.iter().enumerate() {
@@ -766,11 +922,68 @@ impl Config {
             }
         }
         let registry = Registry::build(&channels, base, &mut problems);
+        let rpc = crate::rpc::build(&rpc, &proxies, base, &mut problems);
+        for (index, d) in registry.descriptors().iter().enumerate() {
+            for (field, scope) in [
+                ("scope.proxy", Some(&d.scope)),
+                ("publish.proxy", d.publish.as_ref()),
+            ] {
+                if let Some(Scope::Proxy(name)) = scope
+                    && !proxies.iter().any(|p| p.name == *name)
+                {
+                    problems.push(
+                        Some(channel_label(index, d.pattern.as_str())),
+                        field,
+                        format!("no [[proxy]] is named {name:?}"),
+                    );
+                }
+            }
+        }
         let authenticator = match Authenticator::from_config(&auth) {
             Ok(a) => Some(a),
             Err(e) => {
                 problems.push(None, e.field, e.message);
                 None
+            }
+        };
+        let subscription_authenticator = match &auth.subscription {
+            None => None,
+            Some(sub) => {
+                let keys = [
+                    sub.hs256_secret.is_some(),
+                    sub.public_key_pem.is_some(),
+                    sub.jwks_file.is_some(),
+                ];
+                if keys.iter().filter(|k| **k).count() != 1 {
+                    problems.push(
+                        None,
+                        "auth.subscription",
+                        "set exactly one of hs256_secret, public_key_pem, jwks_file",
+                    );
+                }
+                if sub.hs256_secret.as_deref().is_some_and(str::is_empty) {
+                    problems.push(None, "auth.subscription.hs256_secret", "must not be empty");
+                }
+                // The same rules as connection tokens (leeway included); `iss`/`aud` belong to
+                // the login service's tokens, not to the backend's.
+                let cfg = AuthConfig {
+                    hs256_secret: sub.hs256_secret.clone(),
+                    public_key_pem: sub.public_key_pem.clone(),
+                    jwks_file: sub.jwks_file.clone(),
+                    leeway: auth.leeway,
+                    ..AuthConfig::default()
+                };
+                match Authenticator::from_config(&cfg) {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        problems.push(
+                            None,
+                            &format!("auth.subscription.{}", field_tail(e.field)),
+                            e.message,
+                        );
+                        None
+                    }
+                }
             }
         };
         if let (true, true, Some(authenticator)) = (
@@ -781,6 +994,11 @@ impl Config {
             Ok(Config {
                 warnings: env.warnings,
                 authenticator: Arc::new(authenticator),
+                subscription_authenticator,
+                backend,
+                proxies,
+                rpc,
+                webhooks,
                 file,
                 server,
                 auth,
@@ -832,6 +1050,35 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
             "api" => collect::<ApiConfig>(value, at, &mut errors),
             "broker" => collect::<BrokerConfig>(value, at, &mut errors),
             "limits" => collect::<Limits>(value, at, &mut errors),
+            "socketio" => collect::<SocketIoConfig>(value, at, &mut errors),
+            "backend" => collect::<BackendConfig>(value, at, &mut errors),
+            "proxy" => match value {
+                Value::Array(_, items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), i.to_string()];
+                        collect::<ProxyConfig>(item, at, &mut errors);
+                    }
+                }
+                other => collect::<Vec<ProxyConfig>>(other, at, &mut errors),
+            },
+            "webhook" => match value {
+                Value::Array(_, items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), i.to_string()];
+                        collect::<WebhookConfig>(item, at, &mut errors);
+                    }
+                }
+                other => collect::<Vec<WebhookConfig>>(other, at, &mut errors),
+            },
+            "rpc" => match value {
+                Value::Array(_, items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let at = vec![key.clone(), i.to_string()];
+                        collect::<crate::rpc::RpcConfig>(item, at, &mut errors);
+                    }
+                }
+                other => collect::<Vec<crate::rpc::RpcConfig>>(other, at, &mut errors),
+            },
             "source" => {
                 // Each `[[source.postgres]]` on its own, like channels.
                 let mut value = value;
@@ -917,6 +1164,91 @@ fn remove(value: &mut Value, path: &[String]) -> bool {
     }
 }
 
+/// The last part of a dotted field name (`auth.hs256_secret` → `hs256_secret`).
+fn field_tail(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
+}
+
+fn validate_backend(backend: &BackendConfig, proxies: &[ProxyConfig], p: &mut Problems) {
+    if backend.secret.as_deref().is_some_and(str::is_empty) {
+        p.push(None, "backend.secret", "must not be empty");
+    }
+    // Unsigned requests would let anyone who reaches the backend impersonate the gateway.
+    if !proxies.is_empty() && backend.secret.is_none() {
+        p.push(
+            None,
+            "backend.secret",
+            "required when a [[proxy]] is configured: every request to the backend is signed",
+        );
+    }
+    for (i, proxy) in proxies.iter().enumerate() {
+        let field = |f: &str| format!("proxy.{i}.{f}");
+        if proxy.name.is_empty() {
+            p.push(None, &field("name"), "must not be empty");
+        }
+        if proxies[..i].iter().any(|o| o.name == proxy.name) {
+            p.push(
+                None,
+                &field("name"),
+                format!("duplicate proxy name {:?}", proxy.name),
+            );
+        }
+        // The gateway's HTTP client is built without TLS (one less crypto stack to ship):
+        // an https:// URL would fail on every call, so it fails here, once.
+        if !proxy.url.starts_with("http://") {
+            p.push(
+                None,
+                &field("url"),
+                "must be an http:// URL (reach an https backend through a local proxy)",
+            );
+        }
+        if proxy.timeout.is_zero() {
+            p.push(None, &field("timeout"), "must be greater than 0");
+        }
+    }
+}
+
+/// Checks `[[webhook]]` tables and fills in their defaults (name, events).
+fn validate_webhooks(backend: &BackendConfig, hooks: &mut [WebhookConfig], p: &mut Problems) {
+    if !hooks.is_empty() && backend.secret.is_none() {
+        p.push(
+            None,
+            "backend.secret",
+            "required when a [[webhook]] is configured: every request to the backend is signed",
+        );
+    }
+    for (i, h) in hooks.iter_mut().enumerate() {
+        let field = |f: &str| format!("webhook.{i}.{f}");
+        if !h.url.starts_with("http://") {
+            p.push(None, &field("url"), "must be an http:// URL");
+        }
+        for e in h.events.iter().flatten() {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                p.push(
+                    None,
+                    &field("events"),
+                    format!("unknown event {e:?}: one of {}", WEBHOOK_EVENTS.join(", ")),
+                );
+            }
+        }
+        for (f, v) in [
+            ("batch_size", h.batch_size),
+            ("queue_size", h.queue_size),
+            ("max_attempts", h.max_attempts as usize),
+        ] {
+            if v == 0 {
+                p.push(None, &field(f), "must be greater than 0");
+            }
+        }
+        if h.timeout.is_zero() {
+            p.push(None, &field("timeout"), "must be greater than 0");
+        }
+        h.name.get_or_insert_with(|| i.to_string());
+        h.events
+            .get_or_insert_with(|| WEBHOOK_EVENTS.iter().map(|e| (*e).to_owned()).collect());
+    }
+}
+
 fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
     if broker.kind == BrokerKind::Redis {
         match broker.url.as_deref() {
@@ -980,7 +1312,7 @@ fn validate_general(server: &ServerConfig, auth: &AuthConfig, limits: &Limits, p
             "set only one of hs256_secret, public_key_pem, jwks_file",
         );
     }
-    if keys.iter().all(|k| !k) && !auth.anonymous {
+    if keys.iter().all(|k| !k) && !auth.anonymous && auth.connect_proxy.is_none() {
         p.push(
             None,
             "auth",
@@ -1289,6 +1621,13 @@ mod tests {
         assert!(
             text.contains("HERALD_SERVER__LISTN: field `server.listn`: unknown key `listn`; did you mean `listen`?"),
             "{text}"
+        );
+        let proxy = Config::load_with_env(None, vars(&[("HERALD_PROXY__URL", "x")])).unwrap_err();
+        assert!(
+            proxy.to_string().contains(
+                "HERALD_PROXY__URL: `[[proxy]]` tables are configured in the config file only"
+            ),
+            "{proxy}"
         );
         assert!(
             text.contains("HERALD_SOURCE__POSTGRES__URL: `[[source.postgres]]` tables are configured in the config file only"),

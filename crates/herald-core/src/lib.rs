@@ -20,6 +20,7 @@ pub mod input;
 pub mod name;
 pub mod protocol;
 pub mod registry;
+pub mod rpc;
 pub mod source;
 
 pub use broker::{

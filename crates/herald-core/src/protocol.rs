@@ -39,6 +39,8 @@ pub enum ErrorCode {
     UpgradeRequired,
     /// HTTP only: the path exists but not with this method (405, with `Allow`).
     MethodNotAllowed,
+    /// The backend answered an `rpc` call with an error of its own (its message is passed on).
+    RpcError,
     Internal,
 }
 
@@ -58,6 +60,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::RpcError => "rpc_error",
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
@@ -255,6 +258,9 @@ pub enum ClientFrame {
         id: Option<u64>,
         channel: String,
         since: Option<Since>,
+        /// A subscription token, for channels with `scope = "token"` (ignored by others).
+        #[serde(default)]
+        token: Option<String>,
     },
     Unsubscribe {
         id: Option<u64>,
@@ -272,6 +278,20 @@ pub enum ClientFrame {
     },
     Refresh {
         id: Option<u64>,
+        token: String,
+    },
+    /// Calls a `[[rpc]]` method: the backend's answer comes back in the reply; nothing is
+    /// published.
+    Rpc {
+        id: Option<u64>,
+        method: String,
+        data: RawJson,
+    },
+    /// Renews a token-scoped subscription with a new subscription token for the same channel
+    /// and user, before the old one expires.
+    SubRefresh {
+        id: Option<u64>,
+        channel: String,
         token: String,
     },
     Ping {
@@ -327,6 +347,17 @@ struct PublishFrame {
     data: RawJson,
 }
 
+/// An `rpc` frame, read like a publish (its `data` keeps its text).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RpcFrame {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    id: Option<u64>,
+    method: String,
+    data: RawJson,
+}
+
 /// Parses one client text frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     // One pass for the common case: straight from the text (a `Value` first would also lose
@@ -341,6 +372,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
                 data: p.data,
             })
         }
+        Ok(FrameType { kind: Some(k) }) if k == "rpc" => serde_json::from_str::<RpcFrame>(text)
+            .map(|r| ClientFrame::Rpc {
+                id: r.id,
+                method: r.method,
+                data: r.data,
+            }),
         _ => serde_json::from_str::<ClientFrame>(text),
     };
     // A `Value` keeps only the last of a repeated key, serde's derive the first or neither;
@@ -457,10 +494,45 @@ impl<'a> From<&'a Publication> for PublicationView<'a> {
 }
 
 /// A presence entry.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub client: String,
     pub user: Option<String>,
+    /// What the backend attached when it admitted the client (the subscribe proxy's `info`),
+    /// as it sent it; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Arc<RawValue>>,
+}
+
+impl ClientInfo {
+    /// The fields that order and compare entries (`info` by its text).
+    fn key(&self) -> (&str, Option<&str>, Option<&str>) {
+        (
+            &self.client,
+            self.user.as_deref(),
+            self.info.as_deref().map(RawValue::get),
+        )
+    }
+}
+
+impl PartialEq for ClientInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for ClientInfo {}
+
+impl PartialOrd for ClientInfo {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ClientInfo {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// Frames the server sends (all but `pub`, which [`encode_pub`] writes).
@@ -488,6 +560,9 @@ pub enum ServerFrame<'a> {
         channel: &'a str,
         user: Option<&'a str>,
         client: &'a str,
+        /// The backend's `info` about the member (subscribe proxy), when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a RawValue>,
     },
     Leave {
         channel: &'a str,
@@ -526,6 +601,10 @@ pub enum ReplyBody<'a> {
     Presence {
         channel: &'a str,
         clients: &'a [ClientInfo],
+    },
+    /// An `rpc` answer: the backend's `data`, as it sent it (validated).
+    Rpc {
+        data: &'a RawValue,
     },
 }
 
@@ -644,7 +723,17 @@ mod tests {
             ClientFrame::Subscribe {
                 id: Some(1),
                 channel: "a.b".into(),
-                since: None
+                since: None,
+                token: None,
+            }
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"sub_refresh","id":2,"channel":"a.b","token":"t"}"#)
+                .unwrap(),
+            ClientFrame::SubRefresh {
+                id: Some(2),
+                channel: "a.b".into(),
+                token: "t".into(),
             }
         );
         assert!(matches!(

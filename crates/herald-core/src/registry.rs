@@ -27,6 +27,14 @@ pub enum Scope {
     Role(String),
     /// Only the user named by the template's user placeholder.
     User,
+    /// Whoever presents a subscription token for the exact channel (a JWT with a `channel`
+    /// claim, the connection's `sub` and an `exp`), minted by the application's backend. The
+    /// token is checked by the session (it is not part of this pure rule), and the
+    /// subscription ends when the token expires unless it is refreshed (`sub_refresh`).
+    Token,
+    /// Decided by the application's backend: the named `[[proxy]]` is asked (a signed POST)
+    /// at subscribe time, and its answer may be cached per (user, channel).
+    Proxy(String),
 }
 
 impl<'de> Deserialize<'de> for Scope {
@@ -36,23 +44,28 @@ impl<'de> Deserialize<'de> for Scope {
         enum Repr {
             Name(String),
             Role { role: String },
+            Proxy { proxy: String },
         }
         match Repr::deserialize(d).map_err(|_| {
             serde::de::Error::custom(
-                "expected \"public\", \"authenticated\", \"user\" or { role = \"…\" }",
+                "expected \"public\", \"authenticated\", \"user\", \"token\", { role = \"…\" } \
+                 or { proxy = \"…\" }",
             )
         })? {
             Repr::Name(n) => match n.as_str() {
                 "public" => Ok(Scope::Public),
                 "authenticated" => Ok(Scope::Authenticated),
                 "user" => Ok(Scope::User),
+                "token" => Ok(Scope::Token),
                 other => Err(serde::de::Error::custom(format!(
-                    "unknown scope {other:?}: expected \"public\", \"authenticated\", \"user\" \
-                     or {{ role = \"…\" }}"
+                    "unknown scope {other:?}: expected \"public\", \"authenticated\", \"user\", \
+                     \"token\" or {{ role = \"…\" }}"
                 ))),
             },
             Repr::Role { role } if !role.is_empty() => Ok(Scope::Role(role)),
             Repr::Role { .. } => Err(serde::de::Error::custom("role must not be empty")),
+            Repr::Proxy { proxy } if !proxy.is_empty() => Ok(Scope::Proxy(proxy)),
+            Repr::Proxy { .. } => Err(serde::de::Error::custom("proxy must not be empty")),
         }
     }
 }
@@ -194,6 +207,16 @@ impl Descriptor {
             Scope::Authenticated => Err(Denied("an authenticated user is required".into())),
             Scope::Role(role) if identity.roles.iter().any(|r| r == role) => Ok(()),
             Scope::Role(role) => Err(Denied(format!("role {role:?} is required"))),
+            // Decided by the session with the token the subscribe carries; without one there
+            // is nothing that could allow it.
+            Scope::Token => Err(Denied(format!(
+                "{} needs a subscription token (`token` in subscribe)",
+                self.pattern
+            ))),
+            Scope::Proxy(name) => Err(Denied(format!(
+                "{} is decided by the backend (proxy {name:?})",
+                self.pattern
+            ))),
             Scope::User => {
                 let param = self.user_param.as_deref().unwrap_or("userId");
                 match (identity.user.as_deref(), params.get(param)) {
@@ -324,6 +347,17 @@ fn build_descriptor(
         }
         _ => None,
     };
+
+    // A subscription token says nothing about publishing (`publish = { proxy }` is the
+    // publish proxy: the backend decides, and may rewrite).
+    if ch.publish == Some(Scope::Token) {
+        problems.push(
+            label.clone(),
+            "publish",
+            "publish may be \"public\", \"authenticated\", \"user\", { role = \"…\" } or \
+             { proxy = \"…\" }",
+        );
+    }
 
     if ch.auto_subscribe {
         if scope != Scope::User {
@@ -456,7 +490,7 @@ fn build_descriptor(
     })
 }
 
-fn compile_schema(
+pub(crate) fn compile_schema(
     value: &Value,
     field: &str,
     label: &Option<String>,

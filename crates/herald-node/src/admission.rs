@@ -44,6 +44,9 @@ pub struct Handshake<'a> {
     pub origin: Option<&'a str>,
     /// The `Host` header (the same-origin check for cookie credentials).
     pub host: Option<&'a str>,
+    /// Every header as (name, value), for the connect proxy's `headers` (only those it names
+    /// leave the gateway).
+    pub headers: Vec<(&'a str, &'a str)>,
 }
 
 /// Why gate 1 refused a request: the code decides the HTTP status (401, 403, 429, 503).
@@ -253,22 +256,35 @@ impl Node {
     /// Gate 1 without taking a slot: draining, origin, credentials. Used by [`Node::admit`],
     /// by command requests of request-routed transports, and by the plain-HTTP probe of a
     /// WebSocket endpoint (which tells a client why its upgrade would be refused).
-    pub fn authenticate(&self, h: &Handshake<'_>) -> Result<Identity, Refusal> {
+    pub async fn authenticate(&self, h: &Handshake<'_>) -> Result<Identity, Refusal> {
         if self.is_draining() {
             return Err(Refusal(ErrorBody::new(
                 ErrorCode::Unavailable,
                 "server is shutting down",
             )));
         }
-        let (token, via) = h
+        let (token, mut via) = h
             .credentials(self.config.auth.cookie.as_deref())
             .inspect_err(|_| self.metrics.reject(Gate::connect, ErrorCode::Unauthorized))?;
+        let proxy = match (token, &self.config.auth.connect_proxy) {
+            // What the backend judges is the browser's cookies: the CSRF rule of cookies.
+            (None, Some(name)) => {
+                via = Via::Cookie;
+                Some(name)
+            }
+            _ => None,
+        };
         if !self.origin_allowed(h, via) {
             self.metrics.reject(Gate::connect, ErrorCode::Forbidden);
             return Err(Refusal(ErrorBody::new(
                 ErrorCode::Forbidden,
                 "origin not allowed",
             )));
+        }
+        if let Some(name) = proxy {
+            return self.proxy_connect(name, h).await.inspect_err(|r| {
+                self.metrics.reject(Gate::connect, r.0.code);
+            });
         }
         self.auth().authenticate(token).map_err(|e| {
             self.metrics.reject(Gate::connect, ErrorCode::Unauthorized);
@@ -282,7 +298,7 @@ impl Node {
     /// anonymous connections are not counted). When the broker cannot be asked, the
     /// connection is refused with `unavailable` (503) rather than admitted past the limit.
     pub async fn admit(self: &Arc<Self>, h: &Handshake<'_>) -> Result<Admitted, Refusal> {
-        let identity = self.authenticate(h)?;
+        let identity = self.authenticate(h).await?;
         let handle = Arc::new(SessionHandle::new(
             self.next_client_id(),
             identity.user.clone(),
@@ -339,6 +355,7 @@ impl Slot {
         ClientInfo {
             client: self.handle.id.to_string(),
             user: self.handle.user.as_deref().map(str::to_owned),
+            info: None,
         }
     }
 

@@ -18,6 +18,10 @@
 //! - [`prepared`]: a publication encoded once per wire format (v1 JSON eagerly, others lazily).
 //! - [`outbox`]: each session's byte-bounded queue (the slow-consumer policy).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`proxy`]: gate 2 decided by the application's backend (the subscribe proxy), behind the
+//!   [`proxy::Backend`] seam that `herald-server` implements over HTTP.
+//! - [`webhook`]: events for the backend (connections, presence, occupancy), batched, signed
+//!   and retried from a bounded queue per webhook.
 //!
 //! # The path of a publication
 //! `Node::publish_as` (gate 3: resolve, authorize, validate) → `Broker::publish` → the broker
@@ -31,7 +35,9 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod prepared;
+pub mod proxy;
 pub mod session;
+pub mod webhook;
 
 pub use admission::{Admitted, Handshake, Refusal, Slot};
 pub use node::Node;

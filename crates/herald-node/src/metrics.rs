@@ -56,6 +56,40 @@ pub struct SourceLabels {
     pub source: Source,
 }
 
+/// Labels of `herald_proxy_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabels {
+    /// The `[[proxy]]` name.
+    pub proxy: String,
+    /// `allow`, `deny` or `error` (no usable answer: refused with `unavailable`).
+    pub result: &'static str,
+}
+
+/// Labels of `herald_proxy_cache_hits_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyNameLabels {
+    /// The `[[proxy]]` name.
+    pub proxy: String,
+}
+
+/// Labels of `herald_webhook_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookDropLabels {
+    /// The webhook's name.
+    pub webhook: String,
+    /// `queue_full` or `retries`.
+    pub reason: &'static str,
+}
+
+/// Labels of `herald_webhook_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The webhook's name.
+    pub webhook: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// The node's metrics. Every field is registered under the `herald_` prefix.
 #[derive(Debug)]
 pub struct Metrics {
@@ -73,6 +107,14 @@ pub struct Metrics {
     pub rejects: Family<RejectLabels, Counter>,
     /// What the broker holds in this process (filled by the memory broker).
     pub memory: Arc<MemoryStats>,
+    /// Calls to subscribe proxies, by proxy and result.
+    pub proxy_requests: Family<ProxyLabels, Counter>,
+    /// Subscribe proxy decisions answered from the cache, by proxy.
+    pub proxy_cache_hits: Family<ProxyNameLabels, Counter>,
+    /// Webhook events dropped, by webhook and reason.
+    pub webhook_dropped: Family<WebhookDropLabels, Counter>,
+    /// Webhook requests (attempts), by webhook and result.
+    pub webhook_requests: Family<WebhookLabels, Counter>,
     registry: Registry,
 }
 
@@ -152,6 +194,10 @@ impl Metrics {
             slow_consumers: Counter::default(),
             rejects: Family::default(),
             memory: Arc::default(),
+            proxy_requests: Family::default(),
+            proxy_cache_hits: Family::default(),
+            webhook_dropped: Family::default(),
+            webhook_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -184,8 +230,67 @@ impl Metrics {
             "Requests refused, by gate and error code",
             m.rejects.clone(),
         );
+        registry.register(
+            "proxy_requests",
+            "Requests to the backend's subscribe proxies, by proxy and result (allow, deny, error)",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "proxy_cache_hits",
+            "Subscribe proxy decisions taken from the cache instead of the backend, by proxy",
+            m.proxy_cache_hits.clone(),
+        );
+        registry.register(
+            "webhook_dropped",
+            "Webhook events dropped: the queue was full, or the batch failed max_attempts times",
+            m.webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Webhook requests (each attempt), by result",
+            m.webhook_requests.clone(),
+        );
         registry.register_collector(Box::new(MemoryCollector(m.memory.clone())));
         Self { registry, ..m }
+    }
+
+    /// Counts one call to a subscribe proxy and its result.
+    pub fn proxy_call(&self, proxy: &str, result: &'static str) {
+        self.proxy_requests
+            .get_or_create(&ProxyLabels {
+                proxy: proxy.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts one subscribe proxy decision served from the cache.
+    pub fn proxy_cache_hit(&self, proxy: &str) {
+        self.proxy_cache_hits
+            .get_or_create(&ProxyNameLabels {
+                proxy: proxy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` dropped webhook events.
+    pub fn webhook_dropped(&self, webhook: &str, reason: &'static str, n: u64) {
+        self.webhook_dropped
+            .get_or_create(&WebhookDropLabels {
+                webhook: webhook.to_owned(),
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    /// Counts one webhook request and its result.
+    pub fn webhook_delivery(&self, webhook: &str, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_owned(),
+                result,
+            })
+            .inc();
     }
 
     /// Counts one refusal.

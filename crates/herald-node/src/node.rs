@@ -2,7 +2,8 @@
 //! every transport and source goes through (the same gates whatever the door).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use herald_core::broker::{HistoryQuery, HistoryResult, random_id};
@@ -31,6 +32,10 @@ pub struct ClientPublish<'a> {
     pub identity: &'a Identity,
     /// `{"user":…,"client":…}`.
     pub from: &'a Arc<RawValue>,
+    /// The connection id (the publish proxy's `client`).
+    pub client: &'a str,
+    /// The transport's name (the publish proxy's `transport`).
+    pub transport: &'a str,
 }
 
 /// One gateway node: everything a request handler, a session or a source needs.
@@ -51,6 +56,12 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every session task and source task, so shutdown can wait for them to drain.
     pub tasks: TaskTracker,
+    /// The application's backend (proxies), set once by the server that builds the node.
+    pub backend: OnceLock<Arc<dyn crate::proxy::Backend>>,
+    /// Subscribe proxy decisions, per (proxy, user, channel), for each proxy's `cache_ttl`.
+    pub decisions: crate::proxy::DecisionCache,
+    /// The `[[webhook]]` queues ([`Node::emit`]).
+    pub webhooks: crate::webhook::Webhooks,
     draining: AtomicBool,
     next_conn: AtomicU64,
     /// A random name for this process; client ids are `<node>-<n>`, unique across nodes.
@@ -101,6 +112,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Self {
         let sessions = hub.sessions.clone();
+        let webhooks = crate::webhook::Webhooks::new(&config.webhooks);
         Self {
             config,
             hub,
@@ -109,6 +121,9 @@ impl Node {
             sessions,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            backend: OnceLock::new(),
+            decisions: Default::default(),
+            webhooks,
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             id: random_id(8).to_ascii_lowercase(),
@@ -119,6 +134,11 @@ impl Node {
     /// Gate 1's verifier.
     pub fn auth(&self) -> &Authenticator {
         &self.config.authenticator
+    }
+
+    /// This process's random name (the prefix of its client ids and webhook event ids).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// A connection id unique across nodes and restarts.
@@ -162,6 +182,56 @@ impl Node {
             .authorize_subscribe(&params, identity)
             .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
         Ok(descriptor)
+    }
+
+    /// Gate 2 for `scope = "token"`: `token` is a JWT signed with the subscription key (or the
+    /// connection keys), whose `channel` claim is exactly `channel`, whose `sub` is the
+    /// connection's user, and which carries `exp`. Returns that `exp`, when the subscription
+    /// ends unless renewed. Errors: `forbidden` (no token, or a valid token for another
+    /// channel or user), `unauthorized` (the token does not verify, or has expired).
+    pub fn verify_subscription_token(
+        &self,
+        channel: &str,
+        identity: &Identity,
+        token: Option<&str>,
+    ) -> Result<SystemTime, ErrorBody> {
+        let token = token.ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("{channel:?} needs a subscription token (`token` in subscribe)"),
+            )
+        })?;
+        let auth = self
+            .config
+            .subscription_authenticator
+            .as_deref()
+            .unwrap_or(&self.config.authenticator);
+        let verified = auth.verify_claims(token).map_err(|e| {
+            ErrorBody::new(ErrorCode::Unauthorized, format!("subscription token: {e}"))
+        })?;
+        // A grant without an end could never be taken back: `exp` is required.
+        let exp = verified.expires_at.ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "subscription token: exp is required",
+            )
+        })?;
+        match verified.claims.get("channel") {
+            Some(serde_json::Value::String(c)) if c == channel => {}
+            _ => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    format!("the subscription token is not for {channel:?}"),
+                ));
+            }
+        }
+        match (verified.claims.get("sub"), identity.user.as_deref()) {
+            (Some(serde_json::Value::String(sub)), Some(me)) if sub == me => Ok(exp),
+            _ => Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "the subscription token is for another user",
+            )),
+        }
     }
 
     /// Gate 3 and the publish itself, for every source. `client` is `None` for the server
@@ -209,19 +279,46 @@ impl Node {
         client: Option<ClientPublish<'_>>,
     ) -> Result<Position, ErrorBody> {
         let (descriptor, params) = self.resolve(channel)?;
-        if let Some(client) = &client {
+        let via_backend = match (&client, &descriptor.publish) {
+            (Some(_), Some(herald_core::Scope::Proxy(name))) => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(client) = &client
+            && via_backend.is_none()
+        {
             descriptor
                 .authorize_publish(&params, client.identity)
                 .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
         }
         // Validated as a value, delivered as the bytes the publisher sent (whitespace aside):
         // the gateway vouches for the payload, it does not rewrite it.
-        let payload = accept_payload(data)?;
-        descriptor.validate(&payload.value).map_err(|v| ErrorBody {
-            code: ErrorCode::InvalidPayload,
-            message: v.message,
-            pointer: Some(v.pointer),
-        })?;
+        let validate = |data: &RawValue| {
+            let payload = accept_payload(data)?;
+            descriptor.validate(&payload.value).map_err(|v| ErrorBody {
+                code: ErrorCode::InvalidPayload,
+                message: v.message,
+                pointer: Some(v.pointer),
+            })?;
+            Ok::<_, ErrorBody>(payload)
+        };
+        let mut payload = validate(data)?;
+        // The publish proxy sees only what the schema allows, and what it sends back in its
+        // place is held to the same schema (a backend bug must not reach subscribers).
+        if let (Some(name), Some(client)) = (via_backend, &client) {
+            let ask = crate::proxy::SubscribeAsk {
+                identity: client.identity,
+                channel,
+                params: &params,
+                client: client.client,
+                transport: client.transport,
+            };
+            if let Some(replacement) = self.proxy_publish(name, ask, &payload.raw).await? {
+                payload = validate(&replacement).map_err(|e| ErrorBody {
+                    message: format!("the publish proxy's replacement data: {}", e.message),
+                    ..e
+                })?;
+            }
+        }
         let raw = payload.raw;
         let limit = self.config.limits.max_payload_bytes;
         if raw.get().len() > limit {

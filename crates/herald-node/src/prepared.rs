@@ -90,6 +90,7 @@ impl Prepared {
                     channel,
                     user: info.user.as_deref(),
                     client: &info.client,
+                    info: info.info.as_deref(),
                 },
             ),
             PresenceEvent::Leave(info) => (

@@ -424,7 +424,7 @@ impl RedisBroker {
         let key = self.key(channel, "presence");
         let ttl_ms = self.inner.opts.presence_ttl.as_millis() as u64;
         let entry = serde_json::json!({
-            "client": info.client, "user": info.user, "exp": now_ms() + ttl_ms,
+            "client": info.client, "user": info.user, "info": info.info, "exp": now_ms() + ttl_ms,
         })
         .to_string();
         let mut pipe = redis::pipe();
@@ -615,6 +615,11 @@ impl Broker for RedisBroker {
                 out.push(ClientInfo {
                     client,
                     user: v["user"].as_str().map(str::to_owned),
+                    info: v
+                        .get("info")
+                        .filter(|i| !i.is_null())
+                        .and_then(|i| RawValue::from_string(i.to_string()).ok())
+                        .map(Arc::from),
                 });
             } else {
                 expired.push(client);
@@ -986,7 +991,7 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
         let node_presence = broker.node_key("presence");
         for ((channel, client), info) in &entries {
             let key = broker.key(channel, "presence");
-            let entry = serde_json::json!({ "client": client, "user": info.user, "exp": exp });
+            let entry = serde_json::json!({ "client": client, "user": info.user, "info": info.info, "exp": exp });
             let json = serde_json::to_string(info).unwrap_or_default();
             pipe.hset(&key, client, entry.to_string()).ignore();
             pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();

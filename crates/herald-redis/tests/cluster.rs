@@ -38,10 +38,12 @@ async fn a_dead_nodes_members_leave_and_its_sessions_are_freed() {
     let member = ClientInfo {
         client: "dying-1".into(),
         user: Some("zoe".into()),
+        info: None,
     };
     let stays = ClientInfo {
         client: "survivor-1".into(),
         user: Some("yan".into()),
+        info: None,
     };
     dying.presence_add(&ch, member.clone()).await.unwrap();
     survivor.presence_add(&ch, stays.clone()).await.unwrap();
@@ -49,6 +51,7 @@ async fn a_dead_nodes_members_leave_and_its_sessions_are_freed() {
     let again = ClientInfo {
         client: "survivor-2".into(),
         user: Some("zoe".into()),
+        info: None,
     };
     assert!(
         !survivor.session_open(&again, 1).await.unwrap(),
@@ -90,6 +93,7 @@ async fn a_redis_that_lost_its_data_gets_every_nodes_members_and_sessions_back()
     let member = ClientInfo {
         client: "a-1".into(),
         user: Some("xia".into()),
+        info: None,
     };
     a.presence_add(&ch, member.clone()).await.unwrap();
     assert!(a.session_open(&member, 1).await.unwrap());
@@ -112,6 +116,7 @@ async fn a_redis_that_lost_its_data_gets_every_nodes_members_and_sessions_back()
     let other = ClientInfo {
         client: "o-1".into(),
         user: Some("xia".into()),
+        info: None,
     };
     assert!(
         !observer.session_open(&other, 1).await.unwrap(),
@@ -183,6 +188,7 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
     let member = ClientInfo {
         client: "cut-1".into(),
         user: Some("wes".into()),
+        info: None,
     };
     cut_off.presence_add(&ch, member.clone()).await.unwrap();
     assert!(cut_off.session_open(&member, 1).await.unwrap());
@@ -198,6 +204,7 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
     let elsewhere = ClientInfo {
         client: "obs-1".into(),
         user: Some("wes".into()),
+        info: None,
     };
     assert!(observer.session_open(&elsewhere, 2).await.unwrap());
     observer.session_close(&elsewhere).await.unwrap();

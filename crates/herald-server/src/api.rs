@@ -57,6 +57,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::NotSubscribed
         | ErrorCode::TooManySubscriptions => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        // Only in rpc replies; never an HTTP answer of the gateway's own.
+        ErrorCode::RpcError => StatusCode::BAD_GATEWAY,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }

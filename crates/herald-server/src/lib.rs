@@ -6,6 +6,8 @@
 //!   WebSocket and Server-Sent Events, and Socket.IO v4, each a thin adapter (admit,
 //!   translate, write);
 //! - [`api`]: the server API for backends, health, readiness, metrics, the OpenAPI document;
+//! - [`backend`]: the application's backend over HTTP (signed, pooled requests the gates
+//!   make: the subscribe proxy);
 //! - [`http`]: the JSON error envelope for every route, and header parsing by the RFCs;
 //! - `demo`: the demo page (development only).
 //!
@@ -17,6 +19,7 @@
 //! `shutdown_grace`.
 
 pub mod api;
+pub mod backend;
 mod demo;
 pub mod http;
 pub mod transport;
@@ -49,6 +52,9 @@ pub enum ServerError {
     /// The broker could not be set up (a bad Redis URL…).
     #[error("broker: {0}")]
     Broker(#[from] herald_core::BrokerError),
+    /// The HTTP client for the backend could not be built.
+    #[error("backend client: {0}")]
+    Backend(#[from] reqwest::Error),
 }
 
 /// Builds a node: hub, broker, metrics. Must run inside a Tokio runtime.
@@ -80,7 +86,18 @@ pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
             hub.clone(),
         )?),
     };
-    Ok(Arc::new(Node::new(config, hub, broker, metrics)))
+    let backend = match &config.backend.secret {
+        Some(secret) => Some(Arc::new(backend::HttpBackend::new(secret)?)),
+        None => None,
+    };
+    let node = Node::new(config, hub, broker, metrics);
+    if let Some(b) = backend {
+        // A fresh node: the cell is empty.
+        let _ = node.backend.set(b);
+    }
+    let node = Arc::new(node);
+    node.start_webhooks();
+    Ok(node)
 }
 
 /// The HTTP routes.

@@ -887,6 +887,167 @@ async fn shutdown<C: Conn>() {
         .unwrap();
 }
 
+/// A token-scoped channel for the subscription token tests.
+const TOKEN_CHANNEL: &str = r#"
+[[channel]]
+name = "private.room.{roomId}"
+scope = "token"
+presence = true
+schema = { type = "object" }
+"#;
+
+/// A subscription token signed with the connection secret (no `[auth.subscription]`).
+fn sub_token(user: &str, channel: &str, exp: f64) -> String {
+    sign_raw_claims(&format!(
+        r#"{{"sub":"{user}","channel":"{channel}","exp":{exp:.3}}}"#
+    ))
+}
+
+/// `scope = "token"`: only a subscribe carrying a valid token for exactly that channel and
+/// the connection's user is allowed; no token, another channel, another user, an expired or
+/// badly signed token, or one without `exp` are refused, and nothing is delivered for them.
+async fn subscription_tokens<C: Conn>() {
+    let s = TestServer::with_config(&config_toml(TOKEN_CHANNEL)).await;
+    let mut c = C::open(&s, &tok("alice")).await;
+    let later = unix_now() + 600.0;
+    let sub = |token: Option<String>| {
+        let mut f = json!({"type": "subscribe", "channel": "private.room.1"});
+        if let Some(t) = token {
+            f["token"] = json!(t);
+        }
+        f
+    };
+    let other_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "channel": "private.room.1", "exp": later as u64}),
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret"),
+    )
+    .unwrap();
+    for (case, token, code) in [
+        ("no token", None, "forbidden"),
+        (
+            "another channel",
+            Some(sub_token("alice", "private.room.2", later)),
+            "forbidden",
+        ),
+        (
+            "another user",
+            Some(sub_token("bob", "private.room.1", later)),
+            "forbidden",
+        ),
+        (
+            "expired",
+            Some(sub_token("alice", "private.room.1", unix_now() - 60.0)),
+            "unauthorized",
+        ),
+        ("another key", Some(other_key), "unauthorized"),
+        (
+            "no exp",
+            Some(sign_raw_claims(
+                r#"{"sub":"alice","channel":"private.room.1"}"#,
+            )),
+            "unauthorized",
+        ),
+    ] {
+        let r = c.request(sub(token)).await;
+        assert_eq!(r["ok"], false, "{case}: {r}");
+        assert_eq!(r["error"]["code"], code, "{case}: {r}");
+    }
+    s.publish("private.room.1", json!({"n": 0})).await;
+    let r = c
+        .request(sub(Some(sub_token("alice", "private.room.1", later))))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    s.publish("private.room.1", json!({"n": 1})).await;
+    let p = c.next_pub().await;
+    assert_eq!(
+        (p["channel"].clone(), p["data"]["n"].clone()),
+        (json!("private.room.1"), json!(1))
+    );
+    // Presence needs the subscription, not a token.
+    let r = c
+        .request(json!({"type": "presence", "channel": "private.room.1"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = c
+        .request(json!({"type": "presence", "channel": "private.room.2"}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+}
+
+/// A subscription token's `exp` ends that subscription alone (`unsubscribed`, reason
+/// `token_expired`, at `exp`), unless `sub_refresh` brought a new one; the connection and its
+/// other subscriptions carry on, and a refresh with a wrong token changes nothing.
+async fn subscription_token_expiry_and_refresh<C: Conn>() {
+    let s = TestServer::with_config(&config_toml(TOKEN_CHANNEL)).await;
+    let mut c = C::open(&s, &tok("alice")).await;
+    let exp = unix_now() + 2.5;
+    for room in ["private.room.1", "private.room.2"] {
+        let r = c
+            .request(json!({"type": "subscribe", "channel": room,
+                            "token": sub_token("alice", room, exp)}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let refresh = |channel: &str, token: String| json!({"type": "sub_refresh", "channel": channel, "token": token});
+    let later = unix_now() + 600.0;
+    // Wrong refreshes: refused, and room 2 still expires with its first token... unless the
+    // right one follows.
+    let r = c
+        .request(refresh(
+            "private.room.2",
+            sub_token("alice", "private.room.1", later),
+        ))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    let r = c
+        .request(refresh(
+            "private.room.3",
+            sub_token("alice", "private.room.3", later),
+        ))
+        .await;
+    assert_eq!(r["error"]["code"], "not_subscribed", "{r}");
+    let r = c
+        .request(refresh(
+            "private.room.2",
+            sub_token("alice", "private.room.2", later),
+        ))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    let mut expired_at = None;
+    let mut seen = Vec::new();
+    while let Some(v) = c.next_within(Duration::from_secs(5)).await {
+        if v["type"] == "unsubscribed" {
+            expired_at = Some(unix_now());
+            assert_eq!(v["channel"], "private.room.1", "{v}");
+            assert_eq!(v["reason"], "token_expired", "{v}");
+            break;
+        }
+        seen.push(v);
+    }
+    let at = expired_at.expect("unsubscribed when the subscription token expired");
+    assert!(
+        at >= exp - 0.05 && at < exp + 0.5,
+        "ended {:.3} s after exp",
+        at - exp
+    );
+    // The connection and room 2 live on; room 1 delivers nothing more.
+    s.publish("private.room.1", json!({"n": "after"})).await;
+    s.publish("private.room.2", json!({"n": "kept"})).await;
+    let p = c.next_pub().await;
+    assert_eq!(
+        (p["channel"].clone(), p["data"]["n"].clone()),
+        (json!("private.room.2"), json!("kept"))
+    );
+    // A fresh token subscribes again.
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "private.room.1",
+                        "token": sub_token("alice", "private.room.1", later)}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
 macro_rules! transport_conformance {
     ($name:ident, $conn:ty, $slow:expr) => {
         mod $name {
@@ -955,6 +1116,14 @@ macro_rules! transport_conformance {
             #[tokio::test]
             async fn huge_leeway_does_not_overflow() {
                 super::huge_leeway_does_not_overflow::<$conn>().await
+            }
+            #[tokio::test]
+            async fn subscription_tokens() {
+                super::subscription_tokens::<$conn>().await
+            }
+            #[tokio::test]
+            async fn subscription_token_expiry_and_refresh() {
+                super::subscription_token_expiry_and_refresh::<$conn>().await
             }
             #[tokio::test]
             async fn kick() {

@@ -383,7 +383,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             match target {
                 CodegenTarget::Typescript { out } => emit(
                     out.as_deref(),
-                    &herald_codegen::typescript(&config.registry, &source),
+                    &herald_codegen::typescript_with_rpc(&config.registry, &config.rpc, &source),
                 ),
                 CodegenTarget::Asyncapi { out, host } => {
                     let host = host.unwrap_or_else(|| config.server.listen.to_string());

@@ -14,12 +14,16 @@ export type ChatRoom = { text: string; user?: string; [key: string]: unknown };
 /** Payload of `ops.alerts`. */
 export type OpsAlerts = { [key: string]: unknown };
 
+/** Payload of `vip.room.{roomId}`. */
+export type VipRoom = { text: string; [key: string]: unknown };
+
 /** Every channel of the registry, by name, with its payload type. */
 export interface HeraldChannels {
   "blog.article.feed": BlogArticleFeed;
   [channel: `notifications.user.${string}`]: NotificationsUser;
   [channel: `chat.room.${string}`]: ChatRoom;
   "ops.alerts": OpsAlerts;
+  [channel: `vip.room.${string}`]: VipRoom;
 }
 
 /**
@@ -32,6 +36,16 @@ export interface HeraldUserChannels {
 
 /** A channel name the registry accepts. */
 export type HeraldChannel = keyof HeraldChannels & string;
+
+/**
+ * Channels with `scope = "token"`: subscribing needs a subscription token from your
+ * backend (`getSubscriptionToken` of @herald/client).
+ */
+export type HeraldTokenChannel = never;
+
+/** The `[[rpc]]` methods: `herald.rpc(method, request)` resolves to the response. */
+export interface HeraldRpc {
+}
 
 /** Socket.IO: the second argument of every publication event. */
 export interface HeraldEventMeta {
@@ -62,6 +76,7 @@ export interface ServerToClientEvents {
   [event: `notifications.user.${string}`]: HeraldHandler<NotificationsUser>;
   [event: `chat.room.${string}`]: HeraldHandler<ChatRoom>;
   "ops.alerts": HeraldHandler<OpsAlerts>;
+  [event: `vip.room.${string}`]: HeraldHandler<VipRoom>;
   "herald:join": (frame: { type: "join"; channel: string; user: string | null; client: string }) => void;
   "herald:leave": (frame: { type: "leave"; channel: string; user: string | null; client: string }) => void;
   "herald:unsubscribed": (frame: { type: "unsubscribed"; channel: string; reason: string }) => void;
@@ -72,10 +87,13 @@ export interface ServerToClientEvents {
 /** Socket.IO events a client may emit: the commands, and a publication to each channel that
  * allows client publishing (gate 3). */
 export interface ClientToServerEvents {
-  subscribe: (arg: { channel: HeraldChannel; since?: { offset: number; epoch: string } }, ack?: HeraldAck) => void;
+  subscribe: (arg: { channel: HeraldChannel; since?: { offset: number; epoch: string }; token?: string }, ack?: HeraldAck) => void;
   unsubscribe: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;
   publish: (arg: { [C in HeraldChannel]: { channel: C; data: HeraldChannels[C] } }[HeraldChannel], ack?: HeraldAck) => void;
   presence: (arg: { channel: HeraldChannel }, ack?: HeraldAck) => void;
   refresh: (arg: { token: string }, ack?: HeraldAck) => void;
+  sub_refresh: (arg: { channel: HeraldChannel; token: string }, ack?: HeraldAck) => void;
+  rpc: (arg: { method: string; data: unknown }, ack?: HeraldAck) => void;
   [event: `chat.room.${string}`]: (data: ChatRoom, ack?: HeraldAck) => void;
+  [event: `vip.room.${string}`]: (data: VipRoom, ack?: HeraldAck) => void;
 }

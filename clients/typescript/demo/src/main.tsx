@@ -9,6 +9,8 @@ import { HeraldProvider, useChannel, useHerald } from "@herald/react";
 import type { HeraldChannels } from "./channels.js";
 import { SocketIoBadge, SocketIoDashboard, socketIoClient, socketIoRequested } from "./socketio.js";
 import { Badge, ChatCard, FeedCard, NotificationsCard, ROOM, senderOf, useList, usersOf } from "./views.js";
+/** The private room: the demo backend (demo/backend.mjs), asked through the subscribe proxy, decides who enters. */
+const VIP = "vip.room.vip";
 
 /** `?transports=sse` (or `websocket,sse`, …) picks the transports; default: the client's. */
 function transportsFromQuery(): TransportName[] | undefined {
@@ -104,6 +106,7 @@ function Dashboard({ user }: { user: string }) {
       <Notifications user={user} />
       <Feed />
       <Chat />
+      <PrivateRoom />
     </main>
   );
 }
@@ -157,6 +160,53 @@ function Chat() {
   };
 
   return <ChatCard users={users} messages={messages} send={send} problem={problem} />;
+}
+
+/** A room only invited users enter: gate 2 asks the demo backend, which answers allow or deny. */
+function PrivateRoom() {
+  const herald = useHerald<HeraldChannels>();
+  const [messages, add] = useList<string>(100, true);
+  const [status, setStatus] = useState("entering…");
+  const [text, setText] = useState("");
+  useChannel<HeraldChannels, typeof VIP>(VIP, (m, ctx) => add(`${senderOf(ctx.from)}: ${m.text}`), {
+    onSubscribed: () => setStatus("entered"),
+    // `forbidden` carries the backend's reason; `unavailable` means it could not be asked.
+    onError: (e) => setStatus(`${e.code}: ${e.message}`),
+  });
+  const send = async (ev: FormEvent) => {
+    ev.preventDefault();
+    if (!text) return;
+    try {
+      await herald.publish(VIP, { text });
+      setText("");
+    } catch (e) {
+      setStatus(e instanceof HeraldError ? `${e.code}: ${e.message}` : String(e));
+    }
+  };
+  return (
+    <section>
+      <h2>
+        Private room <span className="muted">{VIP}</span>
+      </h2>
+      <p id="vip-status" className={status === "entered" ? "muted" : "warn"}>
+        {status}
+      </p>
+      <ul id="vip">
+        {messages.map((t, i) => (
+          <li key={i}>{t}</li>
+        ))}
+      </ul>
+      {status === "entered" && (
+        <form onSubmit={send}>
+          <input id="vip-text" type="text" placeholder="Only invited users read this" maxLength={2000} value={text} onChange={(e) => setText(e.target.value)} />
+          <button>Send</button>
+        </form>
+      )}
+      <p className="muted">
+        Invited: alice and carol. The demo backend decides (<code>node clients/typescript/demo/backend.mjs</code>).
+      </p>
+    </section>
+  );
 }
 
 createRoot(document.getElementById("root")!).render(

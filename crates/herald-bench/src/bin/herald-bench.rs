@@ -1,9 +1,11 @@
-//! `herald-bench`: one load run (`run`), or the whole suite against every peer (`suite`).
+//! `herald-bench`: one load run (`run`), the whole suite against every peer (`suite`), or the
+//! cost of backend-decided subscriptions (`subscribe`).
 
 use std::io::Read;
 
 use clap::{Parser, Subcommand};
 use herald_bench::load::{self, LoadArgs};
+use herald_bench::subscribe::{self, SubscribeArgs};
 use herald_bench::suite::{self, SuiteArgs};
 
 #[derive(Debug, Parser)]
@@ -35,6 +37,9 @@ enum Command {
     },
     /// Run the scenarios against Herald and the peers and write docs/benchmarks.md.
     Suite(SuiteArgs),
+    /// Subscribe latency and connects/s with static scopes and the subscribe proxy (cache
+    /// cold and warm); prints Markdown tables.
+    Subscribe(SubscribeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,5 +74,10 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Suite(args) => suite::run(args),
+        Command::Subscribe(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(subscribe::run(args)),
     }
 }

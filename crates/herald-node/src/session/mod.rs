@@ -8,7 +8,8 @@
 //!
 //! - `subscribe.rs`: the welcome and its subscriptions, subscribe/unsubscribe, presence
 //!   join/leave, evictions (gate 2 is called from here).
-//! - `commands.rs`: publish (the publish rate, then gate 3), presence, refresh.
+//! - `commands.rs`: publish (the publish rate, then gate 3), presence, refresh, and the
+//!   renewal of subscription tokens (`sub_refresh`).
 //! - `recover.rs`: the recovery rule.
 //! - `limits.rs`: token buckets and the expiry deadline.
 //! - `transport.rs`: the seam.
@@ -103,6 +104,13 @@ pub struct Session {
     publishes: Bucket,
     last_seen: Instant,
     expires: Option<Instant>,
+    /// Token-scoped subscriptions and when their subscription token runs out (`sub_refresh`
+    /// moves it). A Vec: few connections hold any, and an empty Vec costs no allocation.
+    sub_expiry: Vec<(Arc<str>, Instant)>,
+    /// [`Transport::NAME`] of the transport running the session.
+    transport: &'static str,
+    /// The subscribe proxy's `info` per channel, shown with this client in presence.
+    presence_info: Vec<(Arc<str>, Arc<serde_json::value::RawValue>)>,
 }
 
 /// What the loop does after an event.
@@ -124,6 +132,9 @@ impl Session {
             identity,
             subscriptions: HashMap::new(),
             last_seen: Instant::now(),
+            sub_expiry: Vec::new(),
+            transport: "other",
+            presence_info: Vec::new(),
         }
     }
 
@@ -153,8 +164,10 @@ impl Session {
         opening: Opening,
     ) -> impl std::future::Future<Output = ()> {
         async move {
+            self.transport = T::NAME;
             let node = self.node().clone();
             node.metrics.connections.inc();
+            node.emit("client_connect", || self.event("client_connect", None));
             let ending = match self.welcome(opening).await {
                 Ok(()) => self.serve(&mut transport).await,
                 Err(e) => {
@@ -166,6 +179,9 @@ impl Session {
             // slot are gone (a reconnect is not refused for a slot still held by a closing socket).
             self.cleanup().await;
             node.metrics.connections.dec();
+            node.emit("client_disconnect", || {
+                self.event("client_disconnect", None)
+            });
             let Session { slot, .. } = self;
             drop(slot);
             transport.close(ending).await;
@@ -188,6 +204,8 @@ impl Session {
 
         loop {
             let expiry = sleep_until(self.expires.unwrap_or(far));
+            let sub_deadline = self.sub_expiry.iter().map(|(_, at)| *at).min();
+            let sub_expiry = sleep_until(sub_deadline.unwrap_or(far));
             let drain = sleep_until(draining_at.unwrap_or(far));
             let flow = tokio::select! {
                 biased;
@@ -213,6 +231,10 @@ impl Session {
                 }
                 _ = expiry, if self.expires.is_some() => {
                     Flow::End(Ending::Goodbye(Goodbye::TokenExpired))
+                }
+                _ = sub_expiry, if sub_deadline.is_some() => {
+                    self.expire_subscriptions().await;
+                    Flow::Continue
                 }
                 _ = shutdown.cancelled(), if draining_at.is_none() => {
                     // Spread reconnects over the window so the other nodes are not stampeded.
@@ -268,8 +290,13 @@ impl Session {
 
     async fn dispatch(&mut self, frame: ClientFrame) {
         match frame {
-            ClientFrame::Subscribe { id, channel, since } => {
-                if let Err(e) = self.subscribe(id, channel, since).await {
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                since,
+                token,
+            } => {
+                if let Err(e) = self.subscribe(id, channel, since, token.as_deref()).await {
                     self.node().metrics.reject(Gate::subscribe, e.code);
                     self.fail(id, e);
                 }
@@ -322,6 +349,17 @@ impl Session {
             }
             ClientFrame::Refresh { id, token } => {
                 let r = self.refresh(&token);
+                self.answer(id, r.map(|()| |id| reply_ok(id, ReplyBody::Empty {})));
+            }
+            ClientFrame::Rpc { id, method, data } => {
+                let r = self.rpc(&method, &data.0).await;
+                self.answer(
+                    id,
+                    r.map(|data| move |id| reply_ok(id, ReplyBody::Rpc { data: &data })),
+                );
+            }
+            ClientFrame::SubRefresh { id, channel, token } => {
+                let r = self.sub_refresh(&channel, &token).await;
                 self.answer(id, r.map(|()| |id| reply_ok(id, ReplyBody::Empty {})));
             }
             ClientFrame::Ping { id } => match id {

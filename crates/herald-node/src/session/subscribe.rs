@@ -11,14 +11,31 @@ use herald_core::protocol::{
     ChannelPosition, ClientInfo, ErrorBody, ErrorCode, FrameKind, PublicationView, ReplyBody,
     ServerFrame, Since, channel_error_frame, reply_ok,
 };
-use herald_core::{Position, Publication};
+use herald_core::{Position, Publication, Scope};
+use tokio::time::Instant;
 
+use super::limits::deadline_of;
 use super::recover::recover;
 use super::transport::{CursorUpdate, Outgoing, Own};
 use super::{Opening, Session};
 use crate::metrics::Gate;
 use crate::node::broker_error;
 use crate::prepared::Prepared;
+use crate::proxy::SubscribeAsk;
+use crate::webhook::{Event, channel_event, client_event};
+
+/// The reason of the `unsubscribed` frame sent when a subscription token runs out.
+pub const TOKEN_EXPIRED: &str = "token_expired";
+
+/// What gate 2 granted one subscription.
+struct Grant {
+    /// A presence channel (join now, leave on unsubscribe).
+    presence: bool,
+    /// When the subscription token runs out (token-scoped channels).
+    expires: Option<Instant>,
+    /// What the backend attached to this member (subscribe proxy), shown in presence.
+    info: Option<Arc<serde_json::value::RawValue>>,
+}
 
 /// One subscription made at connect, between its history read and its activation.
 struct Opened {
@@ -192,20 +209,106 @@ impl Session {
         auto: bool,
     ) -> Result<HistoryResult, ErrorBody> {
         let node = self.node().clone();
-        let presence = match node.authorize_subscribe(channel, &self.identity) {
-            Ok(d) => d.presence,
-            Err(e) => return Err(e),
-        };
+        // At connect there is no subscription token to present: a token-scoped channel asked
+        // for here (an SSE `?channel=`, a resume) is refused, and the client subscribes with
+        // its token instead. A proxy-scoped one asks the backend like a subscribe.
+        let grant = self.gate2(channel, None).await?;
         if !auto {
             self.check_limit(channel)?;
         }
-        self.attach(channel, presence).await?;
+        self.attach(channel, grant.presence).await?;
+        self.set_info(channel, grant.info);
         match node.history(channel, history_query(since, &node)).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.detach(channel).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Gate 2 for this session: the registry's pure rule, or the subscription token, or the
+    /// backend (subscribe proxy), by the descriptor's scope. Errors: `unknown_channel`,
+    /// `forbidden`, `unauthorized` (a token that does not verify), `unavailable` (the backend
+    /// gave no usable answer).
+    async fn gate2(&self, channel: &str, token: Option<&str>) -> Result<Grant, ErrorBody> {
+        let node = self.node().clone();
+        let (descriptor, params) = node.resolve(channel)?;
+        let presence = descriptor.presence;
+        match &descriptor.scope {
+            Scope::Token => {
+                let exp = node.verify_subscription_token(channel, &self.identity, token)?;
+                Ok(Grant {
+                    presence,
+                    expires: deadline_of(Some(exp)),
+                    info: None,
+                })
+            }
+            Scope::Proxy(name) => {
+                let ask = SubscribeAsk {
+                    identity: &self.identity,
+                    channel,
+                    params: &params,
+                    client: &self.handle().id,
+                    transport: self.transport,
+                };
+                let info = node.proxy_subscribe(name, ask).await?;
+                Ok(Grant {
+                    presence,
+                    expires: None,
+                    info,
+                })
+            }
+            _ => {
+                node.authorize_subscribe(channel, &self.identity)?;
+                Ok(Grant {
+                    presence,
+                    expires: None,
+                    info: None,
+                })
+            }
+        }
+    }
+
+    /// Ends every token-scoped subscription whose token has run out: the client gets
+    /// `unsubscribed` with reason `token_expired` (after every publication it was owed, before
+    /// none it was not) and may subscribe again with a fresh token.
+    pub(super) async fn expire_subscriptions(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Arc<str>> = self
+            .sub_expiry
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in due {
+            self.detach(&channel).await;
+            let json = ServerFrame::Unsubscribed {
+                channel: &channel,
+                reason: TOKEN_EXPIRED,
+            }
+            .encode();
+            self.handle().outbox.push(Outgoing::Own(Own {
+                kind: FrameKind::Unsubscribed,
+                json,
+                cursor: CursorUpdate::Forget(channel.clone()),
+            }));
+        }
+    }
+
+    /// Sets (or clears) when a subscription's token runs out.
+    pub(super) fn set_expiry(&mut self, channel: &Arc<str>, at: Option<Instant>) {
+        self.sub_expiry.retain(|(c, _)| c != channel);
+        if let Some(at) = at {
+            self.sub_expiry.push((channel.clone(), at));
+        }
+    }
+
+    /// Keeps the backend's `info` for this member of `channel` (presence entries and `join`).
+    fn set_info(&mut self, channel: &Arc<str>, info: Option<Arc<serde_json::value::RawValue>>) {
+        self.presence_info.retain(|(c, _)| c != channel);
+        if let Some(info) = info {
+            self.presence_info.push((channel.clone(), info));
         }
     }
 
@@ -231,27 +334,41 @@ impl Session {
         let node = self.node().clone();
         let first = node.hub.add(channel, self.handle());
         self.subscriptions.insert(channel.clone(), presence);
-        if first && let Err(e) = node.broker.subscribe(channel).await {
-            self.detach(channel).await;
-            return Err(broker_error(e));
+        if first {
+            if let Err(e) = node.broker.subscribe(channel).await {
+                self.detach(channel).await;
+                return Err(broker_error(e));
+            }
+            node.emit("channel_occupied", || {
+                channel_event("channel_occupied", channel)
+            });
         }
         Ok(())
     }
 
     pub(super) async fn detach(&mut self, channel: &str) {
         let node = self.node().clone();
-        if self.subscriptions.remove(channel) == Some(true)
-            && let Err(e) = node
+        self.sub_expiry.retain(|(c, _)| **c != *channel);
+        self.presence_info.retain(|(c, _)| **c != *channel);
+        if self.subscriptions.remove(channel) == Some(true) {
+            if let Err(e) = node
                 .broker
                 .presence_remove(channel, self.client_info())
                 .await
-        {
-            tracing::warn!(channel, error = %e, "presence remove failed");
+            {
+                tracing::warn!(channel, error = %e, "presence remove failed");
+            }
+            node.emit("presence_leave", || {
+                self.event("presence_leave", Some(&Arc::from(channel)))
+            });
         }
-        if node.hub.remove(channel, self.handle())
-            && let Err(e) = node.broker.unsubscribe(channel).await
-        {
-            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+        if node.hub.remove(channel, self.handle()) {
+            if let Err(e) = node.broker.unsubscribe(channel).await {
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
+            node.emit("channel_vacated", || {
+                channel_event("channel_vacated", &Arc::from(channel))
+            });
         }
     }
 
@@ -270,13 +387,16 @@ impl Session {
         id: Option<u64>,
         channel: String,
         since: Option<Since>,
+        token: Option<&str>,
     ) -> Result<(), ErrorBody> {
         self.forget_evicted().await;
         let node = self.node().clone();
-        let presence = node.authorize_subscribe(&channel, &self.identity)?.presence;
+        let grant = self.gate2(&channel, token).await?;
         self.check_limit(&channel)?;
         let channel: Arc<str> = Arc::from(channel);
-        self.attach(&channel, presence).await?;
+        self.attach(&channel, grant.presence).await?;
+        self.set_expiry(&channel, grant.expires);
+        self.set_info(&channel, grant.info);
         let result = match node
             .history(&channel, history_query(since.as_ref(), &node))
             .await
@@ -314,10 +434,35 @@ impl Session {
         Ok(())
     }
 
+    /// A webhook event about this connection (the node stamps `id` and `at`).
+    pub(super) fn event(&self, kind: &'static str, channel: Option<&Arc<str>>) -> Event {
+        let transport = channel.is_none().then_some(self.transport);
+        client_event(
+            kind,
+            &self.handle().id,
+            self.identity.user.as_ref(),
+            channel,
+            transport,
+        )
+    }
+
     pub(super) fn client_info(&self) -> ClientInfo {
         ClientInfo {
             client: self.handle().id.to_string(),
             user: self.identity.user.as_deref().map(str::to_owned),
+            info: None,
+        }
+    }
+
+    /// This client's presence entry on `channel`, with the backend's `info` if it gave one.
+    fn client_info_for(&self, channel: &str) -> ClientInfo {
+        ClientInfo {
+            info: self
+                .presence_info
+                .iter()
+                .find(|(c, _)| **c == *channel)
+                .map(|(_, i)| i.clone()),
+            ..self.client_info()
         }
     }
 
@@ -327,9 +472,16 @@ impl Session {
             return;
         }
         let node = self.node().clone();
-        if let Err(e) = node.broker.presence_add(channel, self.client_info()).await {
+        if let Err(e) = node
+            .broker
+            .presence_add(channel, self.client_info_for(channel))
+            .await
+        {
             tracing::warn!(channel, error = %e, "presence add failed");
         }
+        node.emit("presence_join", || {
+            self.event("presence_join", Some(&Arc::from(channel)))
+        });
     }
 
     /// `unsubscribe`. Errors: `not_subscribed`.

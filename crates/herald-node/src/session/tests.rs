@@ -165,6 +165,7 @@ impl Peer {
             id,
             channel: channel.into(),
             since: None,
+            token: None,
         })
         .await
     }

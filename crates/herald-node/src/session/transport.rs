@@ -16,6 +16,9 @@ use crate::prepared::Prepared;
 
 /// What a session needs from the wire. One implementation per transport.
 pub trait Transport: Send {
+    /// The transport's name as the backend sees it (the subscribe proxy's `transport`).
+    const NAME: &'static str = "other";
+
     /// Whether the client answers the session's `ping` frames (WebSocket does). A one-way
     /// transport (SSE) cannot, so the session does not close it for silence; a dead peer is
     /// found by writes that fail or stall instead.

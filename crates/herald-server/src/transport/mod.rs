@@ -36,6 +36,10 @@ pub fn handshake<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Ha
         cookies: all(header::COOKIE),
         origin: one(header::ORIGIN),
         host: one(header::HOST),
+        headers: headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .collect(),
     }
 }
 

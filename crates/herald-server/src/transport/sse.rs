@@ -170,7 +170,10 @@ pub async fn command(
     // Who is asking: the request's credentials, or for `refresh` the new token itself (the
     // old one may be what expired).
     let pairs = query_pairs(query.as_deref());
-    let identity = match node.authenticate(&handshake(&headers, query_value(&pairs, "token"))) {
+    let identity = match node
+        .authenticate(&handshake(&headers, query_value(&pairs, "token")))
+        .await
+    {
         Ok(identity) => identity,
         Err(refusal) => match &inbound {
             Inbound::Frame(ClientFrame::Refresh { token, .. }) => match node.auth().verify(token) {
@@ -260,6 +263,8 @@ fn event_bytes(kind: FrameKind, json: &str) -> Bytes {
 }
 
 impl Transport for SseTransport {
+    const NAME: &'static str = "sse";
+
     fn answers_pings(&self) -> bool {
         false
     }

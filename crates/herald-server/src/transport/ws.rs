@@ -63,7 +63,7 @@ pub async fn upgrade(
     let h = handshake(headers, query_value(&pairs, "token"));
     let key = match upgrade_key(headers) {
         Upgrade::No => {
-            return match node.authenticate(&h) {
+            return match node.authenticate(&h).await {
                 Err(r) => refused(r),
                 Ok(_) => ApiError::new(
                     ErrorCode::UpgradeRequired,
@@ -182,6 +182,8 @@ impl WsTransport {
 }
 
 impl Transport for WsTransport {
+    const NAME: &'static str = "websocket";
+
     fn answers_pings(&self) -> bool {
         true
     }

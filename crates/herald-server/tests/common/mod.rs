@@ -234,6 +234,26 @@ impl Client {
         })
     }
 
+    /// Connects with extra request headers (cookies, `Origin`, …) and no token.
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tungstenite::Error> {
+        let mut req = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Client {
+            ws,
+            welcome: Value::Null,
+            next_id: 1,
+        })
+    }
+
     /// Connects over a socket with a tiny receive buffer (to stall quickly when not reading).
     pub async fn connect_small_rcvbuf(addr: SocketAddr, token: &str) -> Client {
         let socket = TcpSocket::new_v4().unwrap();

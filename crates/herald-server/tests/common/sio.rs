@@ -55,6 +55,26 @@ impl SioClient {
         Self::handshake(ws, auth).await
     }
 
+    /// [`SioClient::connect`] with extra headers on the upgrade request (cookies, …).
+    pub async fn connect_with_headers(
+        addr: SocketAddr,
+        headers: &[(&str, &str)],
+        auth: Value,
+    ) -> Result<Self, Refused> {
+        let mut req = url(addr).into_client_request().unwrap();
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| Refused::Closed(e.to_string()))?;
+        Self::handshake(ws, auth).await
+    }
+
     /// [`SioClient::connect`] over a socket with a 4 KiB receive buffer (a slow reader).
     pub async fn connect_small_rcvbuf(addr: SocketAddr, auth: Value) -> Self {
         let socket = TcpSocket::new_v4().unwrap();

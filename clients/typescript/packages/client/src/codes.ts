@@ -68,6 +68,7 @@ export const ERROR_CODES = [
   "not_found",
   "method_not_allowed",
   "upgrade_required",
+  "rpc_error",
   "internal",
 ] as const;
 

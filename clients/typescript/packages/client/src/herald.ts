@@ -24,6 +24,10 @@ import type {
   HeraldOptions,
   PayloadOf,
   PublicationContext,
+  AnyRpc,
+  RpcMap,
+  RpcRequestOf,
+  RpcResponseOf,
   SubscribeOptions,
   Unsubscribe,
 } from "./types.js";
@@ -40,7 +44,7 @@ interface Pending {
  * opened, restores every subscription with `since` so missed publications are replayed, and
  * renews the token before it runs out.
  */
-export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEvents> {
+export class Herald<C extends ChannelMap = AnyChannels, R extends RpcMap = AnyRpc> extends Emitter<HeraldEvents> {
   private readonly wsUrl: string;
   private readonly sseUrl: string;
   private readonly opts: HeraldOptions;
@@ -97,6 +101,15 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
       request: (frame) => this.request(frame),
       subscribed: (info) => this.emit("subscribed", info),
       error: (err) => this.emit("error", err),
+      subscriptionToken: async (channel) => {
+        const get = this.opts.getSubscriptionToken;
+        if (!get) return undefined;
+        try {
+          return (await get(channel)) ?? undefined;
+        } catch (e) {
+          throw new HeraldError("token", `getSubscriptionToken(${JSON.stringify(channel)}) failed: ${String(e)}`);
+        }
+      },
     });
   }
 
@@ -170,6 +183,17 @@ export class Herald<C extends ChannelMap = AnyChannels> extends Emitter<HeraldEv
   async publish<K extends ChannelName<C>>(channel: K, data: PayloadOf<C, K>): Promise<PublishReply> {
     const reply = await this.request({ type: "publish", channel, data });
     return { offset: reply["offset"] as number, epoch: reply["epoch"] as string };
+  }
+
+  /**
+   * Calls a `[[rpc]]` method of the gateway's config: `data` is checked against the method's
+   * request schema, your backend answers, and the answer (checked against the response
+   * schema) resolves the promise. Rejects with `rpc_error` (the backend's own error),
+   * `invalid_payload`, `not_found` (no such method) or `unavailable`.
+   */
+  async rpc<M extends keyof R & string>(method: M, data: RpcRequestOf<R, M>): Promise<RpcResponseOf<R, M>> {
+    const reply = await this.request({ type: "rpc", method, data });
+    return reply["data"] as RpcResponseOf<R, M>;
   }
 
   /** The clients connected to a presence channel the connection is subscribed to. */

@@ -3,6 +3,7 @@
 export { Herald } from "./herald.js";
 export type {
   AnyChannels,
+  AnyRpc,
   ChannelMap,
   ChannelName,
   ConnectionState,
@@ -13,6 +14,9 @@ export type {
   PayloadOf,
   PresenceEvent,
   PublicationContext,
+  RpcMap,
+  RpcRequestOf,
+  RpcResponseOf,
   SubscribedInfo,
   SubscribeOptions,
   Unsubscribe,

@@ -85,7 +85,7 @@ export type ServerFrame =
 
 /** A frame to the server (`id` is added by the client for requests that want a reply). */
 export interface ClientFrame {
-  type: "subscribe" | "unsubscribe" | "publish" | "presence" | "refresh" | "ping" | "pong";
+  type: "subscribe" | "unsubscribe" | "publish" | "presence" | "refresh" | "sub_refresh" | "rpc" | "ping" | "pong";
   id?: number;
   [field: string]: unknown;
 }

@@ -4,6 +4,7 @@
 // it speaks protocol frames through the `SubscriptionHost` it is given.
 import { reportLater } from "./emitter.js";
 import { HeraldError } from "./errors.js";
+import { refreshDelay, tokenLifetime } from "./token.js";
 import type {
   ChannelPosition,
   ClientFrame,
@@ -24,6 +25,8 @@ export interface SubscriptionHost {
   subscribed(info: SubscribedInfo): void;
   /** Reports an error nobody else handles (the client's `error` event). */
   error(err: HeraldError): void;
+  /** The subscription token for `channel`, if it needs one (`getSubscriptionToken`). */
+  subscriptionToken(channel: string): Promise<string | undefined>;
 }
 
 type Handler = (data: unknown, pub: PublicationContext) => void;
@@ -49,6 +52,8 @@ class Channel {
   /** Publications that arrived before the subscribe reply. */
   buffer: PubFrame[] = [];
   info: SubscribedInfo | null = null;
+  /** Renews the subscription token (`sub_refresh`) before it runs out. */
+  refreshTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(readonly name: string) {}
 
@@ -117,6 +122,7 @@ export class Subscriptions {
       ch.status = "idle";
       ch.buffer = [];
       ch.auto = false;
+      clearTimeout(ch.refreshTimer);
     }
   }
 
@@ -140,8 +146,10 @@ export class Subscriptions {
   unsubscribed(frame: UnsubscribedFrame): void {
     const ch = this.channels.get(frame.channel);
     if (!ch) return;
-    if (frame.reason === "resubscribe") {
-      // The server lost continuity for this channel: resubscribe with `since`.
+    if (frame.reason === "resubscribe" || frame.reason === "token_expired") {
+      // The server lost continuity for this channel (resubscribe with `since`), or its
+      // subscription token ran out before it was renewed (resubscribe with a fresh one).
+      clearTimeout(ch.refreshTimer);
       ch.status = "idle";
       ch.auto = false;
       if (this.host.connected) this.sendSubscribe(ch);
@@ -169,16 +177,42 @@ export class Subscriptions {
 
   private sendSubscribe(ch: Channel): void {
     ch.status = "subscribing";
+    clearTimeout(ch.refreshTimer);
     const since = ch.position ? { offset: ch.position.offset, epoch: ch.position.epoch } : undefined;
-    const frame: ClientFrame = since ? { type: "subscribe", channel: ch.name, since } : { type: "subscribe", channel: ch.name };
-    this.host.request(frame).then(
-      (reply) => this.onSubscribeReply(ch, reply as unknown as ReplyFrame & SubscribeReply, since !== undefined),
-      (err: HeraldError) => {
-        if (this.channels.get(ch.name) !== ch) return;
-        if (err.code === "disconnected" || err.code === "not_connected") return; // retried on reconnect
-        this.fail(ch, err);
-      },
-    );
+    const failed = (err: HeraldError) => {
+      if (this.channels.get(ch.name) !== ch) return;
+      if (err.code === "disconnected" || err.code === "not_connected") return; // retried on reconnect
+      this.fail(ch, err);
+    };
+    this.host.subscriptionToken(ch.name).then((token) => {
+      if (this.channels.get(ch.name) !== ch || ch.status !== "subscribing") return;
+      const frame: ClientFrame = { type: "subscribe", channel: ch.name };
+      if (since) frame["since"] = since;
+      if (token) frame["token"] = token;
+      this.host.request(frame).then((reply) => {
+        this.onSubscribeReply(ch, reply as unknown as ReplyFrame & SubscribeReply, since !== undefined);
+        if (token) this.scheduleRefresh(ch, token);
+      }, failed);
+    }, failed);
+  }
+
+  /** Renews `ch`'s subscription token before it runs out; on failure the server's
+   * `unsubscribed` (`token_expired`) makes the channel resubscribe with a fresh one. */
+  private scheduleRefresh(ch: Channel, token: string): void {
+    const lifetime = tokenLifetime(token);
+    if (!lifetime || this.channels.get(ch.name) !== ch) return;
+    clearTimeout(ch.refreshTimer);
+    ch.refreshTimer = setTimeout(() => {
+      if (this.channels.get(ch.name) !== ch || ch.status !== "subscribed" || !this.host.connected) return;
+      this.host
+        .subscriptionToken(ch.name)
+        .then(async (fresh) => {
+          if (!fresh) return;
+          await this.host.request({ type: "sub_refresh", channel: ch.name, token: fresh });
+          this.scheduleRefresh(ch, fresh);
+        })
+        .catch(() => {});
+    }, refreshDelay(lifetime));
   }
 
   private onSubscribeReply(ch: Channel, reply: SubscribeReply, resubscribed: boolean): void {
@@ -238,6 +272,7 @@ export class Subscriptions {
     listener.removed = true;
     if (!ch.listeners.delete(listener)) return;
     if (ch.listeners.size > 0 || ch.auto) return;
+    clearTimeout(ch.refreshTimer);
     if (ch.status === "subscribing") return; // the reply handler leaves the channel
     if (this.channels.get(ch.name) === ch) this.channels.delete(ch.name);
     if (ch.status === "subscribed" && this.host.connected) {
@@ -247,6 +282,7 @@ export class Subscriptions {
   }
 
   private fail(ch: Channel, err: HeraldError): void {
+    clearTimeout(ch.refreshTimer);
     if (this.channels.get(ch.name) === ch) this.channels.delete(ch.name);
     ch.each((l) => {
       settleListener(l, err);

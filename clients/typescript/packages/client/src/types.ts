@@ -11,6 +11,29 @@ import type { WebSocketConstructor } from "./transport-websocket.js";
  */
 export type ChannelMap = object;
 
+/**
+ * A map from rpc method to its request and response types, e.g. the `HeraldRpc` interface that
+ * `herald codegen typescript` writes (`{ "room.invite": { request: …; response: … } }`).
+ */
+export type RpcMap = object;
+
+/** The rpc map used when none is given: any method, `unknown` data. */
+export type AnyRpc = Record<string, { request: unknown; response: unknown }>;
+
+/** The request type of rpc method `M`. */
+export type RpcRequestOf<R extends RpcMap, M extends string> = M extends keyof R
+  ? R[M] extends { request: infer Q }
+    ? Q
+    : never
+  : never;
+
+/** The response type of rpc method `M`. */
+export type RpcResponseOf<R extends RpcMap, M extends string> = M extends keyof R
+  ? R[M] extends { response: infer A }
+    ? A
+    : never
+  : never;
+
 /** The channel map used when none is given: any name, `unknown` payloads. */
 export type AnyChannels = Record<string, unknown>;
 
@@ -58,6 +81,13 @@ export interface HeraldOptions {
   pingGraceMs?: number;
   /** Renew the identity with `getToken()` before the token runs out (default true). */
   refreshToken?: boolean;
+  /**
+   * A subscription token for `channel` (channels with `scope = "token"`, typed as
+   * `HeraldTokenChannel` by codegen), usually fetched from your backend; return `undefined`
+   * for channels that need none. Called before every subscribe (reconnects included) and
+   * again before the token runs out, to renew the subscription with `sub_refresh`.
+   */
+  getSubscriptionToken?: (channel: string) => string | undefined | null | Promise<string | undefined | null>;
 }
 
 /** Where a publication sits in its channel's history, and who published it. */

@@ -370,6 +370,13 @@ impl SocketIoTransport {
                             .push(packet::event("herald:error", &[&o.json], false))
                     }
                     FrameKind::Ping => self.out.push("2".into()),
+                    // The session ended one subscription itself (its token ran out): the
+                    // others, and the recovery state under the pid, carry on — unlike an
+                    // eviction for lost continuity, which arrives as a shared frame.
+                    FrameKind::Unsubscribed => {
+                        self.out
+                            .push(packet::event("herald:unsubscribed", &[&o.json], false))
+                    }
                     _ => {}
                 }
                 changed
@@ -482,6 +489,20 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
         channel: String,
         #[serde(default)]
         since: Option<Since>,
+        #[serde(default)]
+        token: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rpc {
+        method: String,
+        data: RawJson,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SubRefresh {
+        channel: String,
+        token: String,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -504,6 +525,17 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
             id,
             channel: s.channel,
             since: s.since,
+            token: s.token,
+        }),
+        "rpc" => read::<Rpc>("rpc", arg).map(|r| ClientFrame::Rpc {
+            id,
+            method: r.method,
+            data: r.data,
+        }),
+        "sub_refresh" => read::<SubRefresh>("sub_refresh", arg).map(|r| ClientFrame::SubRefresh {
+            id,
+            channel: r.channel,
+            token: r.token,
         }),
         "unsubscribe" => read::<Channel>("unsubscribe", arg).map(|c| ClientFrame::Unsubscribe {
             id,
@@ -533,7 +565,7 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
         },
         name => Err(format!(
             "unknown event {name:?}: not a command (subscribe, unsubscribe, publish, presence, \
-             refresh) nor a registered channel"
+             refresh, sub_refresh, rpc) nor a registered channel"
         )),
     };
     match frame {
@@ -543,6 +575,8 @@ fn command(node: &Node, id: Option<u64>, data: &str) -> Inbound {
 }
 
 impl Transport for SocketIoTransport {
+    const NAME: &'static str = "socketio";
+
     fn answers_pings(&self) -> bool {
         true
     }

@@ -103,6 +103,8 @@ pub struct Credentials {
     cookies: Vec<String>,
     origin: Option<String>,
     host: Option<String>,
+    /// Every header (until CONNECT), for a connect proxy's `headers`.
+    headers: Vec<(String, String)>,
 }
 
 impl Credentials {
@@ -114,6 +116,11 @@ impl Credentials {
             cookies: h.cookies.iter().map(|s| (*s).to_owned()).collect(),
             origin: h.origin.map(str::to_owned),
             host: h.host.map(str::to_owned),
+            headers: h
+                .headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 
@@ -126,6 +133,11 @@ impl Credentials {
             cookies: self.cookies.iter().map(String::as_str).collect(),
             origin: self.origin.as_deref(),
             host: self.host.as_deref(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
         }
     }
 }

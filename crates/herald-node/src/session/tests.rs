@@ -109,6 +109,17 @@ fn admit(node: &Arc<Node>, user: &str, ttl: Duration) -> Admitted {
 
 /// Admits `user` with a token living `ttl` and runs a session over an in-memory transport.
 fn connect(node: &Arc<Node>, user: &str, ttl: Duration, answers_pings: bool) -> Peer {
+    connect_with(node, user, ttl, answers_pings, Opening::default())
+}
+
+/// [`connect`] with what the transport asks for at connect (channels to resume…).
+fn connect_with(
+    node: &Arc<Node>,
+    user: &str,
+    ttl: Duration,
+    answers_pings: bool,
+    opening: Opening,
+) -> Peer {
     let admitted = admit(node, user, ttl);
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
@@ -119,7 +130,7 @@ fn connect(node: &Arc<Node>, user: &str, ttl: Duration, answers_pings: bool) -> 
         ended: Some(ended_tx),
         answers_pings,
     };
-    tokio::spawn(Session::new(admitted).run(transport, Opening::default()));
+    tokio::spawn(Session::new(admitted).run(transport, opening));
     Peer {
         to_session,
         from_session,
@@ -350,15 +361,6 @@ async fn resuming_at_connect_replays_then_goes_live() {
         assert_eq!(r["ok"], true);
     }
     // A second session resumes from offset 1 at connect (what SSE does with Last-Event-ID).
-    let admitted = admit(&node, "alice", Duration::from_secs(3600));
-    let (to_session, inbound) = mpsc::unbounded_channel();
-    let (outbound, mut from_session) = mpsc::unbounded_channel();
-    let transport = MemTransport {
-        inbound,
-        outbound,
-        ended: None,
-        answers_pings: true,
-    };
     let opening = Opening {
         resume: vec![(
             "chat.room.1".into(),
@@ -369,8 +371,8 @@ async fn resuming_at_connect_replays_then_goes_live() {
         )],
         ..Opening::default()
     };
-    tokio::spawn(Session::new(admitted).run(transport, opening));
-    let welcome: Value = serde_json::from_str(&from_session.recv().await.unwrap()).unwrap();
+    let mut second = connect_with(&node, "alice", Duration::from_secs(3600), true, opening);
+    let welcome = second.frame().await;
     let sub = welcome["subscriptions"]
         .as_array()
         .unwrap()
@@ -381,13 +383,12 @@ async fn resuming_at_connect_replays_then_goes_live() {
     assert_eq!(sub["recovered"], true);
     assert_eq!(sub["offset"], 3);
     for offset in [2, 3] {
-        let p: Value = serde_json::from_str(&from_session.recv().await.unwrap()).unwrap();
+        let p = second.frame().await;
         assert_eq!(
             (p["type"].clone(), p["offset"].clone()),
             (json!("pub"), json!(offset))
         );
     }
-    drop(to_session);
 }
 
 /// `all_or_nothing` (Socket.IO's one `recovered` flag): when one resumed channel cannot be
@@ -410,33 +411,23 @@ async fn all_or_nothing_resume() {
         .await;
     assert_eq!(r["ok"], true);
     let open = |resume: Vec<(String, Since)>| {
-        let admitted = admit(&node, "alice", Duration::from_secs(3600));
-        let (to_session, inbound) = mpsc::unbounded_channel();
-        let (outbound, from_session) = mpsc::unbounded_channel();
-        let transport = MemTransport {
-            inbound,
-            outbound,
-            ended: None,
-            answers_pings: true,
-        };
         let opening = Opening {
             resume,
             all_or_nothing: true,
             ..Opening::default()
         };
-        tokio::spawn(Session::new(admitted).run(transport, opening));
-        (to_session, from_session)
+        connect_with(&node, "alice", Duration::from_secs(3600), true, opening)
     };
     let since = |offset, epoch: &str| Since {
         offset,
         epoch: epoch.to_owned(),
     };
     // chat.room.1 can be recovered, chat.room.2 cannot (an epoch that never was).
-    let (_keep, mut rx) = open(vec![
+    let mut peer = open(vec![
         ("chat.room.1".into(), since(0, &epoch)),
         ("chat.room.2".into(), since(5, "gone")),
     ]);
-    let welcome: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    let welcome = peer.frame().await;
     let subs = welcome["subscriptions"].as_array().unwrap();
     let channels: Vec<&str> = subs
         .iter()
@@ -445,14 +436,14 @@ async fn all_or_nothing_resume() {
     assert_eq!(channels, ["notifications.user.alice"], "{welcome}");
     assert!(subs.iter().all(|s| s["recovered"] != true), "{welcome}");
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), rx.recv())
+        tokio::time::timeout(Duration::from_millis(100), peer.from_session.recv())
             .await
             .is_err(),
         "nothing replayed"
     );
     // Every channel recoverable: replayed as usual.
-    let (_keep, mut rx) = open(vec![("chat.room.1".into(), since(0, &epoch))]);
-    let welcome: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    let mut peer = open(vec![("chat.room.1".into(), since(0, &epoch))]);
+    let welcome = peer.frame().await;
     let sub = welcome["subscriptions"]
         .as_array()
         .unwrap()
@@ -461,7 +452,7 @@ async fn all_or_nothing_resume() {
         .cloned()
         .unwrap();
     assert_eq!(sub["recovered"], true);
-    let p: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    let p = peer.frame().await;
     assert_eq!(
         (p["type"].clone(), p["offset"].clone()),
         (json!("pub"), json!(1))

@@ -214,15 +214,25 @@ impl Transport for WsTransport {
             }
             socket.flush().await
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io::Error::other(e)),
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
-        }
+        bounded_write(WRITE_TIMEOUT, write).await
     }
 
     async fn close(mut self, ending: Ending) {
         finish(&mut self.socket, ending).await;
+    }
+}
+
+/// A WebSocket write that must finish within `limit`: the library's error as `io::Error`, or
+/// `TimedOut` when the peer took nothing for that long (gone or stuck). Every Herald
+/// WebSocket write goes through here (`/v1/ws`, Socket.IO's engine).
+pub async fn bounded_write(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
+) -> io::Result<()> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(io::Error::other(e)),
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 

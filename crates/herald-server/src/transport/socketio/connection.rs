@@ -330,10 +330,15 @@ impl SocketIoTransport {
                         FrameKind::Leave => "herald:leave",
                         _ => "herald:unsubscribed",
                     };
-                    let text: Arc<str> = p.cached(Wire::SocketIo, |p| {
+                    // Built once per event, lent to every subscriber (one copy each: the
+                    // engine writes owned packets).
+                    let text = match p.cached_ref::<Arc<str>>(Wire::SocketIo, |p| {
                         Arc::from(packet::event(name, &[p.v1()], false))
-                    });
-                    self.out.push(text.to_string());
+                    }) {
+                        Some(shared) => shared.to_string(),
+                        None => packet::event(name, &[p.v1()], false),
+                    };
+                    self.out.push(text);
                     if p.kind == FrameKind::Unsubscribed {
                         // Nothing of this session may be recovered any more: no state is
                         // written under the pid from now on, so a reconnect finds only what

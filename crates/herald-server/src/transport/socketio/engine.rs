@@ -342,11 +342,7 @@ impl Engine {
             }
             socket.flush().await
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io::Error::other(e)),
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
-        }
+        ws::bounded_write(WRITE_TIMEOUT, write).await
     }
 
     /// The next packet. Cancel-safe: every await is on a cancel-safe source, and state only
@@ -398,11 +394,7 @@ impl Engine {
                 }
                 socket.flush().await
             };
-            return match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(io::Error::other(e)),
-                Err(_) => Err(io::ErrorKind::TimedOut.into()),
-            };
+            return ws::bounded_write(WRITE_TIMEOUT, write).await;
         }
         let Some(shared) = self.shared.clone() else {
             return Err(io::ErrorKind::NotConnected.into());

@@ -6,6 +6,12 @@
 //! not take at once. No auth, no JSON on the delivery path, no
 //! per-connection protocol. Whatever a real gateway achieves is measured against this.
 //!
+//! With `--batching` it writes the way Herald does instead: the publisher only appends the frame
+//! to each connection's queue and wakes its task, which drains everything queued since its last
+//! wake-up in one write. Fewer syscalls per delivery under load, one task wake-up per
+//! connection per burst: the fair ceiling for a gateway that batches (issue 16), where the
+//! default (naive) mode is the ceiling for one syscall per frame.
+//!
 //! Triggers: `POST /publish` (body: the payload, to every connection) and `POST /publish/batch`
 //! (`[{"user":"u1","data":{…}}, …]`, each to that user's connection). `--drop-seq N` silently
 //! skips the N-th broadcast (0-based) so the load generator's loss detection can be checked.
@@ -30,6 +36,11 @@ pub struct NullArgs {
     /// Skip the broadcast with this 0-based index (a deliberate loss, for cross-checking).
     #[arg(long)]
     pub drop_seq: Option<u64>,
+    /// Queue frames per connection and let each connection's task write all that is queued
+    /// with one syscall per wake-up (Herald's model), instead of one `try_write` per frame
+    /// from the publishing task.
+    #[arg(long)]
+    pub batching: bool,
 }
 
 struct State {
@@ -38,6 +49,7 @@ struct State {
     next_id: AtomicU64,
     published: AtomicU64,
     drop_seq: Option<u64>,
+    batching: bool,
 }
 
 /// One upgraded socket. The publisher writes to it directly (`try_write`, no task wake-up);
@@ -49,8 +61,22 @@ struct Conn {
 }
 
 impl Conn {
-    fn send(&self, frame: &[u8]) {
+    fn send(&self, frame: &[u8], batching: bool) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if batching {
+            // Queue only; the connection's task writes the whole queue at its next wake-up.
+            let was_empty = pending.is_empty();
+            pending.extend_from_slice(frame);
+            if was_empty {
+                self.wake.notify_one();
+            }
+            return;
+        }
+        self.send_now(pending, frame);
+    }
+
+    /// The naive path: one `try_write` per frame from the publishing task.
+    fn send_now(&self, mut pending: std::sync::MutexGuard<'_, Vec<u8>>, frame: &[u8]) {
         if !pending.is_empty() {
             // Keep order: behind what is already waiting.
             pending.extend_from_slice(frame);
@@ -75,6 +101,7 @@ pub async fn serve(listener: TcpListener, args: NullArgs) {
         next_id: AtomicU64::new(0),
         published: AtomicU64::new(0),
         drop_seq: args.drop_seq,
+        batching: args.batching,
     });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -146,7 +173,7 @@ async fn handle(mut stream: TcpStream, state: Arc<State>) {
                     let frame = server_text_frame(&body);
                     let conns: Vec<Arc<Conn>> = lock(&state.conns).values().cloned().collect();
                     for c in conns {
-                        c.send(&frame);
+                        c.send(&frame, state.batching);
                     }
                 }
                 ("200 OK", "{}")
@@ -156,7 +183,10 @@ async fn handle(mut stream: TcpStream, state: Arc<State>) {
                     for item in items {
                         let conn = lock(&state.users).get(item.user).cloned();
                         if let Some(c) = conn {
-                            c.send(&server_text_frame(item.data.get().as_bytes()));
+                            c.send(
+                                &server_text_frame(item.data.get().as_bytes()),
+                                state.batching,
+                            );
                         }
                     }
                     ("200 OK", "{}")
@@ -252,9 +282,31 @@ async fn websocket(stream: TcpStream, user: String, state: Arc<State>) {
             }
         }
     };
+    // Batching: each wake-up takes the whole queue out of the lock (the publisher keeps
+    // appending to a fresh one) and writes it with as few syscalls as the kernel allows; the
+    // buffer is dropped afterwards, so an idle connection holds none.
+    let batch_flusher = async {
+        loop {
+            conn.wake.notified().await;
+            let batch = std::mem::take(&mut *lock(&conn.pending));
+            let mut at = 0;
+            while at < batch.len() {
+                if conn.stream.writable().await.is_err() {
+                    return;
+                }
+                match conn.stream.try_write(&batch[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    };
+    let batching = state.batching;
     tokio::select! {
         _ = reader => {}
-        _ = flusher => {}
+        _ = flusher, if !batching => {}
+        _ = batch_flusher, if batching => {}
     }
     lock(&state.conns).remove(&id);
     if !user.is_empty() {

@@ -34,12 +34,13 @@ pub struct SuiteArgs {
     pub bench_dir: PathBuf,
     /// Gateways to run, in the report's order: `herald` (WebSocket), `herald-sse` (the same
     /// server over Server-Sent Events), `herald-socketio` (the same server's `/socket.io/`),
-    /// `herald-base` (WebSocket against `--baseline-bin`), `null`, `ws`, `socketio` (Node),
+    /// `herald-base` (WebSocket against `--baseline-bin`), `null` (one write per frame),
+    /// `null-batch` (Herald's batching: the fair ceiling), `ws`, `socketio` (Node),
     /// `socketioxide` (Rust; built by `bench/run-suite.sh`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "herald,herald-socketio,null,ws,socketio,socketioxide"
+        default_value = "herald,herald-socketio,null-batch,null,ws,socketio,socketioxide"
     )]
     pub peers: Vec<String>,
     /// Another `herald` binary (e.g. built from an older commit) run as the `herald-base`
@@ -57,14 +58,20 @@ pub struct SuiteArgs {
     pub server_cpu: String,
     #[arg(long, default_value_t = 10_000)]
     pub s1_small: usize,
-    #[arg(long, default_value_t = 50_000)]
+    /// Connections of the large idle run, over `--s1-nodes` processes: 57k = 19k per process,
+    /// as many as one process holds under the 20,000 fd hard limit.
+    #[arg(long, default_value_t = 57_000)]
     pub s1_large: usize,
-    /// Server processes the large idle run is spread over (one process cannot hold 50k fds).
+    /// Server processes the large idle run is spread over (one process cannot hold 57k fds).
     #[arg(long, default_value_t = 3)]
     pub s1_nodes: usize,
     #[arg(long, default_value_t = 10_000)]
     pub s3_subscribers: usize,
-    #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160,320,640")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,10,20,40,80,160,320,640"
+    )]
     pub s3_rates: Vec<u64>,
     #[arg(long, value_delimiter = ',', default_value = "100,1024")]
     pub s3_sizes: Vec<usize>,
@@ -134,7 +141,13 @@ const PEERS: &[Peer] = &[
     },
     Peer {
         name: "null",
-        label: "null gateway (ceiling)",
+        label: "null gateway, naive (one write per frame)",
+        dialect: "raw",
+        publisher: "peer",
+    },
+    Peer {
+        name: "null-batch",
+        label: "null gateway, batching (fair ceiling)",
         dialect: "raw",
         publisher: "peer",
     },
@@ -240,6 +253,9 @@ impl Env {
             }
             "null" => {
                 cmd.arg(self.bin_dir.join("herald-null"));
+            }
+            "null-batch" => {
+                cmd.arg(self.bin_dir.join("herald-null")).arg("--batching");
             }
             "socketioxide" => {
                 cmd.arg(socketioxide_bin(&self.args));
@@ -879,6 +895,60 @@ fn why_stopped(rep: &Report) -> String {
     }
 }
 
+/// Herald against the batching null gateway at every S3 rate step (issue 16: deliveries per
+/// CPU-second within 80% of the ceiling at every step, p99 within 1.15× at 1 and 10/s).
+fn render_ceiling(o: &mut String, res: &Results, args: &SuiteArgs) {
+    let find = |name: &str| res.peers.iter().find(|p| p.name == name);
+    let (Some(herald), Some(ceiling)) = (find("herald"), find("null-batch")) else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "\n### S3 against the fair ceiling\n\nHerald `/v1/ws` beside the null gateway with \
+         Herald's write batching (each connection's task writes everything queued since its \
+         last wake-up with one syscall), step by step; each step's figures whether or not it \
+         passed. Targets (issue 16): deliveries per CPU-second ≥ 0.80× the ceiling at every \
+         step; p99 ≤ 1.15× the ceiling's at 1 and 10 publications/s.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| payload | rate/s | Herald µs/delivery | ceiling µs/delivery | per-CPU-s vs ceiling | Herald p99 ms | ceiling p99 ms | p99 vs ceiling |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (i, size) in args.s3_sizes.iter().enumerate() {
+        let (Some(h), Some(c)) = (herald.s3.get(i), ceiling.s3.get(i)) else {
+            continue;
+        };
+        for hs in &h.steps {
+            let Some(cs) = c.steps.iter().find(|s| s.rate == hs.rate) else {
+                continue;
+            };
+            let per_cpu = cs.cpu_us_per_delivery / hs.cpu_us_per_delivery.max(1e-9);
+            let p99 = hs.latency.p99_ms / cs.latency.p99_ms.max(1e-9);
+            let p99_target = matches!(hs.rate, 1 | 10);
+            let _ = writeln!(
+                o,
+                "| {} B | {} | {:.2} | {:.2} | {:.2}× {} | {:.2} | {:.2} | {:.2}×{} |",
+                size,
+                hs.rate,
+                hs.cpu_us_per_delivery,
+                cs.cpu_us_per_delivery,
+                per_cpu,
+                if per_cpu >= 0.8 { "✓" } else { "✗" },
+                hs.latency.p99_ms,
+                cs.latency.p99_ms,
+                p99,
+                if !p99_target {
+                    ""
+                } else if p99 <= 1.15 {
+                    " ✓"
+                } else {
+                    " ✗"
+                },
+            );
+        }
+    }
+}
+
 fn ratio(v: f64, herald: Option<f64>) -> String {
     match herald {
         Some(h) if h > 0.0 && v > 0.0 => format!("{:.2}×", v / h),
@@ -1104,6 +1174,7 @@ fn render(res: &Results, args: &SuiteArgs) -> String {
         }
     }
 
+    render_ceiling(&mut o, res, args);
     render_socketio(&mut o, res, args);
 
     // S7

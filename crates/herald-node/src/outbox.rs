@@ -96,11 +96,15 @@ impl Outbox {
             {
                 let mut inner = lock(&self.inner);
                 if !inner.items.is_empty() {
-                    out.extend(inner.items.drain(..));
+                    // The queue's buffer moves out whole (no copy when `out` is empty, as the
+                    // session leaves it): an idle outbox holds no memory, and the next burst
+                    // allocates afresh.
+                    let items = Vec::from(std::mem::take(&mut inner.items));
                     inner.bytes = 0;
-                    // Give back the ring's memory after a burst: idle connections stay small.
-                    if inner.items.capacity() > 64 {
-                        inner.items = VecDeque::new();
+                    if out.is_empty() {
+                        *out = items;
+                    } else {
+                        out.extend(items);
                     }
                     return None;
                 }

@@ -168,7 +168,10 @@ impl Session {
             let node = self.node().clone();
             node.metrics.connections.inc();
             node.emit("client_connect", || self.event("client_connect", None));
-            let ending = match self.welcome(opening).await {
+            // The welcome, the cleanup and the transport's close are boxed: a future is as
+            // large as its largest state, and these (broker and gate-2 calls, the closing
+            // handshake) would otherwise size the whole idle life of the connection.
+            let ending = match Box::pin(self.welcome(opening)).await {
                 Ok(()) => self.serve(&mut transport).await,
                 Err(e) => {
                     tracing::warn!(client = %self.handle().id, error = %e.message, "auto-subscribe failed");
@@ -177,43 +180,56 @@ impl Session {
             };
             // Release first: once the client sees the goodbye, its subscriptions, presence and
             // slot are gone (a reconnect is not refused for a slot still held by a closing socket).
-            self.cleanup().await;
+            Box::pin(self.cleanup()).await;
             node.metrics.connections.dec();
             node.emit("client_disconnect", || {
                 self.event("client_disconnect", None)
             });
             let Session { slot, .. } = self;
             drop(slot);
-            transport.close(ending).await;
+            Box::pin(transport.close(ending)).await;
         }
     }
 
+    /// The session's loop. One timer serves every deadline (the next ping, the token's
+    /// expiry, the earliest subscription-token expiry, the shutdown drain): it is reset to the
+    /// earliest, so an idle session holds one timer entry in tokio's wheel, not four.
     async fn serve<T: Transport>(&mut self, transport: &mut T) -> Ending {
         let server = &self.node().config.server;
         let ping_interval = server.ping_interval;
         let silence_limit = ping_interval + server.pong_timeout;
         let spread = server.shutdown_spread;
         let answers_pings = transport.answers_pings();
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.node().shutdown.clone();
-        let mut draining_at: Option<Instant> = None;
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        // Shutdown: `draining` once the node's shutdown was seen; `drain_at` until the goodbye
+        // is queued (then cleared, so the timer does not keep firing).
+        let mut draining = false;
+        let mut drain_at: Option<Instant> = None;
+        let mut next_ping = Instant::now() + ping_interval;
+        let timer = sleep_until(next_ping);
+        tokio::pin!(timer);
         let mut batch: Vec<Outgoing> = Vec::new();
         let handle = self.handle().clone();
 
         loop {
-            let expiry = sleep_until(self.expires.unwrap_or(far));
             let sub_deadline = self.sub_expiry.iter().map(|(_, at)| *at).min();
-            let sub_expiry = sleep_until(sub_deadline.unwrap_or(far));
-            let drain = sleep_until(draining_at.unwrap_or(far));
+            let deadline = [Some(next_ping), self.expires, sub_deadline, drain_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_ping);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let flow = tokio::select! {
                 biased;
                 closed = handle.outbox.next_batch(&mut batch) => {
                     if !batch.is_empty() && transport.send(&mut batch).await.is_err() {
-                        batch.clear();
                         return Ending::Gone;
                     }
+                    // A burst's batch is not kept for the next one: an idle session holds no
+                    // queue memory (one allocation per burst instead).
+                    batch = Vec::new();
                     self.forget_evicted().await;
                     match closed {
                         Some(g) => Flow::End(Ending::Goodbye(g)),
@@ -221,29 +237,34 @@ impl Session {
                     }
                 }
                 inbound = transport.recv() => self.on_inbound(inbound).await,
-                _ = ping.tick() => {
-                    if answers_pings && self.last_seen.elapsed() > silence_limit {
-                        Flow::End(Ending::Goodbye(Goodbye::PingTimeout))
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if self.expires.is_some_and(|at| at <= now) {
+                        Flow::End(Ending::Goodbye(Goodbye::TokenExpired))
                     } else {
-                        self.send(FrameKind::Ping, ServerFrame::Ping.encode());
+                        if drain_at.is_some_and(|at| at <= now) {
+                            drain_at = None;
+                            handle.outbox.close(Goodbye::GoingAway);
+                        }
+                        if sub_deadline.is_some_and(|at| at <= now) {
+                            Box::pin(self.expire_subscriptions()).await;
+                        }
+                        if next_ping <= now {
+                            // As `MissedTickBehavior::Delay`: a late tick moves the next one.
+                            next_ping = now + ping_interval;
+                            if answers_pings && self.last_seen.elapsed() > silence_limit {
+                                return Ending::Goodbye(Goodbye::PingTimeout);
+                            }
+                            self.send(FrameKind::Ping, ServerFrame::Ping.encode());
+                        }
                         Flow::Continue
                     }
                 }
-                _ = expiry, if self.expires.is_some() => {
-                    Flow::End(Ending::Goodbye(Goodbye::TokenExpired))
-                }
-                _ = sub_expiry, if sub_deadline.is_some() => {
-                    self.expire_subscriptions().await;
-                    Flow::Continue
-                }
-                _ = shutdown.cancelled(), if draining_at.is_none() => {
+                _ = shutdown.cancelled(), if !draining => {
                     // Spread reconnects over the window so the other nodes are not stampeded.
                     let delay = rand::rng().random_range(0.0..=1.0) * spread.as_secs_f64();
-                    draining_at = Some(Instant::now() + Duration::from_secs_f64(delay));
-                    Flow::Continue
-                }
-                _ = drain, if draining_at.is_some() => {
-                    handle.outbox.close(Goodbye::GoingAway);
+                    draining = true;
+                    drain_at = Some(Instant::now() + Duration::from_secs_f64(delay));
                     Flow::Continue
                 }
             };
@@ -278,7 +299,9 @@ impl Session {
             return Flow::End(Ending::Goodbye(Goodbye::RateLimited));
         }
         match inbound {
-            Inbound::Frame(frame) => self.dispatch(frame).await,
+            // Boxed: commands await the broker, gate 2 and the backend; their state must not
+            // size the future every idle session sits in.
+            Inbound::Frame(frame) => Box::pin(self.dispatch(frame)).await,
             Inbound::BadRequest { id, message } => {
                 node.metrics.reject(Gate::frame, ErrorCode::BadRequest);
                 self.fail(id, ErrorBody::new(ErrorCode::BadRequest, message));

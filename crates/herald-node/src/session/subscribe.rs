@@ -374,7 +374,15 @@ impl Session {
 
     /// Drops the subscriptions the hub took away (the client was told to resubscribe).
     pub(super) async fn forget_evicted(&mut self) {
-        for channel in self.handle().take_evicted() {
+        let evicted = self.handle().take_evicted();
+        if !evicted.is_empty() {
+            // Boxed: rare, and its state would otherwise size every idle session's future.
+            Box::pin(self.forget(evicted)).await;
+        }
+    }
+
+    async fn forget(&mut self, evicted: Vec<Arc<str>>) {
+        for channel in evicted {
             if self.subscriptions.contains_key(&channel) {
                 self.detach(&channel).await;
             }

@@ -103,6 +103,11 @@ impl Hub {
             Entry::Occupied(e) => (e.into_mut(), false),
             Entry::Vacant(e) => (e.insert(Channel::default()), true),
         };
+        if ch.subs.is_empty() {
+            // Most channels have one subscriber on a node (a user's own channel): room for
+            // one, not the four a first `push` reserves.
+            ch.subs.reserve_exact(1);
+        }
         ch.subs.push(Sub {
             conn: conn.clone(),
             state: State::Pending(Vec::new(), 0),

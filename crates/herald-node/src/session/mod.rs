@@ -113,6 +113,18 @@ pub struct Session {
     presence_info: Vec<(Arc<str>, Arc<serde_json::value::RawValue>)>,
 }
 
+/// What woke the session's loop.
+enum Event {
+    /// The outbox had frames (moved into the batch), or closed with this goodbye.
+    Batch(Option<Goodbye>),
+    /// The transport's next input.
+    Inbound(Inbound),
+    /// The timer reached the earliest deadline.
+    Deadline,
+    /// The node began to shut down.
+    Shutdown,
+}
+
 /// What the loop does after an event.
 enum Flow {
     Continue,
@@ -221,9 +233,18 @@ impl Session {
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
-            let flow = tokio::select! {
+            // The select only says what happened; the work happens after it, once its futures
+            // are dropped. A handler that awaits inside `select!` keeps every branch's future
+            // alive beside its own, and the session's future is sized by that sum.
+            let event = tokio::select! {
                 biased;
-                closed = handle.outbox.next_batch(&mut batch) => {
+                closed = handle.outbox.next_batch(&mut batch) => Event::Batch(closed),
+                inbound = transport.recv() => Event::Inbound(inbound),
+                () = &mut timer => Event::Deadline,
+                _ = shutdown.cancelled(), if !draining => Event::Shutdown,
+            };
+            let flow = match event {
+                Event::Batch(closed) => {
                     if !batch.is_empty() && transport.send(&mut batch).await.is_err() {
                         return Ending::Gone;
                     }
@@ -236,8 +257,8 @@ impl Session {
                         None => Flow::Continue,
                     }
                 }
-                inbound = transport.recv() => self.on_inbound(inbound).await,
-                () = &mut timer => {
+                Event::Inbound(inbound) => self.on_inbound(inbound).await,
+                Event::Deadline => {
                     let now = Instant::now();
                     if self.expires.is_some_and(|at| at <= now) {
                         Flow::End(Ending::Goodbye(Goodbye::TokenExpired))
@@ -260,7 +281,7 @@ impl Session {
                         Flow::Continue
                     }
                 }
-                _ = shutdown.cancelled(), if !draining => {
+                Event::Shutdown => {
                     // Spread reconnects over the window so the other nodes are not stampeded.
                     let delay = rand::rng().random_range(0.0..=1.0) * spread.as_secs_f64();
                     draining = true;

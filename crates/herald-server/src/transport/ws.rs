@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_core::protocol::{ErrorCode, Goodbye};
 use herald_node::{Ending, Inbound, Node, Opening, Outgoing, Session, Transport, Wire};
 use hyper::upgrade::Upgraded;
@@ -32,9 +32,10 @@ use tungstenite::{Message, Utf8Bytes};
 use super::{handshake, query_pairs, query_value, refused};
 use crate::api::ApiError;
 
-/// Read buffer per connection. Client frames are small JSON; larger frames still work (the
-/// buffer grows up to `max_frame_bytes`), this only sets what an idle connection holds.
-const READ_BUFFER: usize = 1024;
+/// Read buffer per connection. Client frames are small JSON commands (a subscribe is ~60 B);
+/// larger frames still work (the buffer grows up to `max_frame_bytes`), this only sets what
+/// an idle connection holds: 256 B, where 1 KiB was a quarter of an idle connection's heap.
+const READ_BUFFER: usize = 256;
 
 /// Frames are buffered up to this before a write syscall, so a burst goes out in few writes.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -199,9 +200,15 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn send(&mut self, batch: &mut Vec<Outgoing>) -> io::Result<()> {
+    // A plain fn returning the bounded write, not an `async fn`: an async fn would hold the
+    // write future twice (its own local and the timeout's copy, rust-lang/rust#62958), and
+    // this future is part of every session's state (S1 in docs/benchmarks.md).
+    fn send(
+        &mut self,
+        batch: &mut Vec<Outgoing>,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send {
         let socket = &mut self.socket;
-        let write = async {
+        bounded_write(WRITE_TIMEOUT, async move {
             for item in batch.drain(..) {
                 let text = match item {
                     // Validated as UTF-8 once per publication, then shared by every subscriber.
@@ -213,8 +220,7 @@ impl Transport for WsTransport {
                 socket.feed(Message::Text(text)).await?;
             }
             socket.flush().await
-        };
-        bounded_write(WRITE_TIMEOUT, write).await
+        })
     }
 
     async fn close(mut self, ending: Ending) {
@@ -225,15 +231,19 @@ impl Transport for WsTransport {
 /// A WebSocket write that must finish within `limit`: the library's error as `io::Error`, or
 /// `TimedOut` when the peer took nothing for that long (gone or stuck). Every Herald
 /// WebSocket write goes through here (`/v1/ws`, Socket.IO's engine).
-pub async fn bounded_write(
+pub fn bounded_write<W>(
     limit: Duration,
-    write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
-) -> io::Result<()> {
-    match tokio::time::timeout(limit, write).await {
+    write: W,
+) -> impl std::future::Future<Output = io::Result<()>>
+where
+    W: std::future::Future<Output = Result<(), tungstenite::Error>>,
+{
+    // A combinator rather than an `async fn`, so `write` is stored once (see `send`).
+    tokio::time::timeout(limit, write).map(|r| match r {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(io::Error::other(e)),
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
+    })
 }
 
 /// One read from a WebSocket, classified.

@@ -126,7 +126,10 @@ describe("the admin dashboard", () => {
       await b.publish("blog.article.feed", { id: String(++n), title: `update ${n}` });
       await new Promise((ok) => setTimeout(ok, 50));
     }
+    // One refused publication shows under refusals, by gate and code.
+    await expect(b.publish("blog.article.feed", { id: 1, title: "x" })).rejects.toThrow(/422/);
     await expect.poll(async () => Number(await page.textContent("#stat-published-total b")), { timeout: 5_000 }).toBeGreaterThanOrEqual(totalBefore + n);
+    await expect.poll(() => page.textContent("#rejects"), { timeout: 5_000 }).toContain("invalid_payload");
     expect(Number(await page.textContent("#stat-publications b"))).toBeGreaterThan(0);
     expect(Number(await page.textContent("#stat-deliveries b"))).toBeGreaterThan(0);
     expect(feed.length).toBe(n);

@@ -7,26 +7,16 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{Client, TestServer, config_toml};
 use reqwest::header;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery staple";
-
-/// One Argon2 hash for the whole file (hashing costs ~50 ms of CPU).
-fn hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| herald_server::admin::auth::hash_password(PASSWORD).unwrap())
-}
+const PASSWORD: &str = common::ADMIN_PASSWORD;
 
 fn admin_config() -> String {
-    config_toml(&format!(
-        "[admin]\nenabled = true\nuser = \"ops\"\npassword_hash = \"{}\"\nstats_interval = \"200ms\"\n",
-        hash()
-    ))
+    config_toml(&common::admin_section())
 }
 
 /// A signed-in operator: the session cookie and the CSRF token.

@@ -143,6 +143,7 @@ type St = State<Admin>;
 #[derive(Debug, Clone)]
 struct Operator(Session);
 
+/// 401 in the envelope.
 fn unauthorized(message: &str) -> Response {
     ApiError::new(ErrorCode::Unauthorized, message).into_response()
 }
@@ -169,30 +170,42 @@ fn cross_origin(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Middleware: a live session (cookie), the same origin, and its CSRF token.
+/// Middleware: a live session (cookie), the same origin, and its CSRF token. Checked before
+/// the method (an unauthenticated caller learns nothing of the surface, not even its 405s).
 async fn require_session(State(a): St, mut req: Request, next: Next) -> Response {
-    let headers = req.headers();
-    if cross_origin(headers) {
-        return ApiError::new(ErrorCode::Forbidden, "cross-origin request refused").into_response();
-    }
-    let background = headers.contains_key(BACKGROUND);
-    let Some(session) = session_id(headers).and_then(|id| a.auth.session(id, !background)) else {
-        return unauthorized("sign in first: no admin session, or it has ended");
+    let refusal = {
+        let headers = req.headers();
+        let background = headers.contains_key(BACKGROUND);
+        let session = session_id(headers).and_then(|id| a.auth.session(id, !background));
+        let csrf = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        match session {
+            _ if cross_origin(headers) => {
+                ApiError::new(ErrorCode::Forbidden, "cross-origin request refused")
+            }
+            None => ApiError::new(
+                ErrorCode::Unauthorized,
+                "sign in first: no admin session, or it has ended",
+            ),
+            Some(s) if !AdminAuth::csrf_ok(&s, csrf) => {
+                tracing::warn!(target: "herald::admin", admin = %s.user, path = %req.uri().path(), "admin call without a valid CSRF token refused");
+                ApiError::new(
+                    ErrorCode::Forbidden,
+                    "missing or wrong X-CSRF-Token for this session",
+                )
+            }
+            Some(s) => {
+                req.extensions_mut().insert(Operator(s));
+                return next.run(req).await;
+            }
+        }
     };
-    let csrf = headers
-        .get("x-csrf-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !AdminAuth::csrf_ok(&session, csrf) {
-        tracing::warn!(target: "herald::admin", admin = %session.user, path = %req.uri().path(), "admin call without a valid CSRF token refused");
-        return ApiError::new(
-            ErrorCode::Forbidden,
-            "missing or wrong X-CSRF-Token for this session",
-        )
-        .into_response();
-    }
-    req.extensions_mut().insert(Operator(session));
-    next.run(req).await
+    // Read (a bounded amount of) what the client is still sending before answering, so the
+    // refusal is not lost to a connection reset (RFC 9112 §9.6; see `api::read_body`).
+    let _ = read_body(req.into_body(), 0).await;
+    refusal.into_response()
 }
 
 async fn page() -> Response {

@@ -268,6 +268,33 @@ impl Node {
         let (token, mut via) = h
             .credentials(self.config.auth.cookie.as_deref())
             .inspect_err(|_| self.metrics.reject(Gate::connect, ErrorCode::Unauthorized))?;
+        // The admin dashboard's ticket: never a JWT, so it is recognised before the JWT
+        // verifier sees it, and only when the dashboard is on. The dashboard is served by the
+        // gateway itself: its origin is the gateway's, whatever `allowed_origins` says about
+        // the application's pages, and nothing else may present a ticket from a browser.
+        if let Some(ticket) = token.filter(|t| t.starts_with(crate::admin::TICKET_PREFIX))
+            && let Some(tickets) = self.admin_tickets.get()
+        {
+            let same = match (h.origin, h.host) {
+                (None, _) => true,
+                (Some(o), Some(host)) => same_origin(o, host),
+                (Some(_), None) => false,
+            };
+            if !same {
+                self.metrics.reject(Gate::connect, ErrorCode::Forbidden);
+                return Err(Refusal(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    "origin not allowed",
+                )));
+            }
+            return tickets.redeem(ticket).ok_or_else(|| {
+                self.metrics.reject(Gate::connect, ErrorCode::Unauthorized);
+                Refusal(ErrorBody::new(
+                    ErrorCode::Unauthorized,
+                    "admin ticket unknown, used or expired: sign in again",
+                ))
+            });
+        }
         let proxy = match (token, &self.config.auth.connect_proxy) {
             // What the backend judges is the browser's cookies: the CSRF rule of cookies.
             (None, Some(name)) => {
@@ -286,19 +313,6 @@ impl Node {
         if let Some(name) = proxy {
             return self.proxy_connect(name, h).await.inspect_err(|r| {
                 self.metrics.reject(Gate::connect, r.0.code);
-            });
-        }
-        // The admin dashboard's ticket: never a JWT, so it is recognised before the JWT
-        // verifier sees it, and only when the dashboard is on.
-        if let Some(ticket) = token.filter(|t| t.starts_with(crate::admin::TICKET_PREFIX))
-            && let Some(tickets) = self.admin_tickets.get()
-        {
-            return tickets.redeem(ticket).ok_or_else(|| {
-                self.metrics.reject(Gate::connect, ErrorCode::Unauthorized);
-                Refusal(ErrorBody::new(
-                    ErrorCode::Unauthorized,
-                    "admin ticket unknown, used or expired: sign in again",
-                ))
             });
         }
         self.auth().authenticate(token).map_err(|e| {

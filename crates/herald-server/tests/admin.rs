@@ -317,3 +317,26 @@ async fn disconnecting_a_user_closes_theirs_alone() {
     let bye = bob.goodbye(Duration::from_secs(5)).await;
     assert_eq!(u16::from(bye.close.unwrap().code), 4403);
 }
+
+/// The dashboard is served by the gateway: its connection comes from the gateway's own origin,
+/// which `allowed_origins` (the application's pages) does not list; another origin is refused
+/// even with a valid ticket.
+#[tokio::test]
+async fn tickets_come_from_the_gateways_own_origin() {
+    let s = TestServer::with_config(&config_toml(&format!(
+        "[server]\nallowed_origins = [\"https://app.example\"]\n{}",
+        common::admin_section()
+    )))
+    .await;
+    let op = sign_in(&s).await;
+    let own = format!("http://{}", s.addr);
+    let url = |t: &str| format!("{}?token={t}", s.ws_url());
+    let t = ticket(&s, &op).await;
+    let evil = Client::connect_with_headers(&url(&t), &[("origin", "https://app.example")]).await;
+    assert!(evil.is_err(), "a ticket from another origin is refused");
+    let t = ticket(&s, &op).await;
+    let mut c = Client::connect_with_headers(&url(&t), &[("origin", &own)])
+        .await
+        .expect("the gateway's own origin");
+    assert_eq!(c.next().await["type"], "welcome");
+}

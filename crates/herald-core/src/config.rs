@@ -1540,6 +1540,42 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_dashboard_is_off_by_default_and_needs_a_hash_not_a_password() {
+        let c = Config::from_toml_str(MINIMAL, Path::new(".")).unwrap();
+        assert!(!c.admin.enabled);
+        let err = Config::from_toml_str(
+            &format!("{MINIMAL}\n[admin]\nenabled = true"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.field == "admin.password_hash"),
+            "{err}"
+        );
+        let err = Config::from_toml_str(
+            &format!(
+                "{MINIMAL}\n[admin]\nenabled = true\npassword_hash = \"hunter2\"\nidle_timeout = \"1s\""
+            ),
+            Path::new("."),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("not a password"), "{text}");
+        assert!(text.contains("admin.idle_timeout"), "{text}");
+        let ok = format!(
+            "{MINIMAL}\n[admin]\nenabled = true\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\""
+        );
+        assert!(
+            Config::from_toml_str(&ok, Path::new("."))
+                .unwrap()
+                .admin
+                .enabled
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_toml_str(
             &format!("{MINIMAL}\n[server]\nlisen = \"x\""),

@@ -10,7 +10,7 @@ import { ApiError, api, probeSession, setSession, signIn, whenSignedOut, type Se
 import { ChannelPage, Channels } from "./channels.js";
 import { Overview } from "./overview.js";
 import { Registry } from "./registry.js";
-import { StatsStore } from "./stats.js";
+import { type Snapshot, StatsStore } from "./stats.js";
 import { StatsFeed } from "./store.js";
 import { Users } from "./users.js";
 
@@ -75,6 +75,10 @@ function Dashboard({ session, onSignOut }: { session: SessionInfo; onSignOut: ()
       maxReconnectDelayMs: 3_000,
     });
   }, []);
+  // This node's figures at once, before the first live snapshot arrives.
+  useEffect(() => {
+    void api.get<{ nodes: Snapshot[] }>("/admin/api/overview").then((r) => r.nodes.forEach((s) => store.add(s)), () => {});
+  }, [store]);
   // Use of the page (not its own refreshes) keeps the session from its idle timeout.
   useEffect(() => {
     let last = Date.now();

@@ -53,9 +53,9 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
 fi
-echo "==> npm ci + build (clients/typescript: @herald/client, @herald/react, @herald/server, the demo page)"
+echo "==> npm ci + build (clients/typescript: @herald/client, @herald/react, @herald/server, the demo page, the admin dashboard)"
 (cd clients/typescript && npm ci --no-audit --no-fund && npm run build && npm run typecheck)
-# After the demo build, so the binary embeds the freshly built page.
+# After the demo and admin builds, so the binary embeds the freshly built pages.
 echo "==> cargo build -p herald"
 cargo build -p herald
 # Also: @herald/server against the binary, the AsyncAPI document through @asyncapi/parser, and

@@ -32,7 +32,7 @@ use crate::registry::{Registry, Scope};
 /// `HERALD_CONFIG` and `HERALD_LOG`, a deployment's own `HERALD_URL`, the tests'
 /// `HERALD_BIN`) are not config and are left alone.
 const ENV_SECTIONS: &[&str] = &[
-    "server", "auth", "api", "broker", "limits", "socketio", "backend",
+    "server", "auth", "api", "broker", "limits", "socketio", "backend", "admin",
 ];
 
 /// Sections that are arrays of tables, which one flat variable cannot express: the file only.
@@ -41,7 +41,7 @@ const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy", "rpc", "webh
 /// The top-level keys of `herald.toml`.
 const SECTIONS: &[&str] = &[
     "server", "auth", "api", "broker", "limits", "socketio", "channel", "source", "backend",
-    "proxy", "rpc", "webhook",
+    "proxy", "rpc", "webhook", "admin",
 ];
 
 /// The fully validated configuration of one gateway process.
@@ -71,6 +71,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[[rpc]]`: the methods clients may call, each answered by a proxy.
     pub rpc: Arc<Vec<crate::rpc::RpcMethod>>,
+    /// `[admin]`: the operators' dashboard at `/admin`.
+    pub admin: AdminConfig,
     /// Things that are not errors but probably mistakes, e.g. `HERALD_API_KEY` (one
     /// underscore: not a config key) next to an intended `HERALD_API__KEY`. The binary logs them.
     pub warnings: Vec<String>,
@@ -339,6 +341,87 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[admin]`: the live admin dashboard at `/admin` (docs/operations.md, "The admin dashboard").
+///
+/// The credential is one operator account: `user` and an Argon2 hash of its password in the
+/// PHC string format (`herald admin hash-password` prints one), never the password itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve `/admin`, its API and the internal `$admin:` channels. Off by default.
+    pub enabled: bool,
+    /// The operator's sign-in name (also who the audit log names).
+    pub user: String,
+    /// `$argon2id$v=19$m=…,t=…,p=…$salt$hash` (PHC string format).
+    pub password_hash: Option<String>,
+    /// A session unused for this long is signed out (default 15 minutes).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in, used or not (default 8 hours).
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Always mark the session cookie `Secure`. Without it the cookie is `Secure` when the
+    /// request came over TLS as a proxy in front says (`X-Forwarded-Proto: https`).
+    pub secure_cookie: bool,
+    /// How often each node publishes its statistics on `$admin:nodes` (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            user: "admin".into(),
+            password_hash: None,
+            idle_timeout: Duration::from_secs(15 * 60),
+            session_lifetime: Duration::from_secs(8 * 3600),
+            secure_cookie: false,
+            stats_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+fn validate_admin(admin: &AdminConfig, p: &mut Problems) {
+    if !admin.enabled {
+        return;
+    }
+    if !crate::name::is_valid_segment(&admin.user) {
+        p.push(
+            None,
+            "admin.user",
+            "must be letters, digits, '_' or '-' (it names the operator in the audit log)",
+        );
+    }
+    match admin.password_hash.as_deref() {
+        None | Some("") => p.push(
+            None,
+            "admin.password_hash",
+            "required when admin.enabled = true (print one with `herald admin hash-password`)",
+        ),
+        Some(h) if !h.starts_with("$argon2id$") && !h.starts_with("$argon2i$") => p.push(
+            None,
+            "admin.password_hash",
+            "must be an Argon2 hash in the PHC format ($argon2id$v=19$...), not a password \
+             (print one with `herald admin hash-password`)",
+        ),
+        Some(_) => {}
+    }
+    if admin.idle_timeout < Duration::from_secs(10) {
+        p.push(None, "admin.idle_timeout", "must be at least 10s");
+    }
+    if admin.session_lifetime < admin.idle_timeout {
+        p.push(
+            None,
+            "admin.session_lifetime",
+            "must be at least admin.idle_timeout",
+        );
+    }
+    if admin.stats_interval < Duration::from_millis(200) {
+        p.push(None, "admin.stats_interval", "must be at least 200ms");
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -534,6 +617,8 @@ struct RawConfig {
     rpc: Vec<crate::rpc::RpcConfig>,
     #[serde(default)]
     webhook: Vec<WebhookConfig>,
+    #[serde(default)]
+    admin: AdminConfig,
 }
 
 /// One thing wrong with the configuration, located as precisely as we can.
@@ -876,6 +961,7 @@ impl Config {
             proxy: proxies,
             rpc,
             webhook: mut webhooks,
+            admin,
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
@@ -895,6 +981,7 @@ impl Config {
             );
         }
         validate_general(&server, &auth, &limits, &mut problems);
+        validate_admin(&admin, &mut problems);
         validate_broker(&broker, &limits, &mut problems);
         for (i, pg) in source.postgres.iter().enumerate() {
             let field = |f: &str| format!("source.postgres.{i}.{f}");
@@ -999,6 +1086,7 @@ impl Config {
                 proxies,
                 rpc,
                 webhooks,
+                admin,
                 file,
                 server,
                 auth,
@@ -1052,6 +1140,7 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
             "limits" => collect::<Limits>(value, at, &mut errors),
             "socketio" => collect::<SocketIoConfig>(value, at, &mut errors),
             "backend" => collect::<BackendConfig>(value, at, &mut errors),
+            "admin" => collect::<AdminConfig>(value, at, &mut errors),
             "proxy" => match value {
                 Value::Array(_, items) => {
                     for (i, item) in items.into_iter().enumerate() {
@@ -1448,6 +1537,42 @@ mod tests {
         assert_eq!(p.field, "history.size");
         let text = err.to_string();
         assert!(text.contains("<inline>"), "{text}");
+    }
+
+    #[test]
+    fn the_admin_dashboard_is_off_by_default_and_needs_a_hash_not_a_password() {
+        let c = Config::from_toml_str(MINIMAL, Path::new(".")).unwrap();
+        assert!(!c.admin.enabled);
+        let err = Config::from_toml_str(
+            &format!("{MINIMAL}\n[admin]\nenabled = true"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.field == "admin.password_hash"),
+            "{err}"
+        );
+        let err = Config::from_toml_str(
+            &format!(
+                "{MINIMAL}\n[admin]\nenabled = true\npassword_hash = \"hunter2\"\nidle_timeout = \"1s\""
+            ),
+            Path::new("."),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("not a password"), "{text}");
+        assert!(text.contains("admin.idle_timeout"), "{text}");
+        let ok = format!(
+            "{MINIMAL}\n[admin]\nenabled = true\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\""
+        );
+        assert!(
+            Config::from_toml_str(&ok, Path::new("."))
+                .unwrap()
+                .admin
+                .enabled
+        );
     }
 
     #[test]

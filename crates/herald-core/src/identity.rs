@@ -34,6 +34,10 @@ pub struct Identity {
     /// When the identity stops being valid: the token's `exp`, with its fraction (rounded down
     /// to the microsecond, so a session never outlives its token). `None` without `exp`.
     pub expires_at: Option<SystemTime>,
+    /// The admin dashboard's own connection (signed in with the `[admin]` credential, admitted
+    /// with a one-time ticket, never with a JWT): it may subscribe to the internal `$admin:`
+    /// channels and watch any registry channel. No token can set this.
+    pub admin: bool,
 }
 
 impl Identity {
@@ -43,6 +47,7 @@ impl Identity {
             user: None,
             roles: Vec::new(),
             expires_at: None,
+            admin: false,
         }
     }
 
@@ -52,6 +57,7 @@ impl Identity {
             user: Some(Arc::from(id)),
             roles,
             expires_at: None,
+            admin: false,
         }
     }
 }
@@ -201,6 +207,7 @@ impl Authenticator {
             user: Some(Arc::from(user)),
             roles,
             expires_at,
+            admin: false,
         })
     }
 

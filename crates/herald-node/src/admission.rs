@@ -47,6 +47,8 @@ pub struct Handshake<'a> {
     /// Every header as (name, value), for the connect proxy's `headers` (only those it names
     /// leave the gateway).
     pub headers: Vec<(&'a str, &'a str)>,
+    /// The TCP peer's address, when the transport knows it (the admin dashboard shows it).
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 /// Why gate 1 refused a request: the code decides the HTTP status (401, 403, 429, 503).
@@ -266,6 +268,33 @@ impl Node {
         let (token, mut via) = h
             .credentials(self.config.auth.cookie.as_deref())
             .inspect_err(|_| self.metrics.reject(Gate::connect, ErrorCode::Unauthorized))?;
+        // The admin dashboard's ticket: never a JWT, so it is recognised before the JWT
+        // verifier sees it, and only when the dashboard is on. The dashboard is served by the
+        // gateway itself: its origin is the gateway's, whatever `allowed_origins` says about
+        // the application's pages, and nothing else may present a ticket from a browser.
+        if let Some(ticket) = token.filter(|t| t.starts_with(crate::admin::TICKET_PREFIX))
+            && let Some(tickets) = self.admin_tickets.get()
+        {
+            let same = match (h.origin, h.host) {
+                (None, _) => true,
+                (Some(o), Some(host)) => same_origin(o, host),
+                (Some(_), None) => false,
+            };
+            if !same {
+                self.metrics.reject(Gate::connect, ErrorCode::Forbidden);
+                return Err(Refusal(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    "origin not allowed",
+                )));
+            }
+            return tickets.redeem(ticket).ok_or_else(|| {
+                self.metrics.reject(Gate::connect, ErrorCode::Unauthorized);
+                Refusal(ErrorBody::new(
+                    ErrorCode::Unauthorized,
+                    "admin ticket unknown, used or expired: sign in again",
+                ))
+            });
+        }
         let proxy = match (token, &self.config.auth.connect_proxy) {
             // What the backend judges is the browser's cookies: the CSRF rule of cookies.
             (None, Some(name)) => {
@@ -299,11 +328,14 @@ impl Node {
     /// connection is refused with `unavailable` (503) rather than admitted past the limit.
     pub async fn admit(self: &Arc<Self>, h: &Handshake<'_>) -> Result<Admitted, Refusal> {
         let identity = self.authenticate(h).await?;
-        let handle = Arc::new(SessionHandle::new(
-            self.next_client_id(),
-            identity.user.clone(),
-            Outbox::new(self.config.limits.outbound_queue_bytes),
-        ));
+        let handle = Arc::new(
+            SessionHandle::new(
+                self.next_client_id(),
+                identity.user.clone(),
+                Outbox::new(self.config.limits.outbound_queue_bytes),
+            )
+            .with_remote(h.remote),
+        );
         let max = self.config.limits.max_connections_per_user;
         let too_many = || {
             self.metrics
@@ -453,6 +485,34 @@ impl Sessions {
     /// The sessions of one user on this node.
     pub fn of_user(&self, user: &str) -> Vec<Arc<SessionHandle>> {
         lock(&self.users).get(user).cloned().unwrap_or_default()
+    }
+
+    /// Users on this node whose id contains `query` (any user when it is empty), sorted, at
+    /// most `limit`, each with its number of sessions here. For the admin dashboard's search.
+    pub fn find_users(&self, query: &str, limit: usize) -> Vec<(Arc<str>, usize)> {
+        let mut found: Vec<(Arc<str>, usize)> = lock(&self.users)
+            .iter()
+            .filter(|(u, _)| u.contains(query))
+            .map(|(u, s)| (u.clone(), s.len()))
+            .collect();
+        found.sort();
+        found.truncate(limit);
+        found
+    }
+
+    /// Closes the session with client id `client` on this node with `goodbye`; false when
+    /// no session here has that id.
+    pub fn close_client(&self, client: &str, goodbye: Goodbye) -> bool {
+        let users = lock(&self.users);
+        let found = users.values().flatten().find(|s| &*s.id == client).cloned();
+        drop(users);
+        match found {
+            Some(s) => {
+                s.outbox.close(goodbye);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes every session of `user` on this node with `goodbye`; returns how many.

@@ -65,6 +65,20 @@ struct Channel {
     subs: Vec<Sub>,
     /// Last offset and epoch delivered on this node.
     last: Option<(u64, Arc<str>)>,
+    /// Publications fanned out on this node since the channel's first subscriber here (the
+    /// admin dashboard turns two readings into a rate).
+    publications: u64,
+}
+
+/// One channel with subscribers on this node, as the admin dashboard sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// The channel's name.
+    pub channel: Arc<str>,
+    /// Subscribers on this node.
+    pub subscribers: usize,
+    /// Publications fanned out on this node since it had a first subscriber.
+    pub publications: u64,
 }
 
 type Shard = Mutex<HashMap<Arc<str>, Channel>>;
@@ -187,6 +201,50 @@ impl Hub {
         out
     }
 
+    /// Whether `channel` has a subscriber on this node.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        lock(self.shard(channel)).contains_key(channel)
+    }
+
+    /// [`Hub::channels`] with each channel's publication count, internal channels left out.
+    pub fn channel_stats(&self) -> Vec<ChannelStats> {
+        let mut out: Vec<ChannelStats> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                lock(s)
+                    .iter()
+                    .filter(|(k, _)| !crate::admin::is_internal(k))
+                    .map(|(k, v)| ChannelStats {
+                        channel: k.clone(),
+                        subscribers: v.subs.len(),
+                        publications: v.publications,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        out
+    }
+
+    /// The channels `conn` is subscribed to on this node, sorted (walks the whole table: for
+    /// the admin dashboard, never on a hot path).
+    pub fn channels_of(&self, conn: &Arc<SessionHandle>) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                lock(s)
+                    .iter()
+                    .filter(|(_, ch)| ch.subs.iter().any(|sub| Arc::ptr_eq(&sub.conn, conn)))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     fn push(&self, conn: &SessionHandle, item: Outgoing) -> bool {
         match conn.outbox.push(item) {
             Pushed::Queued => true,
@@ -237,6 +295,7 @@ impl PublicationSink for Hub {
             _ => {}
         }
         ch.last = Some((p.offset, p.epoch.clone()));
+        ch.publications += 1;
         // Encoded once; every outbox gets a reference to the same prepared frame.
         let frame = Prepared::publication(p);
         let mut delivered = 0u64;
@@ -272,7 +331,10 @@ impl PublicationSink for Hub {
                 State::Evicted => {}
             }
         }
-        self.metrics.deliveries.inc_by(delivered);
+        // The dashboard's own feed is not traffic: it would show as deliveries at idle.
+        if !crate::admin::is_internal(&p.channel) {
+            self.metrics.deliveries.inc_by(delivered);
+        }
     }
 
     fn presence(&self, channel: &str, event: &PresenceEvent) {

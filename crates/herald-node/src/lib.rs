@@ -20,6 +20,8 @@
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`proxy`]: gate 2 decided by the application's backend (the subscribe proxy), behind the
 //!   [`proxy::Backend`] seam that `herald-server` implements over HTTP.
+//! - [`admin`]: the admin dashboard's internal `$admin:` channels, the ticket its
+//!   connection is admitted with, and the statistics every node publishes for it.
 //! - [`webhook`]: events for the backend (connections, presence, occupancy), batched, signed
 //!   and retried from a bounded queue per webhook.
 //!
@@ -29,6 +31,7 @@
 //! in one `Arc<Prepared>` and pushes it to each subscriber's [`Outbox`] → each session's loop
 //! drains its outbox and hands the batch to `Transport::send`, which writes the format it speaks.
 
+pub mod admin;
 pub mod admission;
 pub mod hub;
 pub mod metrics;

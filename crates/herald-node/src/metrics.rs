@@ -49,6 +49,13 @@ pub struct RejectLabels {
     pub code: &'static str,
 }
 
+/// Labels of `herald_transport_connections`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// The transport's name: `websocket`, `sse`, `socketio`.
+    pub transport: &'static str,
+}
+
 /// Labels of `herald_publications_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -105,6 +112,11 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Requests refused, by gate and code.
     pub rejects: Family<RejectLabels, Counter>,
+    /// The label sets `rejects` has seen, so the admin dashboard can read them all (a
+    /// `Family` cannot be iterated). Touched only on a refusal's first occurrence.
+    reject_labels: std::sync::Mutex<Vec<RejectLabels>>,
+    /// Open client sessions by transport.
+    pub transports: Family<TransportLabels, Gauge>,
     /// What the broker holds in this process (filled by the memory broker).
     pub memory: Arc<MemoryStats>,
     /// Calls to subscribe proxies, by proxy and result.
@@ -193,6 +205,8 @@ impl Metrics {
             deliveries: Counter::default(),
             slow_consumers: Counter::default(),
             rejects: Family::default(),
+            reject_labels: Default::default(),
+            transports: Family::default(),
             memory: Arc::default(),
             proxy_requests: Family::default(),
             proxy_cache_hits: Family::default(),
@@ -204,6 +218,11 @@ impl Metrics {
             "connections",
             "Open client connections",
             m.connections.clone(),
+        );
+        registry.register(
+            "transport_connections",
+            "Open client connections by transport",
+            m.transports.clone(),
         );
         registry.register(
             "subscriptions",
@@ -254,6 +273,36 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// The gauge of open connections over `transport` (a [`crate::Transport`]'s `NAME`).
+    pub fn transport_connections(&self, transport: &'static str) -> Gauge {
+        self.transports
+            .get_or_create_owned(&TransportLabels { transport })
+    }
+
+    /// Every refusal counted so far: (gate, code, count), in first-seen order.
+    pub fn rejects_snapshot(&self) -> Vec<(Gate, &'static str, u64)> {
+        let labels = crate::lock(&self.reject_labels).clone();
+        labels
+            .into_iter()
+            .map(|l| {
+                let n = self.rejects.get(&l).map_or(0, |c| c.get());
+                (l.gate, l.code, n)
+            })
+            .collect()
+    }
+
+    /// Publications accepted so far, every source.
+    pub fn publications_total(&self) -> u64 {
+        [Source::api, Source::client, Source::outbox, Source::notify]
+            .into_iter()
+            .map(|source| {
+                self.publications
+                    .get(&SourceLabels { source })
+                    .map_or(0, |c| c.get())
+            })
+            .sum()
+    }
+
     /// Counts one call to a subscribe proxy and its result.
     pub fn proxy_call(&self, proxy: &str, result: &'static str) {
         self.proxy_requests
@@ -295,12 +344,17 @@ impl Metrics {
 
     /// Counts one refusal.
     pub fn reject(&self, gate: Gate, code: herald_core::protocol::ErrorCode) {
-        self.rejects
-            .get_or_create(&RejectLabels {
-                gate,
-                code: code.as_str(),
-            })
-            .inc();
+        let labels = RejectLabels {
+            gate,
+            code: code.as_str(),
+        };
+        if self.rejects.get(&labels).is_none() {
+            let mut seen = crate::lock(&self.reject_labels);
+            if !seen.contains(&labels) {
+                seen.push(labels.clone());
+            }
+        }
+        self.rejects.get_or_create(&labels).inc();
     }
 
     /// Counts one accepted publication.

@@ -62,6 +62,11 @@ pub struct Node {
     pub decisions: crate::proxy::DecisionCache,
     /// The `[[webhook]]` queues ([`Node::emit`]).
     pub webhooks: crate::webhook::Webhooks,
+    /// Redeems the admin dashboard's connection tickets; set by the server when `[admin]` is
+    /// enabled (unset: a ticket is just a wrong token).
+    pub admin_tickets: OnceLock<Arc<dyn crate::admin::AdminTickets>>,
+    /// When the node was built (its uptime on the dashboard).
+    pub started: SystemTime,
     draining: AtomicBool,
     next_conn: AtomicU64,
     /// A random name for this process; client ids are `<node>-<n>`, unique across nodes.
@@ -124,6 +129,8 @@ impl Node {
             backend: OnceLock::new(),
             decisions: Default::default(),
             webhooks,
+            admin_tickets: OnceLock::new(),
+            started: SystemTime::now(),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             id: random_id(8).to_ascii_lowercase(),
@@ -260,6 +267,14 @@ impl Node {
         let flag = Arc::new(AtomicBool::new(false));
         lock(&self.readiness).push((name.to_owned(), flag.clone()));
         flag
+    }
+
+    /// Every readiness flag: (name, up).
+    pub fn readiness(&self) -> Vec<(String, bool)> {
+        lock(&self.readiness)
+            .iter()
+            .map(|(n, f)| (n.clone(), crate::admin::flag_up(f)))
+            .collect()
     }
 
     /// Names of the readiness flags that are down.

@@ -520,6 +520,7 @@ impl crate::Node {
             user: Some(std::sync::Arc::from(user)),
             roles: a.roles,
             expires_at,
+            admin: false,
         })
     }
 }

@@ -218,6 +218,8 @@ pub async fn channels(State(gw): Gw) -> Json<Value> {
         .hub
         .channels()
         .into_iter()
+        // The admin dashboard's internal channels are not part of the registry's surface.
+        .filter(|(name, _)| !herald_node::admin::is_internal(name))
         .map(|(name, n)| json!({ "channel": name, "subscribers": n }))
         .collect();
     Json(json!({ "channels": channels }))

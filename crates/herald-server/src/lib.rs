@@ -9,7 +9,9 @@
 //! - [`backend`]: the application's backend over HTTP (signed, pooled requests the gates
 //!   make: the subscribe proxy);
 //! - [`http`]: the JSON error envelope for every route, and header parsing by the RFCs;
-//! - `demo`: the demo page (development only).
+//! - `demo`: the demo page (development only);
+//! - [`admin`]: the admin dashboard at `/admin` (`[admin] enabled = true`): sign-in, its API,
+//!   and the page, which watches the gateway through the gateway.
 //!
 //! Everything protocol-level (gates, sessions, the hub, outboxes, metrics) is in
 //! `herald-node`, which has no HTTP dependency.
@@ -18,6 +20,7 @@
 //! reconnect (spread over `shutdown_spread`), then wait for connections to drain, at most
 //! `shutdown_grace`.
 
+pub mod admin;
 pub mod api;
 pub mod backend;
 mod demo;
@@ -38,6 +41,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use herald_node::Node;
 use herald_node::hub::Hub;
@@ -55,6 +59,9 @@ pub enum ServerError {
     /// The HTTP client for the backend could not be built.
     #[error("backend client: {0}")]
     Backend(#[from] reqwest::Error),
+    /// `[admin]` could not be set up (a password hash that does not parse).
+    #[error("admin: {0}")]
+    Admin(String),
 }
 
 /// Builds a node: hub, broker, metrics. Must run inside a Tokio runtime.
@@ -97,8 +104,16 @@ pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
     }
     let node = Arc::new(node);
     node.start_webhooks();
+    if node.config.admin.enabled {
+        admin::install(&node).map_err(ServerError::Admin)?;
+    }
     Ok(node)
 }
+
+/// The TCP peer of the connection a request came on, put in every request's extensions by
+/// [`serve`] (the admin dashboard shows it per connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// The HTTP routes.
 pub fn router(gw: Arc<Node>) -> Router {
@@ -128,6 +143,9 @@ pub fn router(gw: Arc<Node>) -> Router {
     if gw.config.server.demo {
         app = app.merge(demo::routes());
     }
+    if let Some(admin) = admin::Admin::of(&gw) {
+        app = app.merge(admin.routes());
+    }
     app.fallback(api::not_found)
         .layer(axum::Extension(Arc::new(
             transport::socketio::Engines::default(),
@@ -155,6 +173,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let app = router(gw.clone());
+    if let Some(admin) = admin::Admin::of(&gw) {
+        admin.spawn_tasks();
+    }
     for (i, source) in gw.config.sources.postgres.iter().enumerate() {
         let name = format!("postgres source #{} ({})", i + 1, source.outbox_table);
         let ready = gw.readiness_flag(&name);
@@ -183,13 +204,18 @@ pub async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     // Small frames must leave now, not after Nagle's delay.
                     let _ = stream.set_nodelay(true);
                     if let Some(size) = gw.config.server.tcp_send_buffer {
                         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
                     }
-                    let service = TowerToHyperService::new(app.clone());
+                    let service = TowerToHyperService::new(app.clone().map_request(
+                        move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(Peer(peer));
+                            req
+                        },
+                    ));
                     let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
                     let stop = gw.shutdown.clone();
                     http_conns.spawn(async move {

@@ -689,7 +689,7 @@ async fn ping_pong_and_silence_timeout() {
 /// The OpenAPI document is served and names every route the router has.
 #[tokio::test]
 async fn openapi_matches_routes() {
-    let s = TestServer::start().await;
+    let s = TestServer::with_config(&config_toml(&common::admin_section())).await;
     let doc: Value = reqwest::get(s.url("/v1/openapi.json"))
         .await
         .unwrap()
@@ -711,6 +711,19 @@ async fn openapi_matches_routes() {
         ("/v1/ws", "get"),
         ("/v1/sse", "get"),
         ("/v1/sse/{session}", "post"),
+        ("/admin/api/login", "post"),
+        ("/admin/api/session", "get"),
+        ("/admin/api/logout", "post"),
+        ("/admin/api/ticket", "post"),
+        ("/admin/api/overview", "get"),
+        ("/admin/api/registry", "get"),
+        ("/admin/api/channels/{channel}", "get"),
+        ("/admin/api/channels/{channel}/history", "get"),
+        ("/admin/api/channels/{channel}/publish", "post"),
+        ("/admin/api/users", "get"),
+        ("/admin/api/users/{user}", "get"),
+        ("/admin/api/users/{user}/disconnect", "post"),
+        ("/admin/api/connections/{client}/disconnect", "post"),
     ];
     assert_eq!(
         paths.len(),
@@ -727,7 +740,8 @@ async fn openapi_matches_routes() {
         // Every documented route exists: anything but the router's 404 fallback.
         let concrete = path
             .replace("{channel}", "chat.room.1")
-            .replace("{user}", "nobody");
+            .replace("{user}", "nobody")
+            .replace("{client}", "nobody-1");
         let req = match method {
             "post" => http.post(s.url(&concrete)).json(&json!({})),
             _ => http.get(s.url(&concrete)),

@@ -89,6 +89,18 @@ enum Command {
         #[command(subcommand)]
         target: CodegenTarget,
     },
+    /// Admin dashboard tools.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Read a password on standard input (one line) and print its Argon2id hash for
+    /// `admin.password_hash`.
+    HashPassword,
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +358,25 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(load(cli.config.as_deref())?).await,
+        Command::Admin {
+            command: AdminCommand::HashPassword,
+        } => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("password (input is shown; pipe it in to keep it off the screen):");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("the password is empty");
+            }
+            let hash = herald_server::admin::auth::hash_password(password)
+                .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
+            println!("{hash}");
+            Ok(())
+        }
         // Handled before the runtime starts (its own exit codes).
         Command::Check { .. } => Ok(()),
         Command::Token { sub, roles, ttl } => {

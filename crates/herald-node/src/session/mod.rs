@@ -21,8 +21,9 @@ mod subscribe;
 pub mod transport;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use herald_core::Identity;
 use herald_core::protocol::{
@@ -49,6 +50,13 @@ pub struct SessionHandle {
     pub user: Option<Arc<str>>,
     /// The session's outbound queue.
     pub outbox: Outbox,
+    /// The peer's address as the TCP connection shows it (a proxy's, behind one); `None`
+    /// when the transport did not say. Shown on the admin dashboard.
+    pub remote: Option<SocketAddr>,
+    /// When gate 1 admitted the session.
+    pub since: SystemTime,
+    /// [`Transport::NAME`] once the session runs.
+    pub transport: OnceLock<&'static str>,
     /// Channels the hub took away (continuity lost); the session forgets them.
     evicted: Mutex<Vec<Arc<str>>>,
 }
@@ -60,8 +68,16 @@ impl SessionHandle {
             id,
             user,
             outbox,
+            remote: None,
+            since: SystemTime::now(),
+            transport: OnceLock::new(),
             evicted: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same handle with the peer's address.
+    pub fn with_remote(self, remote: Option<SocketAddr>) -> Self {
+        Self { remote, ..self }
     }
 
     /// Records that the hub evicted this session from `channel`.
@@ -177,8 +193,10 @@ impl Session {
     ) -> impl std::future::Future<Output = ()> {
         async move {
             self.transport = T::NAME;
+            let _ = self.handle().transport.set(T::NAME);
             let node = self.node().clone();
             node.metrics.connections.inc();
+            node.metrics.transport_connections(T::NAME).inc();
             node.emit("client_connect", || self.event("client_connect", None));
             // The welcome, the cleanup and the transport's close are boxed: a future is as
             // large as its largest state, and these (broker and gate-2 calls, the closing
@@ -194,6 +212,7 @@ impl Session {
             // slot are gone (a reconnect is not refused for a slot still held by a closing socket).
             Box::pin(self.cleanup()).await;
             node.metrics.connections.dec();
+            node.metrics.transport_connections(T::NAME).dec();
             node.emit("client_disconnect", || {
                 self.event("client_disconnect", None)
             });

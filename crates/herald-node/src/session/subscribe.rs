@@ -233,7 +233,28 @@ impl Session {
     /// gave no usable answer).
     async fn gate2(&self, channel: &str, token: Option<&str>) -> Result<Grant, ErrorBody> {
         let node = self.node().clone();
+        // The dashboard watches: internal channels are its alone (to anyone else they do not
+        // exist), and it may tail any registry channel whatever its scope, without joining
+        // its presence (an observer is not a member).
+        let watcher = Grant {
+            presence: false,
+            expires: None,
+            info: None,
+        };
+        if crate::admin::is_internal(channel) {
+            return if self.identity.admin {
+                Ok(watcher)
+            } else {
+                Err(ErrorBody::new(
+                    ErrorCode::UnknownChannel,
+                    format!("unknown channel {channel:?}"),
+                ))
+            };
+        }
         let (descriptor, params) = node.resolve(channel)?;
+        if self.identity.admin {
+            return Ok(watcher);
+        }
         let presence = descriptor.presence;
         match &descriptor.scope {
             Scope::Token => {
@@ -339,9 +360,11 @@ impl Session {
                 self.detach(channel).await;
                 return Err(broker_error(e));
             }
-            node.emit("channel_occupied", || {
-                channel_event("channel_occupied", channel)
-            });
+            if !crate::admin::is_internal(channel) {
+                node.emit("channel_occupied", || {
+                    channel_event("channel_occupied", channel)
+                });
+            }
         }
         Ok(())
     }
@@ -366,9 +389,11 @@ impl Session {
             if let Err(e) = node.broker.unsubscribe(channel).await {
                 tracing::warn!(channel, error = %e, "broker unsubscribe failed");
             }
-            node.emit("channel_vacated", || {
-                channel_event("channel_vacated", &Arc::from(channel))
-            });
+            if !crate::admin::is_internal(channel) {
+                node.emit("channel_vacated", || {
+                    channel_event("channel_vacated", &Arc::from(channel))
+                });
+            }
         }
     }
 

@@ -19,8 +19,12 @@ use herald_node::{Handshake, Refusal};
 use crate::api::ApiError;
 
 /// Gate 1's view of an HTTP request: every `Authorization` and `Cookie` value, `Origin`,
-/// `Host`, and the `token` query parameter.
-pub fn handshake<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Handshake<'a> {
+/// `Host`, the `token` query parameter, and the TCP peer when known.
+pub fn handshake<'a>(
+    headers: &'a HeaderMap,
+    query_token: Option<&'a str>,
+    remote: Option<std::net::SocketAddr>,
+) -> Handshake<'a> {
     let all = |name| {
         headers
             .get_all(name)
@@ -40,6 +44,7 @@ pub fn handshake<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Ha
             .iter()
             .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
             .collect(),
+        remote,
     }
 }
 

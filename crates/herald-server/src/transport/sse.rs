@@ -60,6 +60,7 @@ pub enum Format {
 /// `GET /v1/sse`: gate 1, then the stream.
 pub async fn stream(
     State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<crate::Peer>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -89,7 +90,7 @@ pub async fn stream(
         .filter(|(k, _)| k == "channel")
         .map(|(_, v)| v.clone())
         .collect();
-    let h = handshake(&headers, query_value(&pairs, "token"));
+    let h = handshake(&headers, query_value(&pairs, "token"), peer.map(|p| p.0.0));
     let mut admitted = match node.admit(&h).await {
         Ok(a) => a,
         Err(r) => return refused(r),
@@ -171,7 +172,7 @@ pub async fn command(
     // old one may be what expired).
     let pairs = query_pairs(query.as_deref());
     let identity = match node
-        .authenticate(&handshake(&headers, query_value(&pairs, "token")))
+        .authenticate(&handshake(&headers, query_value(&pairs, "token"), None))
         .await
     {
         Ok(identity) => identity,

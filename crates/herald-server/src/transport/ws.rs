@@ -60,8 +60,9 @@ pub async fn upgrade(
     mut req: Request,
 ) -> Response {
     let pairs = query_pairs(query.as_deref());
+    let remote = req.extensions().get::<crate::Peer>().map(|p| p.0);
     let headers = req.headers();
-    let h = handshake(headers, query_value(&pairs, "token"));
+    let h = handshake(headers, query_value(&pairs, "token"), remote);
     let key = match upgrade_key(headers) {
         Upgrade::No => {
             return match node.authenticate(&h).await {

@@ -75,6 +75,20 @@ pub fn config_with_auth(auth: &str, extra: &str) -> String {
     )
 }
 
+/// An `[admin]` section that turns the dashboard on (user `ops`, password [`ADMIN_PASSWORD`]);
+/// the Argon2 hash is made once per test binary.
+pub fn admin_section() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash =
+        HASH.get_or_init(|| herald_server::admin::auth::hash_password(ADMIN_PASSWORD).unwrap());
+    format!(
+        "[admin]\nenabled = true\nuser = \"ops\"\npassword_hash = \"{hash}\"\nstats_interval = \"200ms\"\n"
+    )
+}
+
+/// The password of [`admin_section`]'s operator.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
 /// Now as a NumericDate with its fraction (seconds since the Unix epoch).
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()

@@ -105,11 +105,17 @@ pub struct Credentials {
     host: Option<String>,
     /// Every header (until CONNECT), for a connect proxy's `headers`.
     headers: Vec<(String, String)>,
+    /// The TCP peer of the handshake request.
+    remote: Option<std::net::SocketAddr>,
 }
 
 impl Credentials {
-    fn of(headers: &HeaderMap, query_token: Option<&str>) -> Self {
-        let h = super::handshake(headers, query_token);
+    fn of(
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Self {
+        let h = super::handshake(headers, query_token, remote);
         Self {
             authorization: h.authorization.iter().map(|s| (*s).to_owned()).collect(),
             query_token: h.query_token.map(str::to_owned),
@@ -121,6 +127,7 @@ impl Credentials {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
+            remote,
         }
     }
 
@@ -138,6 +145,7 @@ impl Credentials {
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
                 .collect(),
+            remote: self.remote,
         }
     }
 }
@@ -259,7 +267,8 @@ async fn route(
         if req.method() != Method::GET {
             return EioError::BadHandshakeMethod.into_response();
         }
-        let creds = Credentials::of(req.headers(), query_value(&pairs, "token"));
+        let remote = req.extensions().get::<crate::Peer>().map(|p| p.0);
+        let creds = Credentials::of(req.headers(), query_value(&pairs, "token"), remote);
         return match upgrade {
             Some(key) => {
                 let on_upgrade = hyper::upgrade::on(&mut req);

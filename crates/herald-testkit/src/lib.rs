@@ -11,15 +11,18 @@
 //!   persistence), so tests can kill and restart them to prove the gateway survives faults,
 //!   and never depend on a server somebody else left running. [`NatsServer`] does the same
 //!   for `nats-server -js`, with a JetStream store of its own that survives its restarts
-//!   (as a real deployment's does) unless the test wipes it.
+//!   (as a real deployment's does) unless the test wipes it. [`TcpProxy`] stands between
+//!   one process and such a server, and can be cut: a network partition.
 
 mod binary;
 mod client;
 mod process;
+mod proxy;
 
 pub use binary::{BIN_VARS, HeraldBin};
 pub use client::{Api, Closed, WsClient, eventually};
 pub use process::{HeraldBuilder, HeraldProcess, herald_command};
+pub use proxy::TcpProxy;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use herald_core::identity::mint_hs256;
-use herald_testkit::{Api, HeraldBin, HeraldProcess, NatsServer, WsClient, eventually};
+use herald_testkit::{Api, HeraldBin, HeraldProcess, NatsServer, TcpProxy, WsClient, eventually};
 use serde_json::{Value, json};
 
 const SECRET: &str = "nats-test-secret";
@@ -50,7 +50,11 @@ struct Node {
 
 impl Node {
     fn start(nats: &NatsServer) -> Node {
-        let process = HeraldProcess::builder(config(&nats.url()))
+        Self::start_on(&nats.url())
+    }
+
+    fn start_on(url: &str) -> Node {
+        let process = HeraldProcess::builder(config(url))
             .bin(HeraldBin::locate(option_env!("CARGO_BIN_EXE_herald")))
             .start();
         let api = Api::new(process.url(), KEY);
@@ -191,7 +195,8 @@ async fn a_nats_restart_mid_stream_loses_no_acknowledged_publication() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Longer than a publish waits for its acknowledgement (2 s): some are refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     nats.restart();
     for node in [&a, &b] {
         eventually(
@@ -217,4 +222,64 @@ async fn a_nats_restart_mid_stream_loses_no_acknowledged_publication() {
         acked.iter().all(|o| seen.contains(o)),
         "an acknowledged publication was lost"
     );
+    eprintln!(
+        "acknowledged {}, refused {refused}, received {}, resubscribes {resubscribed}",
+        acked.len(),
+        seen.len()
+    );
+}
+
+/// Node A cut off from NATS while node B keeps publishing: A's `/readyz` says 503 (B's stays
+/// 200), and when the link is back A's subscriber is told `unsubscribed{reason:"resubscribe"}`
+/// and recovers exactly the publications it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_makes_its_subscribers_recover() {
+    let nats = NatsServer::start();
+    let proxy = TcpProxy::start(nats.port).await;
+    let a = Node::start_on(&format!("nats://127.0.0.1:{}", proxy.port));
+    let b = Node::start(&nats);
+    let mut c = a.client("heidi").await;
+    let r = c.subscribe("blog.article.feed", None).await;
+    let epoch = r["epoch"].clone();
+    let (status, _) = b.api.publish("blog.article.feed", json!({"n": 1})).await;
+    assert_eq!(status, 200);
+    let first = c.next().await;
+    assert_eq!(first["offset"], 1, "{first}");
+
+    proxy.set_cut(true);
+    eventually(
+        Duration::from_secs(15),
+        "A's /readyz 503 while cut off",
+        || async { (a.ready().await == 503).then_some(()) },
+    )
+    .await;
+    assert_eq!(b.ready().await, 200, "B still reaches NATS");
+    for n in 2..=4 {
+        let (status, body) = b.api.publish("blog.article.feed", json!({"n": n})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    proxy.set_cut(false);
+    eventually(Duration::from_secs(10), "A ready again", || async {
+        (a.ready().await == 200).then_some(())
+    })
+    .await;
+    let notice = c.next().await;
+    assert_eq!(
+        (notice["type"].as_str(), notice["reason"].as_str()),
+        (Some("unsubscribed"), Some("resubscribe")),
+        "{notice}"
+    );
+    let r = c
+        .subscribe(
+            "blog.article.feed",
+            Some(json!({"offset": 1, "epoch": epoch})),
+        )
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(
+        offsets(r["publications"].as_array().unwrap()),
+        vec![2, 3, 4]
+    );
+    b.api.publish("blog.article.feed", json!({"n": 5})).await;
+    assert_eq!(c.next().await["offset"], 5);
 }

@@ -1504,6 +1504,34 @@ mod tests {
     }
 
     #[test]
+    fn the_nats_broker_needs_nats_urls_a_token_prefix_and_replicas_in_range() {
+        let load = |broker: &str| {
+            Config::from_toml_str(&format!("{MINIMAL}\n[broker]\n{broker}"), Path::new("."))
+        };
+        let c = load("kind = \"nats\"\nurl = \"nats://a:4222, nats://b:4222\"").unwrap();
+        assert_eq!(c.broker.kind, BrokerKind::Nats);
+        assert_eq!(c.broker.replicas, 1);
+        for (broker, field) in [
+            ("kind = \"nats\"", "broker.url"),
+            ("kind = \"nats\"\nurl = \"redis://a:6379\"", "broker.url"),
+            (
+                "kind = \"nats\"\nurl = \"nats://a:4222\"\nprefix = \"my.app\"",
+                "broker.prefix",
+            ),
+            (
+                "kind = \"nats\"\nurl = \"nats://a:4222\"\nreplicas = 7",
+                "broker.replicas",
+            ),
+        ] {
+            let err = load(broker).unwrap_err();
+            assert!(
+                err.problems.iter().any(|p| p.field == field),
+                "{broker}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn memory_bounds_have_defaults_and_are_validated() {
         let c = Config::from_toml_str(MINIMAL, Path::new(".")).unwrap();
         assert_eq!(c.broker.history_budget_bytes, 256 << 20);

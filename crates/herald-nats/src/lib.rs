@@ -1541,7 +1541,11 @@ async fn beat(broker: &NatsBroker) -> Result<(), BrokerError> {
     let expiry = now_ms() + (inner.opts.presence_ttl * NODE_LIFE / BEATS).as_millis() as u64;
     let value = Bytes::from(expiry.to_string());
     let known = inner.beat_revision.load(Ordering::SeqCst);
+    // `lost`: NATS does not hold this node's entry as it left it (first beat, reaped, or a
+    // store that was lost); `reaped`: another node took it for dead and told the others its
+    // members left.
     let mut lost = known == 0;
+    let mut reaped = false;
     let revision = if known != 0 {
         match timed("beat", async {
             Ok::<_, String>(h.nodes.update(&inner.node, value.clone(), known).await)
@@ -1551,6 +1555,9 @@ async fn beat(broker: &NatsBroker) -> Result<(), BrokerError> {
             Ok(r) => Some(r),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 lost = true;
+                reaped = timed("beat", h.nodes.get(&inner.node))
+                    .await?
+                    .is_some_and(|v| &v[..] == b"reaped");
                 None
             }
             Err(e) => return Err(unavailable("beat", e)),
@@ -1563,12 +1570,12 @@ async fn beat(broker: &NatsBroker) -> Result<(), BrokerError> {
         None => timed("beat", h.nodes.put(&inner.node, value)).await?,
     };
     inner.beat_revision.store(revision, Ordering::SeqCst);
-    // `lost` on the first beat too: registering what this node holds is then a no-op.
-    let reaped = known != 0 && lost;
     if reaped {
         tracing::warn!(
-            "this node was taken for dead (cut off from nats for too long, or nats lost its data): announcing its members again"
+            "this node was taken for dead (cut off from nats for too long): announcing its members again"
         );
+    } else if lost && known != 0 {
+        tracing::warn!("nats lost this node's records: registering its members and sessions again");
     }
 
     let orphans = std::mem::take(&mut *lock(&inner.orphans));
@@ -1580,6 +1587,16 @@ async fn beat(broker: &NatsBroker) -> Result<(), BrokerError> {
         }
     }
 
+    // Sessions first: once a member's `join` is seen, its session counts again too.
+    if lost {
+        let sessions: Vec<(String, String)> = lock(&inner.local_sessions)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (client, user) in sessions {
+            broker.register(&client, &user).await?;
+        }
+    }
     let members: Vec<((String, String), ClientInfo)> = lock(&inner.local_presence)
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -1589,15 +1606,6 @@ async fn beat(broker: &NatsBroker) -> Result<(), BrokerError> {
         if reaped {
             // The others were told this member left; it is still here.
             broker.announce(channel, "join", info).await?;
-        }
-    }
-    if lost {
-        let sessions: Vec<(String, String)> = lock(&inner.local_sessions)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (client, user) in sessions {
-            broker.register(&client, &user).await?;
         }
     }
     reap(broker, &h).await

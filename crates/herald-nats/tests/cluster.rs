@@ -12,7 +12,7 @@ use herald_core::protocol::{ClientInfo, raw_json};
 use herald_core::registry::HistoryPolicy;
 use herald_core::{Broker, Position, PresenceEvent, PublicationSink, PublishRequest};
 use herald_nats::{NatsBroker, NatsOptions};
-use herald_testkit::NatsServer;
+use herald_testkit::{NatsServer, TcpProxy};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -276,4 +276,71 @@ async fn a_nats_that_lost_its_data_gets_every_nodes_members_and_sessions_back() 
     let after = a.publish(publication(&ch, 2)).await.unwrap();
     assert_ne!(after.epoch, before.epoch, "a lost store is a new history");
     assert_eq!(after.offset, 1);
+}
+
+/// A node cut off from NATS for longer than its life is taken for dead by the others (its
+/// members leave, its sessions stop counting); when the link is back it notices at its next
+/// beat, announces its members again (`join`) and its sessions count again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_and_taken_for_dead_comes_back() {
+    let server = NatsServer::start();
+    let proxy = TcpProxy::start(server.port).await;
+    let rec = Arc::new(Recorder::default());
+    let observer = node(&server, rec.clone());
+    let cut_off = NatsBroker::start(
+        options(format!("nats://127.0.0.1:{}", proxy.port)),
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    let ch = channel("partition");
+    observer.subscribe(&ch).await.unwrap();
+    let member = ClientInfo {
+        client: "cut-1".into(),
+        user: Some("wes".into()),
+        info: None,
+    };
+    cut_off.presence_add(&ch, member.clone()).await.unwrap();
+    assert!(cut_off.session_open(&member, 1).await.unwrap());
+    rec.until("the join", |r| !r.events(&ch).is_empty()).await;
+    tokio::time::sleep(TTL / 4).await; // at least one beat of the cut-off node
+
+    proxy.set_cut(true);
+    let deadline = Instant::now() + TTL * 3;
+    while !rec
+        .events(&ch)
+        .contains(&PresenceEvent::Leave(member.clone()))
+    {
+        assert!(Instant::now() < deadline, "no leave: {:?}", rec.events(&ch));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(observer.presence(&ch).await.unwrap().is_empty());
+    let elsewhere = ClientInfo {
+        client: "obs-1".into(),
+        user: Some("wes".into()),
+        info: None,
+    };
+    assert!(observer.session_open(&elsewhere, 1).await.unwrap());
+    observer.session_close(&elsewhere).await.unwrap();
+
+    proxy.set_cut(false);
+    let deadline = Instant::now() + TTL * 6;
+    while rec.events(&ch)
+        != [
+            PresenceEvent::Join(member.clone()),
+            PresenceEvent::Leave(member.clone()),
+            PresenceEvent::Join(member.clone()),
+        ]
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no second join: {:?}",
+            rec.events(&ch)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(observer.presence(&ch).await.unwrap(), vec![member.clone()]);
+    assert!(
+        !observer.session_open(&elsewhere, 1).await.unwrap(),
+        "the cut-off node's session counts again"
+    );
 }

@@ -576,11 +576,13 @@ impl NatsBroker {
         match tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
             Ok(Ok(ack)) => Ok(Some(ack)),
             Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
+            Ok(Err(e)) => {
+                // The stream may be gone (deleted, or a store lost without a reconnect): the
+                // next request sets it up again, and no remembered sequence is trusted.
                 self.reset_handles().await;
+                lock(&self.inner.last).clear();
                 Err(unavailable("publish", e))
             }
-            Ok(Err(e)) => Err(unavailable("publish", e)),
             Err(_) => Err(BrokerError::Unavailable("nats: publish: timed out".into())),
         }
     }

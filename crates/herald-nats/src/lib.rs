@@ -44,10 +44,12 @@
 //!   sessions are one entry of `<P>_sessions` (client → node), changed by compare-and-set;
 //!   the per-user limit and the kick count only sessions of live nodes. A node that was taken
 //!   for dead while alive (cut off for longer than its life) notices at its next beat,
-//!   announces its members again and registers its sessions again, as does a node whose NATS
-//!   lost its data.
+//!   registers its sessions again and announces its members again (`join`); a node whose
+//!   NATS lost its store registers both again without a `join` (nobody was told they left).
 //! - **Resumable session state** is `<P>_resume` (value `owner \n expiry ms \n state`),
-//!   changed by compare-and-set with the semantics of the Redis broker's scripts.
+//!   changed by compare-and-set with the semantics of the Redis broker's scripts. The
+//!   bucket keeps an entry a day at most, so a longer `socketio.max_disconnection` is cut to
+//!   a day.
 //!
 //! Faults: requests fail fast with `Unavailable` while NATS is away (publishers get 503 and
 //! decide). The client reconnects by itself and subscribes again; after every reconnect (and
@@ -56,8 +58,10 @@
 //! with `since`. JetStream keeps its store across a restart, so offsets and history survive
 //! a restarted `nats-server`; a store that was lost starts new epochs (`recovered: false`).
 //!
-//! Keys and tokens that come from users (clients, users, resume keys) are escaped into NATS
-//! tokens by [`token`]: `[A-Za-z0-9_-]` as is, every other byte `=XX`.
+//! Channel names are dot-separated `[A-Za-z0-9_-]` segments (`herald_core::name`), valid NATS
+//! subject tokens as they are. Keys that come from elsewhere (clients, users, resume keys, and
+//! channels inside KV keys, where a channel must be one token) are escaped by [`token`]:
+//! `[A-Za-z0-9_-]` as is, every other byte `=XX`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

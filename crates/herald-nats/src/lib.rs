@@ -34,13 +34,15 @@
 //!   answers the first message's sequence; its offset and epoch are read from that message,
 //!   or, when the channel has since evicted it, from the bucket `<P>_idem` (written after
 //!   every keyed publish, entries live for the window).
-//! - **Presence** is the KV bucket `<P>_presence` (`max_age` = `presence_ttl`), one key per
+//! - **Presence** is the KV bucket `<P>_presence` (`max_age` = 2 × `presence_ttl`; entries
+//!   older than `presence_ttl` are not members), one key per
 //!   member: `<channel>.<node>.<client>`. The owning node rewrites its members every
 //!   `presence_ttl / 5`, so a member of a node that died disappears within `presence_ttl`.
 //! - **Nodes, sessions and kicks** mirror the Redis broker: every node beats in the bucket
 //!   `<P>_nodes` (value: the moment it counts as dead, 3/5 of `presence_ttl` after its beat)
-//!   and at each beat claims the nodes whose time is over (a compare-and-set on the entry:
-//!   one claimer wins), deletes their members and publishes a `leave` for each. A user's
+//!   and at each beat looks for nodes whose time is over: it removes each of their members by
+//!   compare-and-set on its revision (so one reaper wins each), publishes a `leave` for each
+//!   it removed, then marks the node `reaped`. A user's
 //!   sessions are one entry of `<P>_sessions` (client → node), changed by compare-and-set;
 //!   the per-user limit and the kick count only sessions of live nodes. A node that was taken
 //!   for dead while alive (cut off for longer than its life) notices at its next beat,
@@ -486,9 +488,11 @@ impl NatsBroker {
                 .await
                 .map_err(|e| unavailable(&format!("bucket {bucket}"), e))
         };
+        // Entries older than `presence_ttl` are not read as members; they are kept twice as
+        // long so a late reaper still finds a dead node's members to announce their `leave`.
         let presence = store(bucket(
             "presence",
-            o.presence_ttl,
+            o.presence_ttl * 2,
             "presence members (channel.node.client)",
         ))
         .await?;
@@ -1529,19 +1533,49 @@ async fn heartbeat_task(weak: Weak<Inner>) {
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The node's own entry is written on the tick; the rest of the beat (members, sessions,
+    // reaping: several requests) runs beside it, one at a time, so a slow round never delays
+    // the entry past the node's life and gets it taken for dead.
+    let upkeep_running = Arc::new(AtomicBool::new(false));
+    // (lost, reaped) not yet acted on: kept until an upkeep round succeeds.
+    let pending = Arc::new(Mutex::new((false, false)));
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
         let broker = NatsBroker { inner };
-        if let Err(e) = beat(&broker).await {
-            tracing::warn!(error = %e, "nats heartbeat failed");
+        match beat(&broker).await {
+            Ok((l, r)) => {
+                let mut p = lock(&pending);
+                p.0 |= l;
+                p.1 |= r;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "nats heartbeat failed");
+                continue;
+            }
         }
+        if upkeep_running.swap(true, Ordering::SeqCst) {
+            continue; // the flags wait for the next round
+        }
+        let (l, r) = std::mem::take(&mut *lock(&pending));
+        let running = upkeep_running.clone();
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            if let Err(e) = upkeep(&broker, l, r).await {
+                tracing::warn!(error = %e, "nats heartbeat failed");
+                let mut p = lock(&pending);
+                p.0 |= l;
+                p.1 |= r;
+            }
+            running.store(false, Ordering::SeqCst);
+        });
     }
 }
 
-/// One beat: moves this node's expiry on (noticing when it was reaped or lost), rewrites its
-/// members, retries failed unregisterings, and reaps dead nodes.
-async fn beat(broker: &NatsBroker) -> Result<(), BrokerError> {
+/// One beat of this node's entry: moves its expiry on. Answers whether NATS did not hold the
+/// entry as the node left it (`lost`: first beat, reaped, or a store that was lost) and
+/// whether another node had taken it for dead (`reaped`).
+async fn beat(broker: &NatsBroker) -> Result<(bool, bool), BrokerError> {
     let inner = &broker.inner;
     let h = broker.handles().await?;
     let expiry = now_ms() + (inner.opts.presence_ttl * NODE_LIFE / BEATS).as_millis() as u64;
@@ -1584,6 +1618,15 @@ async fn beat(broker: &NatsBroker) -> Result<(), BrokerError> {
         tracing::warn!("nats lost this node's records: registering its members and sessions again");
     }
 
+    Ok((lost, reaped))
+}
+
+/// The rest of a beat: retries failed unregisterings, registers this node's sessions again
+/// when its records were `lost`, rewrites its members (announcing them again when it had
+/// been `reaped`), and reaps dead nodes.
+async fn upkeep(broker: &NatsBroker, lost: bool, reaped: bool) -> Result<(), BrokerError> {
+    let inner = &broker.inner;
+    let h = broker.handles().await?;
     let orphans = std::mem::take(&mut *lock(&inner.orphans));
     for o in orphans {
         if let Some(user) = &o.user
@@ -1646,9 +1689,9 @@ async fn reap(broker: &NatsBroker, h: &Handles) -> Result<(), BrokerError> {
         if exp >= now {
             continue;
         }
-        if !NatsBroker::cas(&h.nodes, node, Bytes::from_static(b"reaped"), Some(n.seq)).await? {
-            continue; // another node claimed it, or it beat meanwhile
-        }
+        // Its members first, each removed by compare-and-set on its revision so that only
+        // one reaper announces its `leave`; the node is marked reaped only once all are gone,
+        // so a round that fails half-way is finished by the next one.
         let filter = format!("$KV.{}_presence.*.{node}.*", inner.names);
         let members = broker
             .scan(
@@ -1673,10 +1716,19 @@ async fn reap(broker: &NatsBroker, h: &Handles) -> Result<(), BrokerError> {
             let Some(channel) = key.split('.').next().and_then(untoken) else {
                 continue;
             };
-            timed("reap", h.presence.delete(key)).await?;
+            let deleted = timed("reap", async {
+                Ok::<_, String>(h.presence.delete_expect_revision(key, Some(m.seq)).await)
+            })
+            .await?;
+            if deleted.is_err() {
+                continue; // another reaper (or the node itself, alive after all) came first
+            }
             broker.announce(&channel, "leave", &info).await?;
             left += 1;
         }
+        // The mark tells the node, should it come back, that it was taken for dead; it fails
+        // harmlessly if the node beat meanwhile or another reaper marked it.
+        NatsBroker::cas(&h.nodes, node, Bytes::from_static(b"reaped"), Some(n.seq)).await?;
         tracing::info!(node, members = left, "reaped a node that stopped beating");
     }
     Ok(())

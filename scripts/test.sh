@@ -18,6 +18,8 @@ herald_bin="${HERALD_BIN:-$target_dir/debug/herald}"
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The NATS broker's tests start their own `nats-server -js` (Debian installs it in /usr/sbin).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 # The herald binary links jemalloc, which tikv-jemalloc-sys builds from source with make.
 command -v make >/dev/null || need_apt+=(make)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)

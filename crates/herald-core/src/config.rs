@@ -434,9 +434,16 @@ pub struct ApiConfig {
 pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// `redis://[user:pass@]host:port[/db]` (or `rediss://` for TLS builds); required for redis.
+    /// For nats: `nats://[user:pass@]host:port` (or `tls://`), several comma-separated for a
+    /// NATS cluster.
     pub url: Option<String>,
-    /// Prefix of every Redis key and channel, so several gateways can share one Redis.
+    /// Prefix of every Redis key and channel, so several gateways can share one Redis; for
+    /// NATS, of every subject, stream and KV bucket (then only `[A-Za-z0-9_-]`).
     pub prefix: String,
+    /// NATS broker: JetStream replicas of Herald's stream and KV buckets (1 on a single
+    /// server; 3 on a clustered JetStream so they survive a server's loss). Applies when they
+    /// are created.
+    pub replicas: usize,
     /// A node refreshes its clients' presence entries; entries of a node that died without
     /// cleaning up disappear after this long.
     #[serde(with = "humantime_serde")]
@@ -460,6 +467,7 @@ impl Default for BrokerConfig {
             kind: BrokerKind::Memory,
             url: None,
             prefix: "herald".into(),
+            replicas: 1,
             presence_ttl: Duration::from_secs(30),
             history_budget_bytes: 256 << 20,
             max_idempotency_keys: 100_000,
@@ -475,6 +483,9 @@ pub enum BrokerKind {
     Memory,
     /// Many nodes sharing offsets, history, presence and fan-out through Redis.
     Redis,
+    /// Many nodes sharing them through NATS: core NATS fans out, JetStream keeps offsets,
+    /// history, presence and sessions.
+    Nats,
 }
 
 /// Per-connection and per-message limits. Every one has a default sized for a browser app.
@@ -1357,6 +1368,38 @@ fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
             _ => {}
         }
     }
+    if broker.kind == BrokerKind::Nats {
+        match broker.url.as_deref() {
+            None => p.push(None, "broker.url", "required when kind = \"nats\""),
+            Some(u)
+                if !u.split(',').all(|u| {
+                    let u = u.trim();
+                    u.starts_with("nats://") || u.starts_with("tls://")
+                }) =>
+            {
+                p.push(
+                    None,
+                    "broker.url",
+                    "must be nats:// (or tls://) URLs, comma-separated",
+                )
+            }
+            _ => {}
+        }
+        if !crate::name::is_valid_segment(&broker.prefix) {
+            p.push(
+                None,
+                "broker.prefix",
+                "with kind = \"nats\" may only contain A-Z, a-z, 0-9, '_' and '-' (it names subjects, streams and buckets)",
+            );
+        }
+        if !(1..=5).contains(&broker.replicas) {
+            p.push(
+                None,
+                "broker.replicas",
+                "must be between 1 and 5 (JetStream's range)",
+            );
+        }
+    }
     if broker.prefix.is_empty() || broker.prefix.contains(['{', '}', ' ']) {
         p.push(
             None,
@@ -1583,6 +1626,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn the_nats_broker_needs_nats_urls_a_token_prefix_and_replicas_in_range() {
+        let load = |broker: &str| {
+            Config::from_toml_str(&format!("{MINIMAL}\n[broker]\n{broker}"), Path::new("."))
+        };
+        let c = load("kind = \"nats\"\nurl = \"nats://a:4222, nats://b:4222\"").unwrap();
+        assert_eq!(c.broker.kind, BrokerKind::Nats);
+        assert_eq!(c.broker.replicas, 1);
+        for (broker, field) in [
+            ("kind = \"nats\"", "broker.url"),
+            ("kind = \"nats\"\nurl = \"redis://a:6379\"", "broker.url"),
+            (
+                "kind = \"nats\"\nurl = \"nats://a:4222\"\nprefix = \"my.app\"",
+                "broker.prefix",
+            ),
+            (
+                "kind = \"nats\"\nurl = \"nats://a:4222\"\nreplicas = 7",
+                "broker.replicas",
+            ),
+        ] {
+            let err = load(broker).unwrap_err();
+            assert!(
+                err.problems.iter().any(|p| p.field == field),
+                "{broker}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use herald_core::{Broker, Config};
 use herald_memory::{MemoryBroker, MemoryOptions};
+use herald_nats::{NatsBroker, NatsOptions};
 use herald_redis::{RedisBroker, RedisOptions};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -92,6 +93,30 @@ pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
             },
             hub.clone(),
         )?),
+        herald_core::config::BrokerKind::Nats => {
+            // The stream keeps as many publications per channel, and as long, as the most
+            // demanding channel descriptor asks.
+            let policies = config
+                .registry
+                .descriptors()
+                .iter()
+                .filter_map(|d| d.history);
+            let (history_size, history_ttl) = policies.fold((1, Duration::ZERO), |(n, t), p| {
+                (n.max(p.size), t.max(p.ttl))
+            });
+            Arc::new(NatsBroker::start(
+                NatsOptions {
+                    url: config.broker.url.clone().unwrap_or_default(),
+                    prefix: config.broker.prefix.clone(),
+                    presence_ttl: config.broker.presence_ttl,
+                    idempotency_window: config.limits.idempotency_window,
+                    history_size,
+                    history_ttl,
+                    replicas: config.broker.replicas,
+                },
+                hub.clone(),
+            )?)
+        }
     };
     let backend = match &config.backend.secret {
         Some(secret) => Some(Arc::new(backend::HttpBackend::new(secret)?)),

@@ -9,15 +9,20 @@
 //!   and [`eventually`] waits for a condition instead of a hand-written sleep loop.
 //! - [`RedisServer`] and [`PostgresServer`] start their own servers on free ports (no
 //!   persistence), so tests can kill and restart them to prove the gateway survives faults,
-//!   and never depend on a server somebody else left running.
+//!   and never depend on a server somebody else left running. [`NatsServer`] does the same
+//!   for `nats-server -js`, with a JetStream store of its own that survives its restarts
+//!   (as a real deployment's does) unless the test wipes it. [`TcpProxy`] stands between
+//!   one process and such a server, and can be cut: a network partition.
 
 mod binary;
 mod client;
 mod process;
+mod proxy;
 
 pub use binary::{BIN_VARS, HeraldBin};
 pub use client::{Api, Closed, WsClient, eventually};
 pub use process::{HeraldBuilder, HeraldProcess, herald_command};
+pub use proxy::TcpProxy;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -87,6 +92,87 @@ impl RedisServer {
 }
 
 impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `nats-server -js` process owned by a test: a free port, its own JetStream store
+/// directory (`-sd`), no cluster.
+pub struct NatsServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a fresh server with JetStream on a free port and waits until it answers.
+    pub fn start() -> Self {
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients). Its JetStream store stays on
+    /// disk, so [`NatsServer::restart`] brings the streams back.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and deletes its JetStream store: the next start is empty (a NATS
+    /// that lost its data).
+    pub fn wipe(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.path().join("jetstream"));
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        // Debian installs it in /usr/sbin, which a non-root PATH may lack.
+        let program = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let child = Command::new(program)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                // Ready once it greets (the INFO line); JetStream is up by then.
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nats-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }

@@ -166,6 +166,7 @@ pub async fn snapshot(node: &Node) -> Snapshot {
         broker: match node.config.broker.kind {
             BrokerKind::Memory => "memory",
             BrokerKind::Redis => "redis",
+            BrokerKind::Nats => "nats",
         },
         broker_error,
         sources: node.readiness(),

@@ -1,7 +1,9 @@
-//! Benchmarks for the Redis broker (1 node vs 2 nodes + Redis) and the Postgres outbox
-//! (rows/s, commit → client latency). Starts its own redis-server / Postgres and real `herald`
-//! processes (the release build, found through `cargo metadata` or `HERALD_BIN`, and built
-//! when missing); prints Markdown tables.
+//! Benchmarks for the Redis broker (1 node vs 2 nodes + Redis), the Postgres outbox (rows/s,
+//! commit → client latency) and the event-bus sources (NATS JetStream, Redis Streams,
+//! RabbitMQ: messages/s drained, bus → client latency). Starts its own redis-server /
+//! Postgres / nats-server / rabbitmq-server and real `herald` processes (the release build,
+//! found through `cargo metadata` or `HERALD_BIN`, and built when missing); prints Markdown
+//! tables. `bench_sources buses` runs only the bus sources.
 //!
 //! ```sh
 //! cargo build --release -p herald
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_core::identity::mint_hs256;
-use herald_testkit::{HeraldBin, HeraldProcess, PostgresServer, RedisServer};
+use herald_testkit::{
+    HeraldBin, HeraldProcess, NatsServer, PostgresServer, RabbitMqServer, RedisServer,
+};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -248,6 +252,237 @@ async fn outbox() {
     );
 }
 
+/// Messages drained per bus in the throughput phase.
+const BUS_BURST: u64 = 5_000;
+/// The paced phase: messages per second, and seconds.
+const BUS_RATE: u64 = 200;
+const BUS_SECS: u64 = 5;
+
+/// A bus as the benchmark drives it: publish one message (stamped by the caller) on
+/// `bench.x`, acknowledged by the bus when `confirm` is set (the burst confirms in batches).
+enum BusClient {
+    Nats(async_nats::jetstream::Context),
+    Redis(redis::aio::MultiplexedConnection),
+    Amqp(lapin::Channel),
+}
+
+impl BusClient {
+    /// Publishes `n` messages built by `body`, waiting for the bus's acknowledgements every
+    /// 100 messages (JetStream acks, RabbitMQ publisher confirms, Redis replies).
+    async fn publish_many(&mut self, n: u64, body: impl Fn(u64) -> Vec<u8>) {
+        let mut i = 0;
+        while i < n {
+            let batch = (n - i).min(100);
+            match self {
+                BusClient::Nats(js) => {
+                    let mut acks = Vec::new();
+                    for k in i..i + batch {
+                        acks.push(js.publish("bench.x", body(k).into()).await.unwrap());
+                    }
+                    for a in acks {
+                        a.await.unwrap();
+                    }
+                }
+                BusClient::Redis(con) => {
+                    let mut pipe = redis::pipe();
+                    for k in i..i + batch {
+                        pipe.cmd("XADD")
+                            .arg("bench")
+                            .arg("*")
+                            .arg("subject")
+                            .arg("bench.x")
+                            .arg("data")
+                            .arg(body(k))
+                            .ignore();
+                    }
+                    let _: () = pipe.query_async(con).await.unwrap();
+                }
+                BusClient::Amqp(ch) => {
+                    let mut confirms = Vec::new();
+                    for k in i..i + batch {
+                        let props = lapin::BasicProperties::default()
+                            .with_message_id(k.to_string().as_str().into());
+                        confirms.push(
+                            ch.basic_publish(
+                                "bench".into(),
+                                "bench.x".into(),
+                                lapin::options::BasicPublishOptions::default(),
+                                &body(k),
+                                props,
+                            )
+                            .await
+                            .unwrap(),
+                        );
+                    }
+                    for c in confirms {
+                        c.await.unwrap();
+                    }
+                }
+            }
+            i += batch;
+        }
+    }
+
+    /// Publishes one message and waits for the bus to accept it.
+    async fn publish_one(&mut self, body: Vec<u8>, k: u64) {
+        match self {
+            BusClient::Nats(js) => {
+                js.publish("bench.x", body.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            BusClient::Redis(con) => {
+                let _: String = redis::cmd("XADD")
+                    .arg("bench")
+                    .arg("*")
+                    .arg("subject")
+                    .arg("bench.x")
+                    .arg("data")
+                    .arg(body)
+                    .query_async(con)
+                    .await
+                    .unwrap();
+            }
+            BusClient::Amqp(ch) => {
+                let props = lapin::BasicProperties::default()
+                    .with_message_id(format!("p{k}").as_str().into());
+                ch.basic_publish(
+                    "bench".into(),
+                    "bench.x".into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// One bus: a gateway consuming it into `bench.feed`, one subscriber. First a burst of
+/// `BUS_BURST` messages published as fast as the bus confirms them (throughput: messages/s
+/// from the first publish to the last delivery); then `BUS_RATE`/s for `BUS_SECS` s, each
+/// stamped with its send time (latency: publish call → pub frame, without a queue).
+async fn bench_bus(label: &str, source: &str, mut bus: BusClient) {
+    let node = Node::start(source);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicU64::new(0));
+    subscribers(&node.url, 1, lat.clone(), count.clone()).await;
+
+    let started = Instant::now();
+    bus.publish_many(BUS_BURST, |k| json!({"k": k}).to_string().into_bytes())
+        .await;
+    let published_in = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::Relaxed) < BUS_BURST && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drained = count.load(Ordering::Relaxed);
+    let drained_in = started.elapsed().as_secs_f64();
+
+    let paced = BUS_RATE * BUS_SECS;
+    let start = Instant::now();
+    for i in 0..paced {
+        tokio::time::sleep_until((start + Duration::from_micros(i * 1_000_000 / BUS_RATE)).into())
+            .await;
+        let body = json!({"t": now_us()}).to_string().into_bytes();
+        bus.publish_one(body, i).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) < BUS_BURST + paced && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut l = lat.lock().unwrap().clone();
+    l.sort_unstable();
+    println!(
+        "| {label} | {BUS_BURST} | {:.0} | {drained} | {:.0} | {} | {:.2} | {:.2} | {:.2} |",
+        BUS_BURST as f64 / published_in,
+        drained as f64 / drained_in,
+        l.len(),
+        pct(&l, 0.5),
+        pct(&l, 0.99),
+        pct(&l, 1.0)
+    );
+}
+
+const BUS_ROUTE: &str = "match = \"bench.>\"\nchannel = \"bench.feed\"\n";
+
+async fn buses() {
+    println!("\n### Event-bus sources\n");
+    println!(
+        "One gateway consuming the bus into `bench.feed`, one subscriber. Burst: {BUS_BURST} messages"
+    );
+    println!(
+        "published as fast as the bus confirms them (batches of 100); drained/s is first publish →"
+    );
+    println!(
+        "last delivery. Then {BUS_RATE} messages/s for {BUS_SECS} s; latency is the publish call → the pub frame.\n"
+    );
+    println!(
+        "| source | burst | published/s | delivered | drained/s | paced samples | p50 ms | p99 ms | max ms |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let source = format!(
+        "[[source.nats]]\nurl = \"{}\"\nstream = \"BENCH\"\n[[source.nats.route]]\n{BUS_ROUTE}",
+        nats.url()
+    );
+    bench_bus("nats (JetStream)", &source, BusClient::Nats(js)).await;
+
+    let redis = RedisServer::start();
+    let con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let source = format!(
+        "[[source.redis_stream]]\nurl = \"{}\"\nstream = \"bench\"\nstart = \"0\"\n\
+         [[source.redis_stream.route]]\n{BUS_ROUTE}",
+        redis.url()
+    );
+    bench_bus("redis_stream", &source, BusClient::Redis(con)).await;
+
+    let rabbit = RabbitMqServer::start();
+    let conn = lapin::Connection::connect(&rabbit.url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.exchange_declare(
+        "bench".into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let source = format!(
+        "[[source.amqp]]\nurl = \"{}\"\nqueue = \"bench\"\n\
+         bindings = [{{ exchange = \"bench\", routing_key = \"#\" }}]\n[[source.amqp.route]]\n{BUS_ROUTE}",
+        rabbit.url()
+    );
+    bench_bus("amqp (RabbitMQ)", &source, BusClient::Amqp(ch)).await;
+    drop(conn);
+}
+
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -256,5 +491,8 @@ async fn main() {
     }
     if what == "outbox" || what == "all" {
         outbox().await;
+    }
+    if what == "buses" || what == "all" {
+        buses().await;
     }
 }

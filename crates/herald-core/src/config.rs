@@ -78,11 +78,18 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// `[[source.postgres]]` tables.
+/// `[[source.*]]` tables: the event sources.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourcesConfig {
+    /// `[[source.postgres]]`: transactional outboxes and NOTIFY channels.
     pub postgres: Vec<PostgresSourceConfig>,
+    /// `[[source.nats]]`: JetStream streams.
+    pub nats: Vec<crate::bus::NatsSourceConfig>,
+    /// `[[source.redis_stream]]`: Redis streams.
+    pub redis_stream: Vec<crate::bus::RedisStreamSourceConfig>,
+    /// `[[source.amqp]]`: RabbitMQ queues.
+    pub amqp: Vec<crate::bus::AmqpSourceConfig>,
 }
 
 /// One Postgres database Herald consumes events from.
@@ -799,10 +806,10 @@ fn scan_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> EnvScan {
                     .push(problem("the value is not valid UTF-8".into())),
             }
         } else if FILE_ONLY_SECTIONS.contains(&section.as_str()) {
-            let table = if section == "source" {
-                "source.postgres"
-            } else {
-                section.as_str()
+            // Name the table the variable aimed at: HERALD_SOURCE__NATS__URL → source.nats.
+            let table = match path.split('.').nth(1).filter(|k| !k.is_empty()) {
+                Some(kind) if section == "source" => format!("source.{kind}"),
+                _ => section.clone(),
             };
             scan.problems.push(problem(format!(
                 "`[[{table}]]` tables are configured in the config file only, not from the \
@@ -967,7 +974,7 @@ impl Config {
             limits,
             socketio,
             channels,
-            source,
+            mut source,
             backend,
             proxy: proxies,
             rpc,
@@ -1020,6 +1027,7 @@ impl Config {
             }
         }
         let registry = Registry::build(&channels, base, &mut problems);
+        validate_bus_sources(&mut source, &registry, &mut problems);
         let rpc = crate::rpc::build(&rpc, &proxies, base, &mut problems);
         for (index, d) in registry.descriptors().iter().enumerate() {
             for (field, scope) in [
@@ -1180,14 +1188,25 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
                 other => collect::<Vec<crate::rpc::RpcConfig>>(other, at, &mut errors),
             },
             "source" => {
-                // Each `[[source.postgres]]` on its own, like channels.
+                // Each `[[source.<kind>]]` on its own, like channels.
                 let mut value = value;
-                if let Value::Dict(_, dict) = &mut value
-                    && let Some(Value::Array(_, items)) = dict.remove("postgres")
-                {
-                    for (i, item) in items.into_iter().enumerate() {
-                        let at = vec![key.clone(), "postgres".into(), i.to_string()];
-                        collect::<PostgresSourceConfig>(item, at, &mut errors);
+                if let Value::Dict(_, dict) = &mut value {
+                    let kinds: [(&str, CollectFn); 4] = [
+                        ("postgres", collect::<PostgresSourceConfig>),
+                        ("nats", collect::<crate::bus::NatsSourceConfig>),
+                        (
+                            "redis_stream",
+                            collect::<crate::bus::RedisStreamSourceConfig>,
+                        ),
+                        ("amqp", collect::<crate::bus::AmqpSourceConfig>),
+                    ];
+                    for (kind, check) in kinds {
+                        if let Some(Value::Array(_, items)) = dict.remove(kind) {
+                            for (i, item) in items.into_iter().enumerate() {
+                                let at = vec![key.clone(), kind.into(), i.to_string()];
+                                check(item, at, &mut errors);
+                            }
+                        }
                     }
                 }
                 collect::<SourcesConfig>(value, at, &mut errors);
@@ -1218,6 +1237,9 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
 /// Deserializes one section as a `T`, recording each error under `at` and dropping the field
 /// at fault (so its default applies) until the rest deserializes; gives up on a missing
 /// required field or after 64 errors.
+/// [`collect`] for one type, as a value.
+type CollectFn = fn(Value, Vec<String>, &mut Vec<figment::Error>);
+
 fn collect<T: serde::de::DeserializeOwned>(
     mut value: Value,
     at: Vec<String>,
@@ -1346,6 +1368,51 @@ fn validate_webhooks(backend: &BackendConfig, hooks: &mut [WebhookConfig], p: &m
         h.name.get_or_insert_with(|| i.to_string());
         h.events
             .get_or_insert_with(|| WEBHOOK_EVENTS.iter().map(|e| (*e).to_owned()).collect());
+    }
+}
+
+/// Checks every `[[source.nats]]`, `[[source.redis_stream]]` and `[[source.amqp]]` and
+/// compiles its routes against the registry.
+fn validate_bus_sources(source: &mut SourcesConfig, registry: &Registry, p: &mut Problems) {
+    let mut report = |kind: &str, i: usize, problems: Vec<(String, String)>| {
+        for (field, message) in problems {
+            p.push(None, &format!("source.{kind}.{i}.{field}"), message);
+        }
+    };
+    let compile = |kind: &str, routes: &[crate::route::RouteConfig]| {
+        if routes.is_empty() {
+            return (
+                crate::route::Routes::default(),
+                vec![(
+                    "route".to_owned(),
+                    format!(
+                        "no [[source.{kind}.route]]: a source publishes only what a route allows"
+                    ),
+                )],
+            );
+        }
+        match crate::route::Routes::compile(routes, registry) {
+            Ok(r) => (r, Vec::new()),
+            Err(problems) => (crate::route::Routes::default(), problems),
+        }
+    };
+    for (i, s) in source.nats.iter_mut().enumerate() {
+        let (routes, mut problems) = compile("nats", &s.route);
+        problems.extend(crate::bus::check_nats(s));
+        s.routes = routes;
+        report("nats", i, problems);
+    }
+    for (i, s) in source.redis_stream.iter_mut().enumerate() {
+        let (routes, mut problems) = compile("redis_stream", &s.route);
+        problems.extend(crate::bus::check_redis(s));
+        s.routes = routes;
+        report("redis_stream", i, problems);
+    }
+    for (i, s) in source.amqp.iter_mut().enumerate() {
+        let (routes, mut problems) = compile("amqp", &s.route);
+        problems.extend(crate::bus::check_amqp(s));
+        s.routes = routes;
+        report("amqp", i, problems);
     }
 }
 
@@ -1866,5 +1933,84 @@ mod tests {
         assert_eq!(c.api.key.as_deref(), Some("123456"));
         assert_eq!(c.limits.max_subscriptions, 7);
         assert!(c.server.demo);
+    }
+
+    /// Bus sources: defaults applied, routes compiled against the registry, and every
+    /// problem named by its source and field.
+    #[test]
+    fn bus_sources_are_validated_with_their_routes() {
+        let channels = r#"
+            [auth]
+            hs256_secret = "s"
+            [[channel]]
+            name = "orders.{orderId}"
+            scope = "public"
+            schema = { type = "object" }
+        "#;
+        let good = format!(
+            "{channels}
+            [[source.nats]]
+            url = \"nats://127.0.0.1:4222\"
+            stream = \"EVENTS\"
+            [[source.nats.route]]
+            match = \"orders.{{orderId}}.>\"
+            channel = \"orders.{{orderId}}\"
+            [[source.redis_stream]]
+            url = \"redis://127.0.0.1:6379\"
+            stream = \"events\"
+            [[source.redis_stream.route]]
+            match = \"#\"
+            channel = \"orders.{{orderId}}\"
+            params = {{ orderId = \"/order/id\" }}
+            "
+        );
+        let c = Config::from_toml_str(&good, Path::new(".")).unwrap();
+        let nats = &c.sources.nats[0];
+        assert_eq!(
+            (nats.consumer.as_str(), nats.ack_wait),
+            ("herald", Duration::from_secs(30))
+        );
+        assert_eq!(nats.routes.len(), 1);
+        let routed = nats.routes.route("orders.9.paid", b"{}").unwrap().unwrap();
+        assert_eq!(routed.channel, "orders.9");
+        let redis = &c.sources.redis_stream[0];
+        assert_eq!(
+            (redis.group.as_str(), redis.payload_field.as_str()),
+            ("herald", "data")
+        );
+        let routed = redis
+            .routes
+            .route("anything", br#"{"order":{"id":"x1"}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(routed.channel, "orders.x1");
+
+        let bad = format!(
+            "{channels}
+            [[source.amqp]]
+            url = \"http://rabbit\"
+            queue = \"q\"
+            prefetch = 0
+            [[source.amqp.route]]
+            match = \"a.*\"
+            channel = \"nope\"
+            [[source.redis_stream]]
+            url = \"redis://x\"
+            stream = \"s\"
+            start = \"now\"
+            "
+        );
+        let err = Config::from_toml_str(&bad, Path::new(".")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        for want in [
+            "source.amqp.0.url",
+            "source.amqp.0.prefetch",
+            "source.amqp.0.route.0.channel",
+            "source.redis_stream.0.route",
+            "source.redis_stream.0.start",
+        ] {
+            assert!(fields.contains(&want), "{want} missing from\n{err}");
+        }
+        assert_eq!(fields.len(), 5, "{err}");
     }
 }

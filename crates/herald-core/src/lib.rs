@@ -7,19 +7,23 @@
 //! - [`identity`]: identities and JWT verification (gate 1).
 //! - [`protocol`]: protocol v1 frames and error codes.
 //! - [`broker`]: the `Broker` trait every fan-out backend implements.
-//! - [`source`]: the `Publisher` interface event sources (Postgres) publish through, and the
-//!   scoping of redelivery keys to their source.
+//! - [`source`]: the `Publisher` interface event sources (Postgres, the buses) publish
+//!   through, the scoping of redelivery keys to their source, and their counters.
+//! - [`bus`]: the configuration of the event-bus sources (NATS JetStream, Redis Streams,
+//!   RabbitMQ); [`route`]: their allowlist, subject pattern → channel and payload.
 //! - [`input`]: the one parser every publication goes through (API, batch, sources).
 //!
 //! The server, the brokers and the CLI build on these types; nothing here opens a socket.
 
 pub mod broker;
+pub mod bus;
 pub mod config;
 pub mod identity;
 pub mod input;
 pub mod name;
 pub mod protocol;
 pub mod registry;
+pub mod route;
 pub mod rpc;
 pub mod source;
 

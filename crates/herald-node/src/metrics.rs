@@ -5,10 +5,11 @@
 //! What the broker holds in memory ([`MemoryStats`]) is counted by the broker itself and read
 //! at scrape time, so the broker crate needs no metrics library.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use herald_core::broker::MemoryStats;
+use herald_core::source::SourceStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -38,6 +39,9 @@ pub enum Source {
     client,
     outbox,
     notify,
+    nats,
+    redis_stream,
+    amqp,
 }
 
 /// Labels of `herald_rejects_total`.
@@ -127,7 +131,75 @@ pub struct Metrics {
     pub webhook_dropped: Family<WebhookDropLabels, Counter>,
     /// Webhook requests (attempts), by webhook and result.
     pub webhook_requests: Family<WebhookLabels, Counter>,
+    /// Each bus source's counters, by source name ([`Metrics::source_stats`]).
+    sources: SourceTable,
     registry: Registry,
+}
+
+/// Each bus source's name and counters, in registration order.
+type SourceTable = Arc<Mutex<Vec<(String, Arc<SourceStats>)>>>;
+
+/// Labels of `herald_source_messages_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceOutcomeLabels {
+    source: String,
+    outcome: &'static str,
+}
+
+/// Labels of `herald_source_lag`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceNameLabels {
+    source: String,
+}
+
+/// Exports every bus source's [`SourceStats`] at scrape time: throughput as
+/// `herald_source_messages_total{source,outcome}` (received, published, unrouted,
+/// dead_lettered) and lag as `herald_source_lag{source}`.
+#[derive(Debug)]
+struct SourceCollector(SourceTable);
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sources = crate::lock(&self.0).clone();
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let read = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        let mut family = encoder.encode_descriptor(
+            "source_messages",
+            "Messages taken from each event-bus source, by outcome (received, published, unrouted, dead_lettered)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (name, stats) in &sources {
+            for (outcome, value) in [
+                ("received", read(&stats.received)),
+                ("published", read(&stats.published)),
+                ("unrouted", read(&stats.unrouted)),
+                ("dead_lettered", read(&stats.dead_lettered)),
+            ] {
+                let labels = SourceOutcomeLabels {
+                    source: name.clone(),
+                    outcome,
+                };
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "source_lag",
+            "Messages waiting in each event-bus source for this gateway's consumer, as the bus last reported",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, stats) in &sources {
+            let labels = SourceNameLabels {
+                source: name.clone(),
+            };
+            let lag = i64::try_from(read(&stats.lag)).unwrap_or(i64::MAX);
+            ConstGauge::new(lag).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Exports [`MemoryStats`] at scrape time.
@@ -212,6 +284,7 @@ impl Metrics {
             proxy_cache_hits: Family::default(),
             webhook_dropped: Family::default(),
             webhook_requests: Family::default(),
+            sources: Arc::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -270,6 +343,7 @@ impl Metrics {
             m.webhook_requests.clone(),
         );
         registry.register_collector(Box::new(MemoryCollector(m.memory.clone())));
+        registry.register_collector(Box::new(SourceCollector(m.sources.clone())));
         Self { registry, ..m }
     }
 
@@ -355,6 +429,17 @@ impl Metrics {
             }
         }
         self.rejects.get_or_create(&labels).inc();
+    }
+
+    /// The counters of the bus source `name`, created on first use and exported from then on.
+    pub fn source_stats(&self, name: &str) -> Arc<SourceStats> {
+        let mut sources = crate::lock(&self.sources);
+        if let Some((_, s)) = sources.iter().find(|(n, _)| n == name) {
+            return s.clone();
+        }
+        let stats = Arc::new(SourceStats::default());
+        sources.push((name.to_owned(), stats.clone()));
+        stats
     }
 
     /// Counts one accepted publication.

@@ -11,7 +11,7 @@ use herald_core::input::accept_payload;
 use herald_core::name::Params;
 use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, Goodbye};
 use herald_core::registry::ResolveError;
-use herald_core::source::{Publisher, SourceKind};
+use herald_core::source::{Publisher, SourceKind, SourceStats};
 use herald_core::{
     Authenticator, Broker, BrokerError, Config, Descriptor, Identity, Position, PublishRequest,
 };
@@ -86,6 +86,9 @@ impl Publisher for Node {
         let source = match source {
             SourceKind::Outbox => Source::outbox,
             SourceKind::Notify => Source::notify,
+            SourceKind::Nats => Source::nats,
+            SourceKind::RedisStream => Source::redis_stream,
+            SourceKind::Amqp => Source::amqp,
         };
         self.publish_as(source, channel, data, idempotency_key, None)
             .await
@@ -97,6 +100,10 @@ impl Publisher for Node {
 
     fn readiness(&self, name: &str) -> Arc<AtomicBool> {
         self.readiness_flag(name)
+    }
+
+    fn source_stats(&self, name: &str) -> Arc<SourceStats> {
+        self.metrics.source_stats(name)
     }
 }
 

@@ -213,6 +213,36 @@ pub async fn serve(
             gw.shutdown.clone(),
         ));
     }
+    // The event-bus sources. Tracked too; each leaves its message in flight unacknowledged
+    // at shutdown, for the bus to deliver again (deduplicated by its idempotency key).
+    let sources = &gw.config.sources;
+    for (i, source) in sources.nats.iter().enumerate() {
+        let publisher: Arc<dyn herald_core::source::Publisher> = gw.clone();
+        gw.tasks.spawn(herald_sources::nats::run(
+            i,
+            source.clone(),
+            publisher,
+            gw.shutdown.clone(),
+        ));
+    }
+    for (i, source) in sources.redis_stream.iter().enumerate() {
+        let publisher: Arc<dyn herald_core::source::Publisher> = gw.clone();
+        gw.tasks.spawn(herald_sources::redis_stream::run(
+            i,
+            source.clone(),
+            publisher,
+            gw.shutdown.clone(),
+        ));
+    }
+    for (i, source) in sources.amqp.iter().enumerate() {
+        let publisher: Arc<dyn herald_core::source::Publisher> = gw.clone();
+        gw.tasks.spawn(herald_sources::amqp::run(
+            i,
+            source.clone(),
+            publisher,
+            gw.shutdown.clone(),
+        ));
+    }
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(gw.config.server.handshake_timeout)

@@ -13,13 +13,17 @@
 //!   for `nats-server -js`, with a JetStream store of its own that survives its restarts
 //!   (as a real deployment's does) unless the test wipes it. [`TcpProxy`] stands between
 //!   one process and such a server, and can be cut: a network partition.
+//!   [`RabbitMqServer`] does the same for RabbitMQ, keeping its data across a restart;
+//!   [`HoldProxy`] can hold a server's replies back to stop a client between two steps.
 
 mod binary;
+mod bus;
 mod client;
 mod process;
 mod proxy;
 
 pub use binary::{BIN_VARS, HeraldBin};
+pub use bus::{HoldProxy, RabbitMqServer};
 pub use client::{Api, Closed, WsClient, eventually};
 pub use process::{HeraldBuilder, HeraldProcess, herald_command};
 pub use proxy::TcpProxy;
@@ -41,15 +45,27 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    durable: bool,
 }
 
 impl RedisServer {
     /// Starts a fresh server without persistence on a free port and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server whose data survives [`RedisServer::restart`] (and a kill): an
+    /// append-only file synced on every write, as a Redis holding a stream of events runs.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let mut s = Self {
             port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
+            durable,
         };
         s.restart();
         s
@@ -67,12 +83,19 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, empty (as after a restart without persistence).
+    /// Starts the server again on the same port: empty (as after a restart without
+    /// persistence), or with its data when started with [`RedisServer::start_durable`].
     pub fn restart(&mut self) {
         self.kill();
+        let aof = if self.durable {
+            ["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            ["--appendonly", "no", "--appendfsync", "no"]
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(aof)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -9,15 +9,19 @@
 //!   and [`eventually`] waits for a condition instead of a hand-written sleep loop.
 //! - [`RedisServer`] and [`PostgresServer`] start their own servers on free ports (no
 //!   persistence), so tests can kill and restart them to prove the gateway survives faults,
-//!   and never depend on a server somebody else left running.
+//!   and never depend on a server somebody else left running. [`RedisCluster`] (3 masters, 3
+//!   replicas), [`RedisSentinel`] (master, replica, Sentinel) and [`RedisTls`] (TLS only, a
+//!   CA generated for the test) do the same for the topologies past one server.
 
 mod binary;
 mod client;
 mod process;
+mod redis_topologies;
 
 pub use binary::{BIN_VARS, HeraldBin};
 pub use client::{Api, Closed, WsClient, eventually};
 pub use process::{HeraldBuilder, HeraldProcess, herald_command};
+pub use redis_topologies::{RedisCluster, RedisSentinel, RedisTls, SENTINEL_MASTER, redis_cli};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -42,8 +42,9 @@
 //! `SPUBLISH` (sharded pub/sub, [`pubsub`]), elsewhere with `PUBLISH`. TLS (`rediss…`) uses
 //! rustls, with the system's roots or the CA in [`TlsFiles`].
 
-pub mod pubsub;
-pub mod topology;
+mod lua;
+mod pubsub;
+mod topology;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,10 +56,11 @@ use herald_core::broker::{FanoutStats, HistoryQuery, HistoryResult, new_epoch, r
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
 use redis::aio::ConnectionManager;
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Value};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::lua::Lua;
 use crate::pubsub::{Control, Source, control_channel, pubsub_channel};
 use crate::topology::{Conn, Following};
 pub use crate::topology::{SentinelTarget, TlsFiles, Topology};
@@ -358,8 +360,8 @@ pub(crate) struct Inner {
     publish_cmd: &'static str,
     /// `1` where a replica can be promoted (Cluster, Sentinel): see `EPOCH_LUA`.
     fence: &'static str,
-    publish: Script,
-    history: Script,
+    publish: Lua,
+    history: Lua,
     /// Node-level interest: channel → number of `subscribe` calls not yet undone.
     interest: Mutex<HashMap<String, usize>>,
     control: mpsc::UnboundedSender<Control>,
@@ -373,13 +375,13 @@ pub(crate) struct Inner {
     orphans: Mutex<Vec<ClientInfo>>,
     /// This node's name in `{<prefix>}:nodes`.
     node: String,
-    session_open: Script,
-    kick: Script,
-    resume_put: Script,
-    resume_take: Script,
-    beat: Script,
-    reap: Script,
-    presence: Script,
+    session_open: Lua,
+    kick: Lua,
+    resume_put: Lua,
+    resume_take: Lua,
+    beat: Lua,
+    reap: Lua,
+    presence: Lua,
     /// `<prefix>:ch:{`, stripped from every pub/sub message (computed once, not per message).
     channel_prefix: String,
     /// `{<prefix>}:ctl`.
@@ -411,7 +413,13 @@ pub(crate) fn unavailable(e: RedisError) -> BrokerError {
     let moving = matches!(
         e.kind(),
         redis::ErrorKind::Server(
-            S::ReadOnly | S::MasterDown | S::TryAgain | S::ClusterDown | S::BusyLoading
+            S::ReadOnly
+                | S::MasterDown
+                | S::TryAgain
+                | S::ClusterDown
+                | S::BusyLoading
+                | S::Moved
+                | S::Ask
         )
     );
     if moving
@@ -487,9 +495,11 @@ impl RedisBroker {
                     let mut b = redis::cluster::ClusterClientBuilder::new(topology::seeds(seeds)?)
                         .connection_timeout(Duration::from_secs(1))
                         .response_timeout(COMMAND_TIMEOUT)
-                        .retries(2)
+                        // Enough to follow a failover's MOVED and refreshes; every call is
+                        // still bounded by COMMAND_TIMEOUT.
+                        .retries(8)
                         .min_retry_wait(50)
-                        .max_retry_wait(500);
+                        .max_retry_wait(400);
                     if let Some(c) = &certs {
                         b = b.certs(c.clone());
                     }
@@ -521,8 +531,8 @@ impl RedisBroker {
             } else {
                 "PUBLISH"
             },
-            publish: Script::new(&format!("{EPOCH_LUA}{PUBLISH_LUA}")),
-            history: Script::new(&format!("{EPOCH_LUA}{HISTORY_LUA}")),
+            publish: Lua::new(&format!("{EPOCH_LUA}{PUBLISH_LUA}")),
+            history: Lua::new(&format!("{EPOCH_LUA}{HISTORY_LUA}")),
             fence: if matches!(topology, Topology::Single(_)) {
                 "0"
             } else {
@@ -535,13 +545,13 @@ impl RedisBroker {
             local_sessions: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
             node: random_id(12),
-            session_open: Script::new(SESSION_OPEN_LUA),
-            kick: Script::new(KICK_LUA),
-            resume_put: Script::new(RESUME_PUT_LUA),
-            resume_take: Script::new(RESUME_TAKE_LUA),
-            beat: Script::new(BEAT_LUA),
-            reap: Script::new(REAP_LUA),
-            presence: Script::new(PRESENCE_LUA),
+            session_open: Lua::new(SESSION_OPEN_LUA),
+            kick: Lua::new(KICK_LUA),
+            resume_put: Lua::new(RESUME_PUT_LUA),
+            resume_take: Lua::new(RESUME_TAKE_LUA),
+            beat: Lua::new(BEAT_LUA),
+            reap: Lua::new(REAP_LUA),
+            presence: Lua::new(PRESENCE_LUA),
             channel_prefix: pubsub_channel(&opts.prefix, "")
                 .trim_end_matches('}')
                 .to_owned(),

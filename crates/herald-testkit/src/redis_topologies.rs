@@ -277,7 +277,17 @@ impl RedisSentinel {
     /// waits until it knows the replica.
     pub fn start() -> RedisSentinel {
         let dir = tempfile::tempdir().expect("temp dir");
-        let base = strings(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        let base = strings([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            // DEBUG CHANGE-REPL-ID from the test: what a promotion does to a master's id.
+            "--enable-debug-command",
+            "local",
+        ]);
         let server = |port: u16, extra: &[String]| {
             let mut args = base.clone();
             args.extend(["--port".into(), port.to_string()]);

@@ -49,6 +49,10 @@ pub struct LoadArgs {
     /// Gateway address (host:port of the WebSocket endpoint and of the publish trigger).
     #[arg(long)]
     pub server: SocketAddr,
+    /// Where publications are posted, when not `--server`: another node sharing the broker,
+    /// so every delivery crosses it (Redis, Redis Cluster). Latency is still publish → frame.
+    #[arg(long)]
+    pub publish_server: Option<SocketAddr>,
     #[arg(long, value_enum, default_value = "herald")]
     pub dialect: Dialect,
     #[arg(long, value_enum, default_value = "herald")]
@@ -593,7 +597,7 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("http client");
-    let base = format!("http://{}", args.server);
+    let base = format!("http://{}", args.publish_server.unwrap_or(args.server));
     let in_flight = Arc::new(Semaphore::new(args.publish_concurrency.max(1)));
     let mut seq: u64 = 0;
     let mut out = Vec::new();

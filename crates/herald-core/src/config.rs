@@ -1521,6 +1521,31 @@ mod tests {
     }
 
     #[test]
+    fn redis_topologies_and_tls_files() {
+        for url in [
+            "redis+cluster://a:7000,b:7000",
+            "rediss+sentinel://s1:26379/mymaster",
+        ] {
+            let toml = format!(
+                "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"{url}\"\ntls_ca_file = \"ca.pem\""
+            );
+            let c = Config::from_toml_str(&toml, Path::new("/etc/herald")).unwrap();
+            assert_eq!(c.broker.url.as_deref(), Some(url));
+            assert_eq!(
+                c.broker.tls_ca_file.as_deref(),
+                Some(Path::new("/etc/herald/ca.pem")),
+                "relative to the config file"
+            );
+        }
+        let toml = format!(
+            "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"http://x\"\ntls_cert_file = \"c.pem\""
+        );
+        let err = Config::from_toml_str(&toml, Path::new(".")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["broker.url", "broker.tls_cert_file"], "{err}");
+    }
+
+    #[test]
     fn several_keys_or_none_are_refused() {
         let toml = r#"
             [auth]

@@ -53,8 +53,8 @@ measure() { # label url
     if [ $mode = broadcast ]; then n=$subs; r=$s3_rates; else n=$users; r=$s4_rates; fi
     "$bench" run --json --server "$b" --publish-server "$a" --mode $mode --connections "$n" \
       --rates "$r" --keep-going --progress false 2>/dev/null | tail -1 |
-      jq -r --arg label "$1" --arg mode $mode \
-        '.steps[] | "| \($label) | \(if $mode == "broadcast" then "S3" else "S4" end) | \(.rate) | \(.received) | \(.lost) | \(.deliveries_per_sec | floor) | \(.latency.p50_ms) | \(.latency.p99_ms) | \(.ok) |"'
+      jq -r --arg name "$1" --arg mode $mode \
+        '.steps[] | "| \($name) | \(if $mode == "broadcast" then "S3" else "S4" end) | \(.rate) | \(.received) | \(.lost) | \(.deliveries_per_sec | floor) | \(.latency.p50_ms) | \(.latency.p99_ms) | \(.ok) |"'
   done
 }
 

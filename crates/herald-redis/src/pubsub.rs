@@ -11,6 +11,7 @@
 //! master; losing that master shows up as a `Disconnection` push, a moved slot as an
 //! unrequested `sunsubscribe` push, and both make the task subscribe everything again.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -302,6 +303,8 @@ pub(crate) async fn sharded_task(
             }
         }
         connected_before = true;
+        // `sunsubscribe` pushes still to come for our own SUNSUBSCRIBEs, per Redis channel.
+        let mut own_unsubscribes: HashMap<String, usize> = HashMap::new();
         loop {
             tokio::select! {
                 push = pushes.recv() => {
@@ -315,17 +318,34 @@ pub(crate) async fn sharded_task(
                         }
                         // A node connection broke (its master died or restarted).
                         PushKind::Disconnection => break,
-                        // Redis unsubscribed us itself: the channel's slot moved (a failover,
-                        // a migration). Unless we asked for it, subscribe again where it is.
+                        // Our own SUNSUBSCRIBE's reply comes here too (the client clones
+                        // replies that are pushes); any other means Redis unsubscribed us
+                        // itself: the channel's slot moved (a failover, a migration). If the
+                        // channel is still wanted, subscribe again where it is now and resync it.
                         PushKind::SUnsubscribe => {
-                            let wanted = message_channel(&push).is_some_and(|ch| {
-                                ch.strip_prefix(&inner.channel_prefix)
-                                    .and_then(|c| c.strip_suffix('}'))
-                                    .is_some_and(|c| lock(&inner.interest).contains_key(c))
-                                    || ch == inner.control_channel
-                            });
-                            if wanted {
+                            let Some(ch) = message_channel(&push) else { continue };
+                            if let Some(n) = own_unsubscribes.get_mut(ch) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    own_unsubscribes.remove(ch);
+                                }
+                                continue;
+                            }
+                            let channel = ch
+                                .strip_prefix(&inner.channel_prefix)
+                                .and_then(|c| c.strip_suffix('}'))
+                                .filter(|c| lock(&inner.interest).contains_key(*c))
+                                .map(str::to_owned);
+                            if channel.is_none() && ch != inner.control_channel {
+                                continue;
+                            }
+                            let again = ssubscribe(conn.as_mut().expect("connected"), ch.to_owned()).await;
+                            if again.is_err() {
                                 break;
+                            }
+                            if let Some(channel) = channel {
+                                tracing::info!(channel, "redis unsubscribed a channel (its slot moved): subscribed again");
+                                resync_all(inner, vec![channel]);
                             }
                         }
                         _ => {}
@@ -342,10 +362,9 @@ pub(crate) async fn sharded_task(
                         }
                         Control::Unsubscribe(ch) => {
                             let c = conn.as_mut().expect("connected");
-                            let r = tokio::time::timeout(
-                                COMMAND_TIMEOUT,
-                                c.sunsubscribe(pubsub_channel(&prefix, &ch)),
-                            ).await;
+                            let name = pubsub_channel(&prefix, &ch);
+                            *own_unsubscribes.entry(name.clone()).or_default() += 1;
+                            let r = tokio::time::timeout(COMMAND_TIMEOUT, c.sunsubscribe(name)).await;
                             if !matches!(r, Ok(Ok(()))) {
                                 break;
                             }

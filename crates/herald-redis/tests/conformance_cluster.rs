@@ -2,7 +2,7 @@
 //! check: six processes are dear to start), and the proof that delivery is sharded.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use herald_conformance::{Recorder, Subject, channel, conformance_tests};
@@ -37,7 +37,74 @@ fn start() -> Arc<RedisCluster> {
     Arc::new(RedisCluster::start())
 }
 
-conformance_tests!(sequential conformance_on_a_redis_cluster, start, on_cluster, then delivery_is_sharded);
+conformance_tests!(sequential conformance_on_a_redis_cluster, start, on_cluster, then cluster_only);
+
+/// The checks only a Cluster has, on the suite's cluster.
+async fn cluster_only(cluster: &Arc<RedisCluster>) {
+    delivery_is_sharded(cluster).await;
+    resubscribing_is_not_an_interruption(cluster).await;
+}
+
+/// Counts `resync` calls: each is the pub/sub task saying it may have missed something.
+#[derive(Default)]
+struct Resyncs {
+    rec: Recorder,
+    resyncs: AtomicUsize,
+}
+
+impl PublicationSink for Resyncs {
+    fn deliver(&self, p: &herald_core::Publication) {
+        self.rec.deliver(p);
+    }
+    fn presence(&self, channel: &str, event: &herald_core::PresenceEvent) {
+        self.rec.presence(channel, event);
+    }
+    fn resync(&self, _channel: &str, _position: &herald_core::Position) {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+    fn kick(&self, user: &str) {
+        self.rec.kick(user);
+    }
+}
+
+/// A channel unsubscribed and subscribed again at once (a client leaving as another arrives,
+/// a resubscribe): the reply to our own SUNSUBSCRIBE is not Redis moving the slot, so the
+/// node neither stops listening nor makes every subscriber recover. (It did: every such
+/// reply restarted the pub/sub task and resynced every channel, which under churn fed on
+/// itself.)
+async fn resubscribing_is_not_an_interruption(cluster: &Arc<RedisCluster>) {
+    let sink = Arc::new(Resyncs::default());
+    let b = broker(cluster, "churn", sink.clone());
+    let a = broker(cluster, "churn", Arc::new(Recorder::default()));
+    let chans: Vec<String> = (0..5).map(|_| channel("churn")).collect();
+    for ch in &chans {
+        b.subscribe(ch).await.unwrap();
+    }
+    for _ in 0..10 {
+        for ch in &chans {
+            b.unsubscribe(ch).await.unwrap();
+            b.subscribe(ch).await.unwrap();
+        }
+    }
+    for ch in &chans {
+        a.publish(PublishRequest {
+            channel: Arc::from(ch.as_str()),
+            data: raw_json(&json!({})),
+            history: None,
+            idempotency_key: None,
+            from: None,
+        })
+        .await
+        .unwrap();
+    }
+    sink.rec
+        .until("every publication", |r| {
+            chans.iter().all(|ch| r.publications(ch).len() == 1)
+        })
+        .await;
+    assert_eq!(sink.resyncs.load(Ordering::Relaxed), 0, "no interruption");
+    assert!(b.health().await.is_ok());
+}
 
 /// Channels spread over the three shards; a node subscribed to one of them receives the
 /// publications of that one only, and the cluster bus carries no classic `PUBLISH` broadcast

@@ -8,7 +8,7 @@ use herald_conformance::{Recorder, Subject, channel, conformance_tests};
 use herald_core::broker::HistoryQuery;
 use herald_core::protocol::raw_json;
 use herald_core::registry::HistoryPolicy;
-use herald_core::{Broker, PublicationSink, PublishRequest};
+use herald_core::{PublicationSink, PublishRequest};
 use herald_redis::{RedisBroker, RedisOptions};
 use herald_testkit::{RedisSentinel, redis_cli};
 use serde_json::json;

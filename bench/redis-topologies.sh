@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# S3 (broadcast) and S4 (per-user unicast) on two Herald nodes sharing one Redis, then a
-# 3-master/3-replica Redis Cluster: the subscribers on node B, the publications posted to
+# S3 (broadcast) and S4 (per-user unicast) on two Herald nodes sharing one Redis, a
+# Sentinel-managed master (with one replica), then a 3-master/3-replica Redis Cluster: the
+# subscribers on node B, the publications posted to
 # node A, so every delivery crosses the broker. Prints the markdown rows of
 # docs/benchmarks.md ("Redis topologies").
 #
@@ -64,6 +65,20 @@ echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 single=$(free_port)
 redis "$single"
 measure "one Redis" "redis://127.0.0.1:$single"
+
+master=$(free_port)
+redis "$master"
+replica=$(free_port)
+redis "$replica" --replicaof 127.0.0.1 "$master"
+sentinel=$(free_port)
+printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor bench 127.0.0.1 %s 1\n' \
+  "$sentinel" "$work" "$master" >"$work/sentinel.conf"
+redis-server "$work/sentinel.conf" --sentinel >/dev/null 2>&1 &
+pids+=($!)
+until redis-cli -p "$sentinel" sentinel get-master-addr-by-name bench 2>/dev/null | grep -q "$master"; do
+  sleep 0.1
+done
+measure "Sentinel (master + replica)" "redis+sentinel://127.0.0.1:$sentinel/bench"
 
 ports=()
 for _ in 1 2 3 4 5 6; do

@@ -39,7 +39,7 @@
 //! publish stays one atomic script on the slot's master), and the cluster-wide keys share
 //! `{<prefix>}` (one slot, so the session and heartbeat scripts stay atomic too). No script
 //! names a key it computes. On a Cluster, publications and presence events go out with
-//! `SPUBLISH` (sharded pub/sub, [`pubsub`]), elsewhere with `PUBLISH`. TLS (`rediss…`) uses
+//! `SPUBLISH` (sharded pub/sub, `pubsub.rs`), elsewhere with `PUBLISH`. TLS (`rediss…`) uses
 //! rustls, with the system's roots or the CA in [`TlsFiles`].
 
 mod lua;
@@ -330,7 +330,10 @@ pub struct RedisOptions {
     pub tls: TlsFiles,
     /// Prefix of every key and pub/sub channel, so several gateways can share one Redis.
     pub prefix: String,
+    /// How long a presence entry lives without its node's refresh (`broker.presence_ttl`);
+    /// a node beats [`BEATS`] times per TTL and counts as dead 3/5 of it after its last beat.
     pub presence_ttl: Duration,
+    /// How long an idempotency key is remembered (`limits.idempotency_window`).
     pub idempotency_window: Duration,
     /// Where the pub/sub task counts what it receives (exported in `/metrics`).
     pub stats: Arc<FanoutStats>,

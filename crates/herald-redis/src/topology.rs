@@ -46,9 +46,13 @@ pub struct SentinelTarget {
     pub sentinels: Vec<(String, u16)>,
     /// The master's name in the Sentinels' configuration (`sentinel monitor <name> …`).
     pub master: String,
+    /// The master's database number (`/<db>` after the master name; 0 by default).
     pub db: i64,
+    /// The master's ACL user, when the URL names one.
     pub username: Option<String>,
+    /// The master's password, when the URL has one.
     pub password: Option<String>,
+    /// `rediss+sentinel://`: TLS to the Sentinels and to the master.
     pub tls: bool,
 }
 
@@ -149,8 +153,11 @@ fn split_authority(rest: &str) -> (&str, &str, &str) {
 /// certificate for servers that ask for one (`tls-auth-clients yes`, Redis' default).
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
+    /// The CA certificate(s) to trust (PEM), instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// The client certificate (PEM); needs `key_file`.
     pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
     pub key_file: Option<PathBuf>,
 }
 

@@ -7,7 +7,7 @@
 //!   mid-stream; publishing resumes on the promoted replica, `/readyz` says 503 while the
 //!   outage lasts, and a subscriber on the other node that follows the protocol (resubscribe
 //!   with `since` when told) gets every acknowledged publication exactly once, or is told to
-//!   refetch (`recovered: false`) after it was acknowledged: never a silent loss.
+//!   refetch (`recovered: false`) with a state that includes it: never a silent loss.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -186,12 +186,29 @@ async fn two_nodes_on_a_redis_cluster() {
     );
 }
 
-/// What the subscriber saw: publications `(epoch, offset, n)` in arrival order, and when it
-/// was told to refetch (`recovered: false`).
+/// What the subscriber saw: publications `(epoch, offset, n)` in arrival order, and each time
+/// it was told to refetch (`recovered: false`).
 #[derive(Default)]
 struct Seen {
     publications: Vec<(String, u64, u64)>,
-    refetches: Vec<Instant>,
+    refetches: Vec<Refetch>,
+}
+
+/// A `recovered: false`: the client left `from` (its last epoch) and refetched its state as of
+/// `(epoch, offset)`, the position the reply carried.
+struct Refetch {
+    from: String,
+    epoch: String,
+    offset: u64,
+}
+
+impl Refetch {
+    /// Whether the refetched state includes the publication at `(epoch, offset)`: one of the
+    /// position's epoch up to its offset, or any of the epoch the client left (it had ended:
+    /// a client leaves an epoch only when the stream moved on to another).
+    fn covers(&self, epoch: &str, offset: u64) -> bool {
+        (self.epoch == epoch && offset <= self.offset) || self.from == epoch
+    }
 }
 
 /// Follows the protocol: records `pub` frames; on `unsubscribed` resubscribes with `since`
@@ -234,7 +251,11 @@ async fn follow(mut c: WsClient, channel: String, first: Value, seen: Arc<Mutex<
                             .push((epoch.clone(), p["offset"].as_u64().unwrap(), n));
                     }
                 } else {
-                    s.refetches.push(Instant::now());
+                    s.refetches.push(Refetch {
+                        from: last.0.clone(),
+                        epoch: epoch.clone(),
+                        offset: r["offset"].as_u64().unwrap(),
+                    });
                 }
                 last = (epoch, r["offset"].as_u64().unwrap());
             }
@@ -253,17 +274,21 @@ async fn failover_mid_stream(a: &Node, b: &Node, channel: &str, kill: impl FnOnc
     let seen = Arc::new(Mutex::new(Seen::default()));
     let follower = tokio::spawn(follow(c, channel.to_owned(), first, seen.clone()));
 
-    // (n, ack time) of every publication answered 200.
-    let mut acked: Vec<(u64, Instant)> = Vec::new();
+    // (n, epoch, offset) of every publication answered 200.
+    let mut acked: Vec<(u64, String, u64)> = Vec::new();
     let mut statuses = BTreeMap::<u16, usize>::new();
     let mut n = 0;
-    let mut publish = async |acked: &mut Vec<(u64, Instant)>| {
+    let mut publish = async |acked: &mut Vec<(u64, String, u64)>| {
         n += 1;
         let (status, body) = a.api.publish(channel, json!({ "n": n })).await;
         *statuses.entry(status).or_default() += 1;
         assert!(status == 200 || status == 503, "{status} {body}");
         if status == 200 {
-            acked.push((n, Instant::now()));
+            acked.push((
+                n,
+                body["epoch"].as_str().unwrap().to_owned(),
+                body["offset"].as_u64().unwrap(),
+            ));
         }
     };
     while acked.len() < 10 {
@@ -302,14 +327,17 @@ async fn failover_mid_stream(a: &Node, b: &Node, channel: &str, kill: impl FnOnc
     let unready = unready.load(std::sync::atomic::Ordering::Relaxed);
     assert!(unready > 0, "/readyz never reported the outage");
     // The subscriber catches up with the last publication (received, or refetched after it).
-    let (last, last_at) = *acked.last().unwrap();
+    let (last, last_epoch, last_offset) = acked.last().unwrap().clone();
     eventually(
         Duration::from_secs(10),
         "the follower to catch up",
         || async {
             let s = seen.lock().unwrap();
-            (s.publications.iter().any(|p| p.2 == last) || s.refetches.iter().any(|r| *r > last_at))
-                .then_some(())
+            (s.publications.iter().any(|p| p.2 == last)
+                || s.refetches
+                    .iter()
+                    .any(|r| r.covers(&last_epoch, last_offset)))
+            .then_some(())
         },
     )
     .await;
@@ -324,9 +352,9 @@ async fn failover_mid_stream(a: &Node, b: &Node, channel: &str, kill: impl FnOnc
             s.publications
         );
     }
-    for (n, at) in &acked {
+    for (n, epoch, offset) in &acked {
         assert!(
-            ns.contains(n) || s.refetches.iter().any(|r| r > at),
+            ns.contains(n) || s.refetches.iter().any(|r| r.covers(epoch, *offset)),
             "acknowledged publication {n} neither delivered nor covered by a refetch: \
              seen {:?}, refetches {}",
             s.publications,

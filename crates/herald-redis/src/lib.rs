@@ -962,7 +962,19 @@ impl Broker for RedisBroker {
 
     async fn health(&self) -> Result<(), BrokerError> {
         let mut con = self.inner.cmd.clone();
+        // On a Cluster PING goes to every master the client knows of; a master that failed is
+        // dropped from that list, so its shard's outage (until a replica takes over) is read
+        // from the cluster's own view: `cluster_state:fail` while a slot has no master.
         timed(redis::cmd("PING").query_async::<String>(&mut con)).await?;
+        if self.inner.publish_cmd == "SPUBLISH" {
+            let info: String =
+                timed(redis::cmd("CLUSTER").arg("INFO").query_async(&mut con)).await?;
+            if !info.contains("cluster_state:ok") {
+                return Err(BrokerError::Unavailable(
+                    "redis cluster: a shard has no master (cluster_state is not ok)".into(),
+                ));
+            }
+        }
         if !self.inner.pubsub_up.load(Ordering::SeqCst) {
             return Err(BrokerError::Unavailable(
                 "redis pub/sub is not connected".into(),

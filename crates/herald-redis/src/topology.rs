@@ -300,7 +300,9 @@ impl Following {
     }
 
     /// Asks the Sentinels where the master is; when it moved, switches to it and answers
-    /// `true` (the pub/sub connection must follow).
+    /// `true` (the pub/sub connection must follow). Finding the first master is not a move:
+    /// whoever connected meanwhile found the same one, and a needless reconnect could miss
+    /// publications.
     pub(crate) async fn refresh(&self) -> Result<bool, BrokerError> {
         let client = {
             let mut s = self.sentinel.lock().await;
@@ -310,7 +312,8 @@ impl Following {
                 .map_err(|e| BrokerError::Unavailable(format!("redis sentinel: {e}")))?
         };
         let addr = client.get_connection_info().addr().to_string();
-        if self.master().is_some_and(|m| m.addr == addr) {
+        let known = self.master();
+        if known.as_ref().is_some_and(|m| m.addr == addr) {
             return Ok(false);
         }
         let cmd = ConnectionManager::new_lazy_with_config(
@@ -319,9 +322,13 @@ impl Following {
         )
         .map_err(|e| BrokerError::Internal(format!("redis: {e}")))?;
         tracing::info!(master = %addr, "redis sentinel: following the master");
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-            Some(Master { addr, client, cmd });
-        Ok(true)
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        // Two first refreshes may race: the later one finds the master already set.
+        let moved = current.as_ref().is_some_and(|m| m.addr != addr) || known.is_some();
+        if current.as_ref().is_none_or(|m| m.addr != addr) {
+            *current = Some(Master { addr, client, cmd });
+        }
+        Ok(moved)
     }
 }
 

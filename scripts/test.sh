@@ -20,6 +20,11 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The NATS broker's tests start their own `nats-server -js` (Debian installs it in /usr/sbin).
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
+# Cluster creation and the Cluster/Sentinel tests' probes; Sentinel itself is
+# `redis-server --sentinel`, so the redis-sentinel package is not needed.
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+# The Redis TLS test generates its CA and certificates with openssl.
+command -v openssl >/dev/null || need_apt+=(openssl)
 # The herald binary links jemalloc, which tikv-jemalloc-sys builds from source with make.
 command -v make >/dev/null || need_apt+=(make)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)

@@ -49,8 +49,8 @@ pub struct LoadArgs {
     /// Gateway address (host:port of the WebSocket endpoint and of the publish trigger).
     #[arg(long)]
     pub server: SocketAddr,
-    /// Publish through this gateway instead of `--server` (another node of a cluster: every
-    /// publication then crosses the broker before it reaches the connections).
+    /// Where publications are posted, when not `--server`: another node sharing the broker,
+    /// so every delivery crosses it (Redis, Redis Cluster). Latency is still publish → frame.
     #[arg(long)]
     pub publish_server: Option<SocketAddr>,
     #[arg(long, value_enum, default_value = "herald")]

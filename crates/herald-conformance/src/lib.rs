@@ -484,12 +484,26 @@ pub async fn resumable_state_is_owned_taken_once_and_expires(s: Subject, _rec: A
     );
 }
 
-/// Generates one `#[tokio::test]` per check. `$make` is an async fn
-/// `(Arc<dyn PublicationSink>) -> Subject`.
+/// Generates the conformance tests.
+///
+/// - `conformance_tests!(make)`: one `#[tokio::test]` per check, each with its own backend.
+///   `make` is an async fn `(Arc<dyn PublicationSink>) -> Subject`.
+/// - `conformance_tests!(sequential name, setup, make)`: one test `name` that calls `setup()`
+///   once (a backend that is dear to start, such as a six-process Redis Cluster) and runs
+///   every check in turn on it; `make` is an async fn `(&Shared, Arc<dyn PublicationSink>)
+///   -> Subject` (give each subject its own key prefix so checks cannot see each other).
+///   `conformance_tests!(sequential name, setup, make, then after)` also runs the broker's
+///   own `async fn after(&Shared)` at the end, on the same backend.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:path) => {
-        $crate::conformance_tests!(@each $make,
+        $crate::conformance_tests!(@list @each $make);
+    };
+    (sequential $name:ident, $setup:path, $make:path $(, then $after:path)?) => {
+        $crate::conformance_tests!(@list @seq $name $setup, $make, [$($after)?]);
+    };
+    (@list @$how:ident $($args:tt)*) => {
+        $crate::conformance_tests!(@$how $($args)*,
             offsets_are_consecutive_and_ordered,
             channels_are_independent,
             history_is_bounded_by_size,
@@ -510,5 +524,24 @@ macro_rules! conformance_tests {
                 $crate::$check(subject, rec).await;
             }
         )+
+    };
+    (@seq $name:ident $setup:path, $make:path, [$($after:path)?], $($check:ident),+) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let shared = $setup();
+            $(
+                {
+                    eprintln!("conformance check: {}", stringify!($check));
+                    let rec = ::std::sync::Arc::new($crate::Recorder::default());
+                    let sink: ::std::sync::Arc<dyn ::herald_core::PublicationSink> = rec.clone();
+                    let subject = $make(&shared, sink).await;
+                    $crate::$check(subject, rec).await;
+                }
+            )+
+            $(
+                eprintln!("then: {}", stringify!($after));
+                $after(&shared).await;
+            )?
+        }
     };
 }

@@ -146,6 +146,19 @@ pub struct MemoryStats {
     pub idempotency_evictions: AtomicU64,
 }
 
+/// What a broker's fan-out brought to this node: counters the broker updates and the node
+/// exports in `/metrics`. A broker that fans out through another system (Redis pub/sub, NATS)
+/// fills them; the memory broker, whose fan-out is a function call, leaves them at zero.
+#[derive(Debug, Default)]
+pub struct FanoutStats {
+    /// Messages (publications, presence events) this node received from the fan-out backend.
+    pub messages: AtomicU64,
+    /// Of them, those for a channel with no subscriber on this node: zero when the backend
+    /// sends a node only the channels it asked for (sharded pub/sub on a Redis Cluster), a
+    /// few after an unsubscribe races a publication.
+    pub unwanted: AtomicU64,
+}
+
 /// The fan-out, history and presence backend shared by all transports.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {

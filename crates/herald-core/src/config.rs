@@ -440,10 +440,21 @@ pub struct ApiConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     pub kind: BrokerKind,
-    /// `redis://[user:pass@]host:port[/db]` (or `rediss://` for TLS builds); required for redis.
-    /// For nats: `nats://[user:pass@]host:port` (or `tls://`), several comma-separated for a
-    /// NATS cluster.
+    /// Where the broker is; required for redis and nats. For nats: `nats://[user:pass@]host:port`
+    /// (or `tls://`), several comma-separated for a NATS cluster. For redis, one server: `redis://[user:pass@]host:port[/db]`
+    /// (`rediss://` for TLS, `unix:///path`). A Redis Cluster:
+    /// `redis+cluster://[user:pass@]host:port[,host:port…]` (seed nodes; `rediss+cluster://`).
+    /// A Sentinel-managed master: `redis+sentinel://[user:pass@]host:port[,host:port…]/<master
+    /// name>[/db]` (`rediss+sentinel://`). See docs/operations.md.
     pub url: Option<String>,
+    /// Redis TLS (`rediss…` URLs): a PEM file of the CA to trust instead of the system's roots
+    /// (a private CA, a managed Redis' own). Relative to the config file.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Redis TLS: a PEM client certificate, for servers that authenticate clients
+    /// (`tls-auth-clients yes`, Redis' default). Needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Redis TLS: the PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Prefix of every Redis key and channel, so several gateways can share one Redis; for
     /// NATS, of every subject, stream and KV bucket (then only `[A-Za-z0-9_-]`).
     pub prefix: String,
@@ -473,6 +484,9 @@ impl Default for BrokerConfig {
         Self {
             kind: BrokerKind::Memory,
             url: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             prefix: "herald".into(),
             replicas: 1,
             presence_ttl: Duration::from_secs(30),
@@ -970,7 +984,7 @@ impl Config {
             server,
             mut auth,
             api,
-            broker,
+            mut broker,
             limits,
             socketio,
             channels,
@@ -983,6 +997,13 @@ impl Config {
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
+        for f in [
+            &mut broker.tls_ca_file,
+            &mut broker.tls_cert_file,
+            &mut broker.tls_key_file,
+        ] {
+            *f = f.take().map(|p| base.join(p));
+        }
         if let Some(sub) = &mut auth.subscription {
             sub.public_key_pem = sub.public_key_pem.take().map(|p| base.join(p));
             sub.jwks_file = sub.jwks_file.take().map(|p| base.join(p));
@@ -1416,24 +1437,37 @@ fn validate_bus_sources(source: &mut SourcesConfig, registry: &Registry, p: &mut
     }
 }
 
+/// The URL schemes of the Redis topologies (one server, Cluster, Sentinel; TLS or not).
+const REDIS_SCHEMES: [&str; 8] = [
+    "redis://",
+    "rediss://",
+    "redis+unix://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+];
+
 fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
     if broker.kind == BrokerKind::Redis {
         match broker.url.as_deref() {
             None => p.push(None, "broker.url", "required when kind = \"redis\""),
-            Some(u)
-                if !(u.starts_with("redis://")
-                    || u.starts_with("rediss://")
-                    || u.starts_with("redis+unix://")
-                    || u.starts_with("unix://")) =>
-            {
-                p.push(
-                    None,
-                    "broker.url",
-                    "must be a redis:// (or rediss://, unix://) URL",
-                )
-            }
+            Some(u) if !REDIS_SCHEMES.iter().any(|s| u.starts_with(s)) => p.push(
+                None,
+                "broker.url",
+                "must be a redis:// URL (or rediss://, unix://, redis+cluster://, \
+                 redis+sentinel://, and their rediss+ forms)",
+            ),
             _ => {}
         }
+    }
+    if broker.tls_cert_file.is_some() != broker.tls_key_file.is_some() {
+        p.push(
+            None,
+            "broker.tls_cert_file",
+            "a client certificate needs both tls_cert_file and tls_key_file",
+        );
     }
     if broker.kind == BrokerKind::Nats {
         match broker.url.as_deref() {
@@ -1746,6 +1780,31 @@ mod tests {
             err.to_string().contains("max_payload_bytes (65536)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_topologies_and_tls_files() {
+        for url in [
+            "redis+cluster://a:7000,b:7000",
+            "rediss+sentinel://s1:26379/mymaster",
+        ] {
+            let toml = format!(
+                "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"{url}\"\ntls_ca_file = \"ca.pem\""
+            );
+            let c = Config::from_toml_str(&toml, Path::new("/etc/herald")).unwrap();
+            assert_eq!(c.broker.url.as_deref(), Some(url));
+            assert_eq!(
+                c.broker.tls_ca_file.as_deref(),
+                Some(Path::new("/etc/herald/ca.pem")),
+                "relative to the config file"
+            );
+        }
+        let toml = format!(
+            "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"http://x\"\ntls_cert_file = \"c.pem\""
+        );
+        let err = Config::from_toml_str(&toml, Path::new(".")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["broker.url", "broker.tls_cert_file"], "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use herald_core::broker::MemoryStats;
+use herald_core::broker::{FanoutStats, MemoryStats};
 use herald_core::source::SourceStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -123,6 +123,8 @@ pub struct Metrics {
     pub transports: Family<TransportLabels, Gauge>,
     /// What the broker holds in this process (filled by the memory broker).
     pub memory: Arc<MemoryStats>,
+    /// What the broker's fan-out brought to this node (filled by the Redis broker).
+    pub fanout: Arc<FanoutStats>,
     /// Calls to subscribe proxies, by proxy and result.
     pub proxy_requests: Family<ProxyLabels, Counter>,
     /// Subscribe proxy decisions answered from the cache, by proxy.
@@ -266,6 +268,38 @@ impl Collector for MemoryCollector {
     }
 }
 
+/// Exports [`FanoutStats`] at scrape time.
+#[derive(Debug)]
+struct FanoutCollector(Arc<FanoutStats>);
+
+impl Collector for FanoutCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0;
+        let counters = [
+            (
+                "broker_messages",
+                "Pub/sub messages (publications, presence events) this node received from the broker",
+                m.messages.load(Ordering::Relaxed),
+            ),
+            (
+                "broker_messages_unwanted",
+                "Pub/sub messages received for a channel with no subscriber on this node",
+                m.unwanted.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
@@ -280,6 +314,7 @@ impl Metrics {
             reject_labels: Default::default(),
             transports: Family::default(),
             memory: Arc::default(),
+            fanout: Arc::default(),
             proxy_requests: Family::default(),
             proxy_cache_hits: Family::default(),
             webhook_dropped: Family::default(),
@@ -344,6 +379,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(MemoryCollector(m.memory.clone())));
         registry.register_collector(Box::new(SourceCollector(m.sources.clone())));
+        registry.register_collector(Box::new(FanoutCollector(m.fanout.clone())));
         Self { registry, ..m }
     }
 

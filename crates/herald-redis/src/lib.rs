@@ -18,23 +18,33 @@
 //! publish or read, so clients see `recovered: false` rather than a gap.
 //!
 //! Cluster-wide state per node: every node has a random id and a heartbeat in the sorted set
-//! `<prefix>:nodes` (score: the moment it counts as dead, 3/5 of `presence_ttl` after its last
+//! `{<prefix>}:nodes` (score: the moment it counts as dead, 3/5 of `presence_ttl` after its last
 //! beat; it beats [`BEATS`] times per `presence_ttl`). Each node records what it owns
-//! under `<prefix>:node:<id>:presence` (its members of every presence channel) and
-//! `<prefix>:node:<id>:sessions` (its users' sessions), and each user's sessions are in
-//! `<prefix>:user:<user>` (session → node). At every beat each node also reaps the nodes whose
-//! heartbeat is over: one script removes a dead node's presence entries and publishes a `leave`
-//! for each, and frees its users' sessions. So a node killed without a goodbye has its members
-//! leave within 4/5 of `presence_ttl`, and its sessions stop counting against the per-user
-//! limit.
-//! The per-user limit and the kick read `<prefix>:user:<user>`, counting only live nodes'
-//! sessions; a kick is published on `<prefix>:ctl`, which every node listens to. A node that was
-//! reaped while alive (cut off from Redis for longer than its life) notices at its next beat
-//! and announces its members again (`join`) and re-registers its sessions. These scripts name
-//! keys they compute, which Redis Cluster forbids: another reason Cluster is not supported.
+//! under `{<prefix>}:node:<id>:presence` (its members of every presence channel) and
+//! `{<prefix>}:node:<id>:sessions` (its users' sessions), and each user's sessions are in
+//! `{<prefix>}:user:<user>` (session → node). At every beat each node also reaps the nodes whose
+//! heartbeat is over: one script takes a dead node's records and frees its users' sessions, then
+//! the reaper removes its presence entries channel by channel and publishes a `leave` for each.
+//! So a node killed without a goodbye has its members leave within 4/5 of `presence_ttl`, and
+//! its sessions stop counting against the per-user limit.
+//! The per-user limit and the kick read `{<prefix>}:user:<user>`, counting only live nodes'
+//! sessions; a kick is published on `{<prefix>}:ctl`, which every node listens to. A node that
+//! was reaped while alive (cut off from Redis for longer than its life) notices at its next beat
+//! and announces its members again (`join`) and re-registers its sessions.
 //!
-//! Supported URLs are those of the `redis` crate built without TLS: `redis://` and
-//! `redis+unix://`/`unix://`. Sentinel and Cluster are not supported yet.
+//! Topologies ([`Topology`]): one server (`redis://`, `rediss://`, `unix://`), a
+//! Sentinel-managed master followed through failovers (`redis+sentinel://`), or a Redis Cluster
+//! (`redis+cluster://`). The key layout is the same for all and made for the Cluster: a
+//! channel's keys and its pub/sub channel share the hash tag `{<channel>}` (one slot, so the
+//! publish stays one atomic script on the slot's master), and the cluster-wide keys share
+//! `{<prefix>}` (one slot, so the session and heartbeat scripts stay atomic too). No script
+//! names a key it computes. On a Cluster, publications and presence events go out with
+//! `SPUBLISH` (sharded pub/sub, `pubsub.rs`), elsewhere with `PUBLISH`. TLS (`rediss…`) uses
+//! rustls, with the system's roots or the CA in [`TlsFiles`].
+
+mod lua;
+mod pubsub;
+mod topology;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,14 +52,18 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use herald_core::broker::{HistoryQuery, HistoryResult, PresenceEvent, new_epoch, random_id};
+use herald_core::broker::{FanoutStats, HistoryQuery, HistoryResult, new_epoch, random_id};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script, Value};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Value};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::lua::Lua;
+use crate::pubsub::{Control, Source, control_channel, pubsub_channel};
+use crate::topology::{Conn, Following};
+pub use crate::topology::{SentinelTarget, TlsFiles, Topology};
 
 /// Channels with no publication for this long forget their offset (a new epoch starts).
 const META_IDLE: Duration = Duration::from_secs(3600);
@@ -119,7 +133,7 @@ return string.sub(cur, nl + 1)
 
 const KICK_LUA: &str = r#"
 -- KEYS: user hash, nodes zset
--- ARGV: now ms, control channel, message
+-- ARGV: now ms, control channel, message, PUBLISH or SPUBLISH
 local entries = redis.call('HGETALL', KEYS[1])
 local now = tonumber(ARGV[1])
 local n = 0
@@ -131,7 +145,7 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', KEYS[1], entries[i])
   end
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call(ARGV[4], ARGV[2], ARGV[3])
 return n
 "#;
 
@@ -149,25 +163,25 @@ end
 return {reaped, redis.call('HLEN', KEYS[3]), redis.call('HLEN', KEYS[4])}
 "#;
 
-/// Removes every node whose heartbeat is over: its presence entries (publishing `leave` for
-/// each) and its sessions. Only one node wins each dead node (ZREM answers 1 once).
+/// Takes every node whose heartbeat is over: frees its sessions, deletes its records and
+/// returns its presence members as `channel, client, member JSON` triples, for the caller to
+/// remove from each channel (another slot on a Cluster) with a `leave`. Only one node wins
+/// each dead node (ZREM answers 1 once).
 const REAP_LUA: &str = r#"
 -- KEYS: nodes zset
--- ARGV: now ms, key prefix, reaped marker ttl ms
+-- ARGV: now ms, cluster-wide key prefix ('{<prefix>}'), reaped marker ttl ms
 local prefix = ARGV[2]
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-local reaped = 0
+local out = {}
 for _, node in ipairs(dead) do
   if redis.call('ZREM', KEYS[1], node) == 1 then
-    reaped = reaped + 1
     local nk = prefix .. ':node:' .. node
     local members = redis.call('HGETALL', nk .. ':presence')
     for i = 1, #members, 2 do
       local sep = string.find(members[i], '\n', 1, true)
-      local channel = string.sub(members[i], 1, sep - 1)
-      local client = string.sub(members[i], sep + 1)
-      redis.call('HDEL', prefix .. ':{' .. channel .. '}:presence', client)
-      redis.call('PUBLISH', prefix .. ':ch:' .. channel, 'l ' .. members[i + 1])
+      table.insert(out, string.sub(members[i], 1, sep - 1))
+      table.insert(out, string.sub(members[i], sep + 1))
+      table.insert(out, members[i + 1])
     end
     local sessions = redis.call('HGETALL', nk .. ':sessions')
     for i = 1, #sessions, 2 do
@@ -177,13 +191,68 @@ for _, node in ipairs(dead) do
     redis.call('SET', nk .. ':reaped', '1', 'PX', ARGV[3])
   end
 end
-return reaped
+return out
+"#;
+
+/// A presence change on one channel (its slot): `j` records the member and announces it, `l`
+/// removes it and announces the `leave` only if it was there (`force`: announce anyway, for
+/// the reaper, whose members may have been cleaned lazily already).
+const PRESENCE_LUA: &str = r#"
+-- KEYS: the channel's presence hash
+-- ARGV: kind (j, l or L for a forced leave), client, entry JSON, ttl ms, pub/sub channel,
+--       member JSON, PUBLISH or SPUBLISH
+local kind = ARGV[1]
+if kind == 'j' then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+else
+  local removed = redis.call('HDEL', KEYS[1], ARGV[2])
+  if removed == 0 and kind == 'l' then return 0 end
+  kind = 'l'
+end
+redis.call(ARGV[7], ARGV[5], kind .. ' ' .. ARGV[6])
+return 1
+"#;
+
+/// The channel's epoch, started afresh (offset 0, history dropped) when there is none or
+/// when the fence says the history may have lost its tail. Prepended to the publish and
+/// history scripts.
+///
+/// The fence (on a Cluster and on Sentinel, where a replica can be promoted): replication is
+/// asynchronous, so a promoted replica may lack the last publications its master made, which
+/// some subscribers already received. Its next publication would reuse their offsets and be
+/// dropped as a duplicate by every node that delivered the lost ones: a silent loss. So each
+/// channel records the replication ID of the master that wrote it (`rid`); a promotion gives
+/// the new master a new replication ID, so the first use after a failover starts a new epoch,
+/// and clients get `recovered: false` (refetch), as after a Redis restart that lost data.
+const EPOCH_LUA: &str = r#"
+local function current_epoch(meta, stream, candidate, fence, ttl)
+  local rid = ''
+  if fence == '1' then
+    rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  end
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if epoch and fence == '1' then
+    local was = redis.call('HGET', meta, 'rid')
+    if was and was ~= rid then epoch = nil end
+  end
+  if not epoch then
+    epoch = candidate
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+    redis.call('EXPIRE', meta, ttl)
+  end
+  if fence == '1' then redis.call('HSET', meta, 'rid', rid) end
+  return epoch
+end
 "#;
 
 const PUBLISH_LUA: &str = r#"
 -- KEYS: meta, stream, idempotency key (or meta again when unused)
 -- ARGV: pubsub channel, data, history size, history ttl ms, idem window ms (0: none),
---       epoch candidate, meta ttl s, from (the vouched publisher's JSON; '' for the server)
+--       epoch candidate, meta ttl s, from (the vouched publisher's JSON; '' for the server),
+--       PUBLISH or SPUBLISH (a Cluster: the pub/sub channel is in the keys' slot),
+--       fence ('1': new epoch after a failover, see EPOCH_LUA)
 if tonumber(ARGV[5]) > 0 then
   local prev = redis.call('GET', KEYS[3])
   if prev then
@@ -191,12 +260,7 @@ if tonumber(ARGV[5]) > 0 then
     return {tonumber(string.sub(prev, 1, sep - 1)), string.sub(prev, sep + 1)}
   end
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('DEL', KEYS[2])
-end
+local epoch = current_epoch(KEYS[1], KEYS[2], ARGV[6], ARGV[10], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local ttl = tonumber(ARGV[7])
 local size = tonumber(ARGV[3])
@@ -216,7 +280,7 @@ end
 redis.call('EXPIRE', KEYS[1], ttl)
 local from = ARGV[8]
 if from == '' then from = '-' end
-redis.call('PUBLISH', ARGV[1], 'p ' .. offset .. ' ' .. epoch .. ' ' .. from .. ' ' .. ARGV[2])
+redis.call(ARGV[9], ARGV[1], 'p ' .. offset .. ' ' .. epoch .. ' ' .. from .. ' ' .. ARGV[2])
 if tonumber(ARGV[5]) > 0 then
   redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[5])
 end
@@ -225,14 +289,9 @@ return {offset, epoch}
 
 const HISTORY_LUA: &str = r#"
 -- KEYS: meta, stream
--- ARGV: epoch candidate, meta ttl s, after, limit, history ttl ms (0: no history)
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('DEL', KEYS[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
+-- ARGV: epoch candidate, meta ttl s, after, limit, history ttl ms (0: no history),
+--       fence (see EPOCH_LUA)
+local epoch = current_epoch(KEYS[1], KEYS[2], ARGV[1], ARGV[6], ARGV[2])
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
 local hist_ms = tonumber(ARGV[5])
 local out = {offset, epoch, offset + 1}
@@ -265,23 +324,47 @@ return out
 /// How to reach Redis and name things there.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
+    /// `broker.url`: the topology and its addresses ([`Topology::parse`]).
     pub url: String,
+    /// PEM files for `rediss…` URLs.
+    pub tls: TlsFiles,
+    /// Prefix of every key and pub/sub channel, so several gateways can share one Redis.
     pub prefix: String,
+    /// How long a presence entry lives without its node's refresh (`broker.presence_ttl`);
+    /// a node beats [`BEATS`] times per TTL and counts as dead 3/5 of it after its last beat.
     pub presence_ttl: Duration,
+    /// How long an idempotency key is remembered (`limits.idempotency_window`).
     pub idempotency_window: Duration,
+    /// Where the pub/sub task counts what it receives (exported in `/metrics`).
+    pub stats: Arc<FanoutStats>,
 }
 
-enum Control {
-    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-    Unsubscribe(String),
+impl RedisOptions {
+    /// Options for `url` with the defaults of `[broker]`: prefix `herald`, presence TTL 30 s,
+    /// idempotency window 120 s, no custom TLS files.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tls: TlsFiles::default(),
+            prefix: "herald".into(),
+            presence_ttl: Duration::from_secs(30),
+            idempotency_window: Duration::from_secs(120),
+            stats: Arc::default(),
+        }
+    }
 }
 
-struct Inner {
-    cmd: ConnectionManager,
+pub(crate) struct Inner {
+    cmd: Conn,
     sink: Arc<dyn PublicationSink>,
     opts: RedisOptions,
-    publish: Script,
-    history: Script,
+    stats: Arc<FanoutStats>,
+    /// `PUBLISH`, or `SPUBLISH` on a Cluster (sharded pub/sub).
+    publish_cmd: &'static str,
+    /// `1` where a replica can be promoted (Cluster, Sentinel): see `EPOCH_LUA`.
+    fence: &'static str,
+    publish: Lua,
+    history: Lua,
     /// Node-level interest: channel → number of `subscribe` calls not yet undone.
     interest: Mutex<HashMap<String, usize>>,
     control: mpsc::UnboundedSender<Control>,
@@ -293,16 +376,19 @@ struct Inner {
     /// Sessions whose unregistering failed (Redis was away): retried at every beat, so a
     /// user is never locked out by a slot nobody holds.
     orphans: Mutex<Vec<ClientInfo>>,
-    /// This node's name in `<prefix>:nodes`.
+    /// This node's name in `{<prefix>}:nodes`.
     node: String,
-    session_open: Script,
-    kick: Script,
-    resume_put: Script,
-    resume_take: Script,
-    beat: Script,
-    reap: Script,
-    /// `<prefix>:ch:`, stripped from every pub/sub message (computed once, not per message).
+    session_open: Lua,
+    kick: Lua,
+    resume_put: Lua,
+    resume_take: Lua,
+    beat: Lua,
+    reap: Lua,
+    presence: Lua,
+    /// `<prefix>:ch:{`, stripped from every pub/sub message (computed once, not per message).
     channel_prefix: String,
+    /// `{<prefix>}:ctl`.
+    control_channel: String,
 }
 
 /// The Redis broker. Cheap to clone.
@@ -319,12 +405,32 @@ impl std::fmt::Debug for RedisBroker {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn unavailable(e: RedisError) -> BrokerError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+/// `Unavailable` (503, the publisher retries) for what a restart or a failover causes;
+/// `Internal` for the rest.
+pub(crate) fn unavailable(e: RedisError) -> BrokerError {
+    use redis::ServerErrorKind as S;
+    let moving = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(
+            S::ReadOnly
+                | S::MasterDown
+                | S::TryAgain
+                | S::ClusterDown
+                | S::BusyLoading
+                | S::Moved
+                | S::Ask
+        )
+    );
+    if moving
+        || e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+    {
         BrokerError::Unavailable(format!("redis: {e}"))
     } else {
         BrokerError::Internal(format!("redis: {e}"))
@@ -349,41 +455,128 @@ async fn timed<T>(
 
 impl RedisBroker {
     /// Connects lazily: the broker starts even while Redis is down (not ready until it is up).
-    /// Must be called inside a Tokio runtime; spawns the pub/sub and presence tasks.
+    /// Must be called inside a Tokio runtime; spawns the pub/sub and heartbeat tasks (and on
+    /// Sentinel, the task that follows the master).
+    ///
+    /// Errors: a URL that does not parse, or TLS files that cannot be read.
     pub fn start(opts: RedisOptions, sink: Arc<dyn PublicationSink>) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(opts.url.as_str())
+        let topology = Topology::parse(&opts.url)
             .map_err(|e| BrokerError::Internal(format!("redis url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| BrokerError::Internal(format!("redis: {e}")))?;
+        let certs = opts.tls.load()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let opts_prefix = opts.prefix.clone();
+        enum Pubsub {
+            Classic(Source),
+            Sharded(
+                Box<redis::cluster::ClusterClient>,
+                mpsc::UnboundedReceiver<redis::PushInfo>,
+            ),
+        }
+        let mut following = None;
+        let (cmd, pubsub) = match &topology {
+            Topology::Single(url) => {
+                let client = topology::client(url, &certs)?;
+                let cmd = ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    topology::manager_config(COMMAND_TIMEOUT),
+                )
+                .map_err(|e| BrokerError::Internal(format!("redis: {e}")))?;
+                (
+                    Conn::Single(cmd),
+                    Pubsub::Classic(Source::Fixed(Box::new(client))),
+                )
+            }
+            Topology::Sentinel(target) => {
+                let f = Arc::new(Following::new(target, &certs, COMMAND_TIMEOUT)?);
+                following = Some(f.clone());
+                (
+                    Conn::Sentinel(f.clone()),
+                    Pubsub::Classic(Source::Sentinel(f)),
+                )
+            }
+            Topology::Cluster(seeds) => {
+                let build = |push: Option<mpsc::UnboundedSender<redis::PushInfo>>| {
+                    let mut b = redis::cluster::ClusterClientBuilder::new(topology::seeds(seeds)?)
+                        .connection_timeout(Duration::from_secs(1))
+                        .response_timeout(COMMAND_TIMEOUT)
+                        // Enough to follow a failover's MOVED and refreshes; every call is
+                        // still bounded by COMMAND_TIMEOUT.
+                        .retries(8)
+                        .min_retry_wait(50)
+                        .max_retry_wait(400);
+                    if let Some(c) = &certs {
+                        b = b.certs(c.clone());
+                    }
+                    if let Some(tx) = push {
+                        b = b
+                            .use_protocol(redis::ProtocolVersion::RESP3)
+                            .push_sender(tx);
+                    }
+                    b.build()
+                        .map_err(|e| BrokerError::Internal(format!("redis cluster: {e}")))
+                };
+                let (push_tx, push_rx) = mpsc::unbounded_channel();
+                let pubsub_client = build(Some(push_tx))?;
+                let cmd_client = build(None)?;
+                // The cluster connection connects eagerly; a lazy wrapper keeps `start`
+                // synchronous and lets the node start while the Cluster is down.
+                (
+                    Conn::Cluster(topology::LazyCluster::new(cmd_client)),
+                    Pubsub::Sharded(Box::new(pubsub_client), push_rx),
+                )
+            }
+        };
         let inner = Arc::new(Inner {
             cmd,
             sink,
-            opts,
-            publish: Script::new(PUBLISH_LUA),
-            history: Script::new(HISTORY_LUA),
+            stats: opts.stats.clone(),
+            publish_cmd: if topology.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            },
+            publish: Lua::new(&format!("{EPOCH_LUA}{PUBLISH_LUA}")),
+            history: Lua::new(&format!("{EPOCH_LUA}{HISTORY_LUA}")),
+            fence: if matches!(topology, Topology::Single(_)) {
+                "0"
+            } else {
+                "1"
+            },
             interest: Mutex::new(HashMap::new()),
-            control: tx,
+            control: tx.clone(),
             pubsub_up: AtomicBool::new(false),
             local_presence: Mutex::new(HashMap::new()),
             local_sessions: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
             node: random_id(12),
-            session_open: Script::new(SESSION_OPEN_LUA),
-            kick: Script::new(KICK_LUA),
-            resume_put: Script::new(RESUME_PUT_LUA),
-            resume_take: Script::new(RESUME_TAKE_LUA),
-            beat: Script::new(BEAT_LUA),
-            reap: Script::new(REAP_LUA),
-            channel_prefix: pubsub_channel(&opts_prefix, ""),
+            session_open: Lua::new(SESSION_OPEN_LUA),
+            kick: Lua::new(KICK_LUA),
+            resume_put: Lua::new(RESUME_PUT_LUA),
+            resume_take: Lua::new(RESUME_TAKE_LUA),
+            beat: Lua::new(BEAT_LUA),
+            reap: Lua::new(REAP_LUA),
+            presence: Lua::new(PRESENCE_LUA),
+            channel_prefix: pubsub_channel(&opts.prefix, "")
+                .trim_end_matches('}')
+                .to_owned(),
+            control_channel: control_channel(&opts.prefix),
+            opts,
         });
-        tokio::spawn(pubsub_task(Arc::downgrade(&inner), client, rx));
+        match pubsub {
+            Pubsub::Classic(source) => {
+                tokio::spawn(pubsub::classic_task(Arc::downgrade(&inner), source, rx));
+            }
+            Pubsub::Sharded(client, pushes) => {
+                tokio::spawn(pubsub::sharded_task(
+                    Arc::downgrade(&inner),
+                    *client,
+                    pushes,
+                    rx,
+                ));
+            }
+        }
+        if let Some(f) = following {
+            tokio::spawn(follow_master(Arc::downgrade(&inner), f, tx));
+        }
         tokio::spawn(heartbeat_task(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
@@ -397,14 +590,24 @@ impl RedisBroker {
         META_IDLE.as_secs()
     }
 
-    /// `<prefix>:<what>`: keys that belong to no channel.
-    fn global_key(&self, what: &str) -> String {
-        format!("{}:{what}", self.inner.opts.prefix)
+    /// `{<prefix>}`: the hash tag of every cluster-wide key (one slot on a Cluster).
+    fn global_tag(&self) -> String {
+        format!("{{{}}}", self.inner.opts.prefix)
     }
 
-    /// `<prefix>:node:<this node>:<what>`.
+    /// `{<prefix>}:<what>`: keys that belong to no channel.
+    fn global_key(&self, what: &str) -> String {
+        format!("{}:{what}", self.global_tag())
+    }
+
+    /// `<prefix>:resume:<key>`: resumable session state, a key of its own anywhere.
+    fn resume_key(&self, key: &str) -> String {
+        format!("{}:resume:{key}", self.inner.opts.prefix)
+    }
+
+    /// `{<prefix>}:node:<this node>:<what>`.
     fn node_key(&self, what: &str) -> String {
-        format!("{}:node:{}:{what}", self.inner.opts.prefix, self.inner.node)
+        format!("{}:node:{}:{what}", self.global_tag(), self.inner.node)
     }
 
     /// When this node counts as dead if it does not beat again.
@@ -412,42 +615,45 @@ impl RedisBroker {
         now_ms() + (self.inner.opts.presence_ttl * NODE_LIFE / BEATS).as_millis() as u64
     }
 
-    async fn publish_presence(
+    /// Runs the presence script on `channel`'s slot: `kind` `j` (join), `l` (leave if
+    /// present) or `L` (leave, announced anyway). Answers whether it announced anything.
+    async fn presence_change(
         &self,
         channel: &str,
-        kind: char,
+        kind: &str,
         info: &ClientInfo,
-    ) -> Result<(), BrokerError> {
+        exp: u64,
+    ) -> Result<bool, BrokerError> {
         let json = serde_json::to_string(info).unwrap_or_default();
-        let mut con = self.inner.cmd.clone();
-        let pubsub = pubsub_channel(&self.inner.opts.prefix, channel);
-        let key = self.key(channel, "presence");
         let ttl_ms = self.inner.opts.presence_ttl.as_millis() as u64;
         let entry = serde_json::json!({
-            "client": info.client, "user": info.user, "info": info.info, "exp": now_ms() + ttl_ms,
+            "client": info.client, "user": info.user, "info": info.info, "exp": exp,
         })
         .to_string();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if kind == 'j' {
-            pipe.hset(&key, &info.client, entry).ignore();
-            pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
-            // What the reaper needs to say `leave` for this member if this node dies.
-            pipe.hset(
-                self.node_key("presence"),
-                member_field(channel, info),
-                &json,
-            )
-            .ignore();
-        }
-        pipe.publish(pubsub, format!("{kind} {json}")).ignore();
-        timed(pipe.query_async::<()>(&mut con)).await
+        let mut con = self.inner.cmd.clone();
+        let mut inv = self.inner.presence.prepare_invoke();
+        inv.key(self.key(channel, "presence"))
+            .arg(kind)
+            .arg(&info.client)
+            .arg(entry)
+            .arg(ttl_ms * 2)
+            .arg(pubsub_channel(&self.inner.opts.prefix, channel))
+            .arg(json)
+            .arg(self.inner.publish_cmd);
+        let announced: u64 = timed(inv.invoke_async(&mut con)).await?;
+        Ok(announced == 1)
+    }
+
+    /// What the fan-out brought to this node (also exported through [`RedisOptions::stats`]).
+    pub fn stats(&self) -> &FanoutStats {
+        &self.inner.stats
     }
 }
 
 impl RedisBroker {
     async fn unregister(&self, client: &str, user: &str) -> Result<(), BrokerError> {
         let mut con = self.inner.cmd.clone();
+        // Both keys are cluster-wide ones (one slot), so this stays one transaction.
         timed(
             redis::pipe()
                 .atomic()
@@ -467,13 +673,32 @@ fn member_field(channel: &str, info: &ClientInfo) -> String {
     format!("{channel}\n{}", info.client)
 }
 
-fn pubsub_channel(prefix: &str, channel: &str) -> String {
-    format!("{prefix}:ch:{channel}")
-}
-
-/// Where kicks are published: every node listens.
-fn control_channel(prefix: &str) -> String {
-    format!("{prefix}:ctl")
+/// On Sentinel: asks the Sentinels where the master is every [`topology::SENTINEL_POLL`] and
+/// whenever a command failed; when it moved, the pub/sub task reconnects to the new master.
+async fn follow_master(
+    weak: Weak<Inner>,
+    following: Arc<Following>,
+    control: mpsc::UnboundedSender<Control>,
+) {
+    loop {
+        if weak.strong_count() == 0 {
+            return;
+        }
+        match following.refresh().await {
+            Ok(true) => {
+                let _ = control.send(Control::Reconnect);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "redis sentinel: no master"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(topology::SENTINEL_POLL) => {}
+            _ = following.suspect.notified() => {
+                // Many commands fail at once in a failover: one question is enough.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -506,7 +731,9 @@ impl Broker for RedisBroker {
             .arg(self.meta_ttl())
             // No space can occur in it (compact JSON of ids made of [A-Za-z0-9_-]), so the
             // pub/sub message stays space-separated.
-            .arg(req.from.as_deref().map_or("", RawValue::get));
+            .arg(req.from.as_deref().map_or("", RawValue::get))
+            .arg(self.inner.publish_cmd)
+            .arg(self.inner.fence);
         let (offset, epoch): (u64, String) = timed(inv.invoke_async(&mut con)).await?;
         Ok(Position {
             offset,
@@ -573,7 +800,8 @@ impl Broker for RedisBroker {
             .arg(self.meta_ttl())
             .arg(query.after.unwrap_or(u64::MAX / 2))
             .arg(query.limit)
-            .arg(86_400_000u64);
+            .arg(86_400_000u64)
+            .arg(self.inner.fence);
         let values: Vec<Value> = timed(inv.invoke_async(&mut con)).await?;
         parse_history(channel, values)
     }
@@ -581,24 +809,34 @@ impl Broker for RedisBroker {
     async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
         lock(&self.inner.local_presence)
             .insert((channel.to_owned(), client.client.clone()), client.clone());
-        self.publish_presence(channel, 'j', &client).await
+        // What the reaper needs to say `leave` for this member if this node dies: written
+        // before the entry, so no member is ever announced that the reaper could not find.
+        let json = serde_json::to_string(&client).unwrap_or_default();
+        let mut con = self.inner.cmd.clone();
+        timed(
+            redis::cmd("HSET")
+                .arg(self.node_key("presence"))
+                .arg(member_field(channel, &client))
+                .arg(json)
+                .query_async::<()>(&mut con),
+        )
+        .await?;
+        let exp = now_ms() + self.inner.opts.presence_ttl.as_millis() as u64;
+        self.presence_change(channel, "j", &client, exp).await?;
+        Ok(())
     }
 
     async fn presence_remove(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
         lock(&self.inner.local_presence).remove(&(channel.to_owned(), client.client.clone()));
+        self.presence_change(channel, "l", &client, 0).await?;
         let mut con = self.inner.cmd.clone();
-        let (removed, _): (u64, u64) = timed(
-            redis::pipe()
-                .atomic()
-                .hdel(self.key(channel, "presence"), &client.client)
-                .hdel(self.node_key("presence"), member_field(channel, &client))
-                .query_async(&mut con),
+        timed(
+            redis::cmd("HDEL")
+                .arg(self.node_key("presence"))
+                .arg(member_field(channel, &client))
+                .query_async::<()>(&mut con),
         )
-        .await?;
-        if removed == 0 {
-            return Ok(());
-        }
-        self.publish_presence(channel, 'l', &client).await
+        .await
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
@@ -684,8 +922,9 @@ impl Broker for RedisBroker {
         inv.key(self.global_key(&format!("user:{user}")))
             .key(self.global_key("nodes"))
             .arg(now_ms())
-            .arg(self.global_key("ctl"))
-            .arg(format!("k {user}"));
+            .arg(&self.inner.control_channel)
+            .arg(format!("k {user}"))
+            .arg(self.inner.publish_cmd);
         let n: u64 = timed(inv.invoke_async(&mut con)).await?;
         Ok(n as usize)
     }
@@ -699,7 +938,7 @@ impl Broker for RedisBroker {
     ) -> Result<bool, BrokerError> {
         let mut con = self.inner.cmd.clone();
         let mut inv = self.inner.resume_put.prepare_invoke();
-        inv.key(self.global_key(&format!("resume:{key}")))
+        inv.key(self.resume_key(key))
             .arg(owner)
             .arg(state)
             .arg(ttl.as_millis().max(1) as u64);
@@ -715,7 +954,7 @@ impl Broker for RedisBroker {
     ) -> Result<Option<String>, BrokerError> {
         let mut con = self.inner.cmd.clone();
         let mut inv = self.inner.resume_take.prepare_invoke();
-        inv.key(self.global_key(&format!("resume:{key}")))
+        inv.key(self.resume_key(key))
             .arg(owner)
             .arg(ttl.as_millis().max(1) as u64);
         timed(inv.invoke_async(&mut con)).await
@@ -723,7 +962,19 @@ impl Broker for RedisBroker {
 
     async fn health(&self) -> Result<(), BrokerError> {
         let mut con = self.inner.cmd.clone();
+        // On a Cluster PING goes to every master the client knows of; a master that failed is
+        // dropped from that list, so its shard's outage (until a replica takes over) is read
+        // from the cluster's own view: `cluster_state:fail` while a slot has no master.
         timed(redis::cmd("PING").query_async::<String>(&mut con)).await?;
+        if self.inner.publish_cmd == "SPUBLISH" {
+            let info: String =
+                timed(redis::cmd("CLUSTER").arg("INFO").query_async(&mut con)).await?;
+            if !info.contains("cluster_state:ok") {
+                return Err(BrokerError::Unavailable(
+                    "redis cluster: a shard has no master (cluster_state is not ok)".into(),
+                ));
+            }
+        }
         if !self.inner.pubsub_up.load(Ordering::SeqCst) {
             return Err(BrokerError::Unavailable(
                 "redis pub/sub is not connected".into(),
@@ -768,160 +1019,6 @@ fn parse_history(channel: &str, values: Vec<Value>) -> Result<HistoryResult, Bro
         publications,
         earliest,
     })
-}
-
-/// Parses one pub/sub message and hands it to the sink.
-fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
-    let Some(channel) = redis_channel.strip_prefix(&inner.channel_prefix) else {
-        if redis_channel == control_channel(&inner.opts.prefix)
-            && let Some(user) = payload.strip_prefix(b"k ")
-            && let Ok(user) = std::str::from_utf8(user)
-        {
-            inner.sink.kick(user);
-        }
-        return;
-    };
-    let Ok(text) = std::str::from_utf8(payload) else {
-        return;
-    };
-    let (kind, rest) = text.split_at(text.len().min(2));
-    match kind {
-        "p " => {
-            let mut parts = rest.splitn(4, ' ');
-            let (Some(o), Some(e), Some(f), Some(d)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                return;
-            };
-            let from = match f {
-                "-" => Ok(None),
-                _ => RawValue::from_string(f.to_owned()).map(|f| Some(Arc::from(f))),
-            };
-            let (Ok(offset), Ok(data), Ok(from)) =
-                (o.parse::<u64>(), RawValue::from_string(d.to_owned()), from)
-            else {
-                tracing::warn!(channel, "malformed publication from redis");
-                return;
-            };
-            inner.sink.deliver(&Publication {
-                channel: Arc::from(channel),
-                offset,
-                epoch: Arc::from(e),
-                data: Arc::from(data),
-                from,
-            });
-        }
-        "j " | "l " => {
-            let Ok(info) = serde_json::from_str::<ClientInfo>(rest) else {
-                return;
-            };
-            let event = if kind == "j " {
-                PresenceEvent::Join(info)
-            } else {
-                PresenceEvent::Leave(info)
-            };
-            inner.sink.presence(channel, &event);
-        }
-        _ => {}
-    }
-}
-
-/// Owns the pub/sub connection: (re)connects, resubscribes, applies control messages and
-/// dispatches messages, until the broker is dropped.
-async fn pubsub_task(
-    weak: Weak<Inner>,
-    client: redis::Client,
-    mut control: mpsc::UnboundedReceiver<Control>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut connected_before = false;
-    loop {
-        if weak.strong_count() == 0 {
-            return;
-        }
-        let conn = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
-        let Ok(Ok(pubsub)) = conn else {
-            // Answer pending subscribes: they must not wait for a Redis that is not there.
-            while let Ok(c) = control.try_recv() {
-                if let Control::Subscribe(_, tx) = c {
-                    let _ = tx.send(Err(BrokerError::Unavailable("redis is unreachable".into())));
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-            continue;
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let channels: Vec<String> = match weak.upgrade() {
-            Some(inner) => lock(&inner.interest).keys().cloned().collect(),
-            None => return,
-        };
-        let prefix = match weak.upgrade() {
-            Some(inner) => inner.opts.prefix.clone(),
-            None => return,
-        };
-        // Kicks come on the control channel, whatever channels this node serves.
-        let mut ok = sink.subscribe(control_channel(&prefix)).await.is_ok();
-        for ch in &channels {
-            if !ok {
-                break;
-            }
-            if sink.subscribe(pubsub_channel(&prefix, ch)).await.is_err() {
-                ok = false;
-                break;
-            }
-        }
-        if !ok {
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        if let Some(inner) = weak.upgrade() {
-            inner.pubsub_up.store(true, Ordering::SeqCst);
-            if connected_before {
-                tracing::info!(channels = channels.len(), "redis pub/sub reconnected");
-                let broker = RedisBroker {
-                    inner: inner.clone(),
-                };
-                tokio::spawn(async move {
-                    for ch in channels {
-                        if let Ok(h) = broker.history(&ch, HistoryQuery::default()).await {
-                            broker.inner.sink.resync(&ch, &h.position);
-                        }
-                    }
-                });
-            }
-        }
-        connected_before = true;
-        loop {
-            tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { break };
-                    let Some(inner) = weak.upgrade() else { return };
-                    dispatch(&inner, msg.get_channel_name(), msg.get_payload_bytes());
-                }
-                c = control.recv() => {
-                    let Some(c) = c else { return };
-                    match c {
-                        Control::Subscribe(ch, tx) => {
-                            let r = sink.subscribe(pubsub_channel(&prefix, &ch)).await;
-                            let failed = r.is_err();
-                            let _ = tx.send(r.map_err(unavailable));
-                            if failed { break; }
-                        }
-                        Control::Unsubscribe(ch) => {
-                            if sink.unsubscribe(pubsub_channel(&prefix, &ch)).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(inner) = weak.upgrade() {
-            inner.pubsub_up.store(false, Ordering::SeqCst);
-        }
-        tracing::warn!("redis pub/sub connection lost; reconnecting");
-    }
 }
 
 /// This node's heartbeat, every `presence_ttl / BEATS`, until the broker is dropped: keeps the
@@ -984,32 +1081,19 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
     // beat moves on.
     let restore_sessions = reaped == 1 || held_sessions < sessions.len();
     let restore_members = reaped == 1 || held_members < entries.len();
-    if !entries.is_empty() || restore_sessions {
-        let ttl_ms = inner.opts.presence_ttl.as_millis() as u64;
-        let exp = now_ms() + ttl_ms;
+    // The cluster-wide records (one slot): one pipeline.
+    if restore_members || restore_sessions {
         let mut pipe = redis::pipe();
         let node_presence = broker.node_key("presence");
-        for ((channel, client), info) in &entries {
-            let key = broker.key(channel, "presence");
-            let entry = serde_json::json!({ "client": client, "user": info.user, "info": info.info, "exp": exp });
-            let json = serde_json::to_string(info).unwrap_or_default();
-            pipe.hset(&key, client, entry.to_string()).ignore();
-            pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
-            if restore_members {
-                pipe.hset(&node_presence, member_field(channel, info), &json)
+        if restore_members {
+            for ((channel, _), info) in &entries {
+                let json = serde_json::to_string(info).unwrap_or_default();
+                pipe.hset(&node_presence, member_field(channel, info), json)
                     .ignore();
             }
-            if reaped == 1 {
-                // The others were told this member left; it is still here.
-                pipe.publish(
-                    pubsub_channel(&inner.opts.prefix, channel),
-                    format!("j {json}"),
-                )
-                .ignore();
-            }
         }
-        let node_sessions = broker.node_key("sessions");
         if restore_sessions {
+            let node_sessions = broker.node_key("sessions");
             for (client, user) in &sessions {
                 pipe.hset(
                     broker.global_key(&format!("user:{user}")),
@@ -1022,18 +1106,54 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
         }
         timed(pipe.query_async::<()>(&mut con)).await?;
     }
+    // The members' entries, one pipeline per channel (its slot), all at once.
+    let mut per_channel: HashMap<&str, Vec<&ClientInfo>> = HashMap::new();
+    for ((channel, _), info) in &entries {
+        per_channel.entry(channel).or_default().push(info);
+    }
+    let ttl_ms = inner.opts.presence_ttl.as_millis() as u64;
+    let exp = now_ms() + ttl_ms;
+    let writes = per_channel.into_iter().map(|(channel, members)| {
+        let key = broker.key(channel, "presence");
+        let mut pipe = redis::pipe();
+        for info in members {
+            let entry = serde_json::json!({ "client": info.client, "user": info.user, "info": info.info, "exp": exp });
+            pipe.hset(&key, &info.client, entry.to_string()).ignore();
+            if reaped == 1 {
+                // The others were told this member left; it is still here.
+                let json = serde_json::to_string(info).unwrap_or_default();
+                pipe.cmd(inner.publish_cmd)
+                    .arg(pubsub_channel(&inner.opts.prefix, channel))
+                    .arg(format!("j {json}"))
+                    .ignore();
+            }
+        }
+        pipe.pexpire(&key, (ttl_ms * 2) as i64).ignore();
+        let mut con = inner.cmd.clone();
+        async move { timed(pipe.query_async::<()>(&mut con)).await }
+    });
+    for r in futures_util::future::join_all(writes).await {
+        r?;
+    }
 
     let mut inv = inner.reap.prepare_invoke();
     inv.key(broker.global_key("nodes"))
         .arg(now_ms())
-        .arg(&inner.opts.prefix)
+        .arg(broker.global_tag())
         .arg(86_400_000u64);
-    let dead: u64 = timed(inv.invoke_async(&mut con)).await?;
-    if dead > 0 {
+    let members: Vec<String> = timed(inv.invoke_async(&mut con)).await?;
+    if !members.is_empty() {
         tracing::info!(
-            nodes = dead,
-            "reaped nodes that stopped beating: their members left"
+            members = members.len() / 3,
+            "reaped nodes that stopped beating: their members leave"
         );
+    }
+    for m in members.chunks_exact(3) {
+        let Ok(info) = serde_json::from_str::<ClientInfo>(&m[2]) else {
+            continue;
+        };
+        // If this fails the entry still expires on its own (`exp`), only the event is lost.
+        let _ = broker.presence_change(&m[0], "L", &info, 0).await;
     }
     Ok(())
 }

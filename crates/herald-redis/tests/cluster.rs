@@ -15,10 +15,9 @@ const TTL: Duration = Duration::from_secs(1);
 fn node(server: &RedisServer, sink: Arc<dyn PublicationSink>) -> RedisBroker {
     RedisBroker::start(
         RedisOptions {
-            url: server.url(),
             prefix: "herald-test".into(),
             presence_ttl: TTL,
-            idempotency_window: Duration::from_secs(120),
+            ..RedisOptions::new(server.url())
         },
         sink,
     )
@@ -175,10 +174,9 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
     let observer = node(&server, rec.clone());
     let cut_off = RedisBroker::start(
         RedisOptions {
-            url: format!("redis://127.0.0.1:{}", proxy.port),
             prefix: "herald-test".into(),
             presence_ttl: TTL,
-            idempotency_window: Duration::from_secs(120),
+            ..RedisOptions::new(format!("redis://127.0.0.1:{}", proxy.port))
         },
         Arc::new(Recorder::default()),
     )

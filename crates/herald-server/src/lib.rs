@@ -37,7 +37,7 @@ use axum::routing::{get, post};
 use herald_core::{Broker, Config};
 use herald_memory::{MemoryBroker, MemoryOptions};
 use herald_nats::{NatsBroker, NatsOptions};
-use herald_redis::{RedisBroker, RedisOptions};
+use herald_redis::{RedisBroker, RedisOptions, TlsFiles};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -87,9 +87,15 @@ pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
         herald_core::config::BrokerKind::Redis => Arc::new(RedisBroker::start(
             RedisOptions {
                 url: config.broker.url.clone().unwrap_or_default(),
+                tls: TlsFiles {
+                    ca_file: config.broker.tls_ca_file.clone(),
+                    cert_file: config.broker.tls_cert_file.clone(),
+                    key_file: config.broker.tls_key_file.clone(),
+                },
                 prefix: config.broker.prefix.clone(),
                 presence_ttl: config.broker.presence_ttl,
                 idempotency_window: config.limits.idempotency_window,
+                stats: metrics.fanout.clone(),
             },
             hub.clone(),
         )?),

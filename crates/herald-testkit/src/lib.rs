@@ -15,18 +15,23 @@
 //!   one process and such a server, and can be cut: a network partition.
 //!   [`RabbitMqServer`] does the same for RabbitMQ, keeping its data across a restart;
 //!   [`HoldProxy`] can hold a server's replies back to stop a client between two steps.
+//!   [`RedisCluster`] (3 masters, 3
+//!   replicas), [`RedisSentinel`] (master, replica, Sentinel) and [`RedisTls`] (TLS only, a
+//!   CA generated for the test) do the same for the topologies past one server.
 
 mod binary;
 mod bus;
 mod client;
 mod process;
 mod proxy;
+mod redis_topologies;
 
 pub use binary::{BIN_VARS, HeraldBin};
 pub use bus::{HoldProxy, RabbitMqServer};
 pub use client::{Api, Closed, WsClient, eventually};
 pub use process::{HeraldBuilder, HeraldProcess, herald_command};
 pub use proxy::TcpProxy;
+pub use redis_topologies::{RedisCluster, RedisSentinel, RedisTls, SENTINEL_MASTER, redis_cli};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,398 @@
+//! The pub/sub side of the Redis broker: one task per node that holds the subscriptions for
+//! the channels with local subscribers, hands every message to the sink, and after any break
+//! (Redis restarted, a master failed over, a slot moved) subscribes again and asks the sink to
+//! resync every channel, so subscribers that missed publications recover.
+//!
+//! One server and Sentinel use classic pub/sub (`SUBSCRIBE`, on a connection of its own). A
+//! Cluster uses sharded pub/sub (`SSUBSCRIBE`, Redis ≥ 7): a channel's messages are published
+//! by `SPUBLISH` on the master of the channel's slot and go only to the connections subscribed
+//! there, instead of being broadcast over the cluster bus to every node as `PUBLISH` is. The
+//! cluster connection (RESP3, with a push sender) routes each `SSUBSCRIBE` to the slot's
+//! master; losing that master shows up as a `Disconnection` push, a moved slot as an
+//! unrequested `sunsubscribe` push, and both make the task subscribe everything again.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald_core::broker::{HistoryQuery, PresenceEvent};
+use herald_core::protocol::ClientInfo;
+use herald_core::{Broker, BrokerError, Publication};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::topology::Following;
+use crate::{COMMAND_TIMEOUT, Inner, RedisBroker, lock, unavailable};
+
+/// What the broker asks of its pub/sub task.
+pub(crate) enum Control {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+    /// The master moved (Sentinel): drop the connection and subscribe on the new one.
+    Reconnect,
+}
+
+/// Where the classic pub/sub connection goes.
+pub(crate) enum Source {
+    Fixed(Box<redis::Client>),
+    Sentinel(Arc<Following>),
+}
+
+/// `<prefix>:ch:{<channel>}`: the channel's pub/sub channel. The hash tag puts it in the slot
+/// of the channel's keys, so the publish script may `SPUBLISH` to it on a Cluster.
+pub(crate) fn pubsub_channel(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:ch:{{{channel}}}")
+}
+
+/// `{<prefix>}:ctl`: where kicks are published; every node listens. In the slot of the other
+/// cluster-wide keys (`{<prefix>}:…`), so the kick script may publish to it.
+pub(crate) fn control_channel(prefix: &str) -> String {
+    format!("{{{prefix}}}:ctl")
+}
+
+/// Parses one pub/sub message and hands it to the sink; counts it in the fan-out stats.
+pub(crate) fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
+    let Some(channel) = redis_channel
+        .strip_prefix(&inner.channel_prefix)
+        .and_then(|c| c.strip_suffix('}'))
+    else {
+        if redis_channel == inner.control_channel
+            && let Some(user) = payload.strip_prefix(b"k ")
+            && let Ok(user) = std::str::from_utf8(user)
+        {
+            inner.sink.kick(user);
+        }
+        return;
+    };
+    inner.stats.messages.fetch_add(1, Ordering::Relaxed);
+    if !lock(&inner.interest).contains_key(channel) {
+        // Sharded or not, Redis sends a node only what it subscribed to; this counts the
+        // stragglers of a channel just unsubscribed, and proves the rule in tests.
+        inner.stats.unwanted.fetch_add(1, Ordering::Relaxed);
+    }
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return;
+    };
+    let (kind, rest) = text.split_at(text.len().min(2));
+    match kind {
+        "p " => {
+            let mut parts = rest.splitn(4, ' ');
+            let (Some(o), Some(e), Some(f), Some(d)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return;
+            };
+            let from = match f {
+                "-" => Ok(None),
+                _ => RawValue::from_string(f.to_owned()).map(|f| Some(Arc::from(f))),
+            };
+            let (Ok(offset), Ok(data), Ok(from)) =
+                (o.parse::<u64>(), RawValue::from_string(d.to_owned()), from)
+            else {
+                tracing::warn!(channel, "malformed publication from redis");
+                return;
+            };
+            inner.sink.deliver(&Publication {
+                channel: Arc::from(channel),
+                offset,
+                epoch: Arc::from(e),
+                data: Arc::from(data),
+                from,
+            });
+        }
+        "j " | "l " => {
+            let Ok(info) = serde_json::from_str::<ClientInfo>(rest) else {
+                return;
+            };
+            let event = if kind == "j " {
+                PresenceEvent::Join(info)
+            } else {
+                PresenceEvent::Leave(info)
+            };
+            inner.sink.presence(channel, &event);
+        }
+        _ => {}
+    }
+}
+
+/// After a break: every channel this node serves may have missed publications.
+fn resync_all(inner: Arc<Inner>, channels: Vec<String>) {
+    let broker = RedisBroker { inner };
+    tokio::spawn(async move {
+        for ch in channels {
+            if let Ok(h) = broker.history(&ch, HistoryQuery::default()).await {
+                broker.inner.sink.resync(&ch, &h.position);
+            }
+        }
+    });
+}
+
+/// Refuses the subscribes waiting in `control`: they must not wait for a Redis that is away.
+fn refuse_pending(control: &mut mpsc::UnboundedReceiver<Control>) {
+    while let Ok(c) = control.try_recv() {
+        if let Control::Subscribe(_, tx) = c {
+            let _ = tx.send(Err(BrokerError::Unavailable("redis is unreachable".into())));
+        }
+    }
+}
+
+/// Classic pub/sub (one server, Sentinel): (re)connects, resubscribes, applies control
+/// messages and dispatches messages, until the broker is dropped.
+pub(crate) async fn classic_task(
+    weak: Weak<Inner>,
+    source: Source,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        if weak.strong_count() == 0 {
+            return;
+        }
+        let client = match &source {
+            Source::Fixed(c) => Some((**c).clone()),
+            Source::Sentinel(f) => f.master_now().await.ok().map(|m| m.client),
+        };
+        let conn = match client {
+            Some(c) => tokio::time::timeout(Duration::from_secs(2), c.get_async_pubsub())
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        let Some(pubsub) = conn else {
+            refuse_pending(&mut control);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let (channels, prefix) = match weak.upgrade() {
+            Some(inner) => (
+                lock(&inner.interest).keys().cloned().collect::<Vec<_>>(),
+                inner.opts.prefix.clone(),
+            ),
+            None => return,
+        };
+        // Kicks come on the control channel, whatever channels this node serves.
+        let mut ok = sink.subscribe(control_channel(&prefix)).await.is_ok();
+        for ch in &channels {
+            if !ok {
+                break;
+            }
+            ok = sink.subscribe(pubsub_channel(&prefix, ch)).await.is_ok();
+        }
+        if !ok {
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        if let Some(inner) = weak.upgrade() {
+            inner.pubsub_up.store(true, Ordering::SeqCst);
+            if connected_before {
+                tracing::info!(channels = channels.len(), "redis pub/sub reconnected");
+                resync_all(inner, channels);
+            }
+        }
+        connected_before = true;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(inner) = weak.upgrade() else { return };
+                    dispatch(&inner, msg.get_channel_name(), msg.get_payload_bytes());
+                }
+                c = control.recv() => {
+                    let Some(c) = c else { return };
+                    match c {
+                        Control::Subscribe(ch, tx) => {
+                            let r = sink.subscribe(pubsub_channel(&prefix, &ch)).await;
+                            let failed = r.is_err();
+                            let _ = tx.send(r.map_err(unavailable));
+                            if failed { break; }
+                        }
+                        Control::Unsubscribe(ch) => {
+                            if sink.unsubscribe(pubsub_channel(&prefix, &ch)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Control::Reconnect => break,
+                    }
+                }
+            }
+        }
+        if let Some(inner) = weak.upgrade() {
+            inner.pubsub_up.store(false, Ordering::SeqCst);
+        }
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+/// The channel name and payload of a pushed message (`message`/`smessage`).
+fn message(push: &PushInfo) -> Option<(&str, &[u8])> {
+    match (push.data.first(), push.data.get(1)) {
+        (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) => {
+            Some((std::str::from_utf8(ch).ok()?, payload))
+        }
+        _ => None,
+    }
+}
+
+/// Sharded pub/sub on a Cluster: `SSUBSCRIBE` through a cluster connection that delivers
+/// messages as RESP3 pushes on `pushes`. Subscribes everything again after a lost node
+/// connection or a moved slot, then resyncs every channel.
+pub(crate) async fn sharded_task(
+    weak: Weak<Inner>,
+    client: redis::cluster::ClusterClient,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    let mut conn: Option<ClusterConnection> = None;
+    loop {
+        if weak.strong_count() == 0 {
+            return;
+        }
+        if conn.is_none() {
+            conn = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_connection())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(c) = conn.as_mut() else {
+            refuse_pending(&mut control);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        let (channels, prefix) = match weak.upgrade() {
+            Some(inner) => (
+                lock(&inner.interest).keys().cloned().collect::<Vec<_>>(),
+                inner.opts.prefix.clone(),
+            ),
+            None => return,
+        };
+        // Subscribing again to a channel already subscribed on its node is a no-op there, so
+        // everything is sent again: only the connections that broke really resubscribe.
+        let mut ok = ssubscribe(c, control_channel(&prefix)).await.is_ok();
+        for ch in &channels {
+            if !ok {
+                break;
+            }
+            ok = ssubscribe(c, pubsub_channel(&prefix, ch)).await.is_ok();
+        }
+        if !ok {
+            refuse_pending(&mut control);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        if let Some(inner) = weak.upgrade() {
+            inner.pubsub_up.store(true, Ordering::SeqCst);
+            if connected_before {
+                tracing::info!(
+                    channels = channels.len(),
+                    "redis cluster sharded pub/sub subscribed again"
+                );
+                resync_all(inner, channels);
+            }
+        }
+        connected_before = true;
+        // `sunsubscribe` pushes still to come for our own SUNSUBSCRIBEs, per Redis channel.
+        let mut own_unsubscribes: HashMap<String, usize> = HashMap::new();
+        loop {
+            tokio::select! {
+                push = pushes.recv() => {
+                    let Some(push) = push else { return };
+                    let Some(inner) = weak.upgrade() else { return };
+                    match push.kind {
+                        PushKind::SMessage | PushKind::Message => {
+                            if let Some((ch, payload)) = message(&push) {
+                                dispatch(&inner, ch, payload);
+                            }
+                        }
+                        // A node connection broke (its master died or restarted).
+                        PushKind::Disconnection => break,
+                        // Our own SUNSUBSCRIBE's reply comes here too (the client clones
+                        // replies that are pushes); any other means Redis unsubscribed us
+                        // itself: the channel's slot moved (a failover, a migration). If the
+                        // channel is still wanted, subscribe again where it is now and resync it.
+                        PushKind::SUnsubscribe => {
+                            let Some(ch) = message_channel(&push) else { continue };
+                            if let Some(n) = own_unsubscribes.get_mut(ch) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    own_unsubscribes.remove(ch);
+                                }
+                                continue;
+                            }
+                            let channel = ch
+                                .strip_prefix(&inner.channel_prefix)
+                                .and_then(|c| c.strip_suffix('}'))
+                                .filter(|c| lock(&inner.interest).contains_key(*c))
+                                .map(str::to_owned);
+                            if channel.is_none() && ch != inner.control_channel {
+                                continue;
+                            }
+                            let again = ssubscribe(conn.as_mut().expect("connected"), ch.to_owned()).await;
+                            if again.is_err() {
+                                break;
+                            }
+                            if let Some(channel) = channel {
+                                tracing::info!(channel, "redis unsubscribed a channel (its slot moved): subscribed again");
+                                resync_all(inner, vec![channel]);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                c = control.recv() => {
+                    let Some(c) = c else { return };
+                    match c {
+                        Control::Subscribe(ch, tx) => {
+                            let r = ssubscribe(conn.as_mut().expect("connected"), pubsub_channel(&prefix, &ch)).await;
+                            let failed = r.is_err();
+                            let _ = tx.send(r);
+                            if failed { break; }
+                        }
+                        Control::Unsubscribe(ch) => {
+                            let c = conn.as_mut().expect("connected");
+                            let name = pubsub_channel(&prefix, &ch);
+                            *own_unsubscribes.entry(name.clone()).or_default() += 1;
+                            let r = tokio::time::timeout(COMMAND_TIMEOUT, c.sunsubscribe(name)).await;
+                            if !matches!(r, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
+                        Control::Reconnect => break,
+                    }
+                }
+            }
+        }
+        if let Some(inner) = weak.upgrade() {
+            inner.pubsub_up.store(false, Ordering::SeqCst);
+        }
+        tracing::warn!("redis cluster sharded pub/sub interrupted; subscribing again");
+    }
+}
+
+fn message_channel(push: &PushInfo) -> Option<&str> {
+    match push.data.first() {
+        Some(Value::BulkString(ch)) => std::str::from_utf8(ch).ok(),
+        _ => None,
+    }
+}
+
+async fn ssubscribe(c: &mut ClusterConnection, channel: String) -> Result<(), BrokerError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, c.ssubscribe(channel)).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(BrokerError::Unavailable(
+            "redis: subscribing timed out".into(),
+        )),
+    }
+}

@@ -32,13 +32,13 @@ async fn next_pub_data(c: &mut Client) -> String {
             .expect("a frame within 5 s")
             .unwrap()
             .unwrap();
-        if let Message::Text(t) = msg {
-            if t.starts_with(r#"{"type":"pub""#) {
-                let at = t.find(r#""data":"#).unwrap() + 7;
-                // `from` follows `data` and contains no `,"from":` itself.
-                let end = t.rfind(r#","from":"#).unwrap();
-                return t[at..end].to_owned();
-            }
+        if let Message::Text(t) = msg
+            && t.starts_with(r#"{"type":"pub""#)
+        {
+            let at = t.find(r#""data":"#).unwrap() + 7;
+            // `from` follows `data` and contains no `,"from":` itself.
+            let end = t.rfind(r#","from":"#).unwrap();
+            return t[at..end].to_owned();
         }
     }
 }

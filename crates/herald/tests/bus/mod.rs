@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use herald_core::identity::mint_hs256;
-use herald_testkit::{Api, HeraldBin, HeraldProcess, RedisServer, HoldProxy, WsClient, eventually};
+use herald_testkit::{Api, HeraldBin, HeraldProcess, HoldProxy, RedisServer, WsClient, eventually};
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "bus-test-secret";

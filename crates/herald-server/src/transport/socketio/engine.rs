@@ -455,21 +455,21 @@ impl Engine {
                 }
             };
             let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
-        } else if let Some(shared) = &self.shared {
-            if !shared.closed.is_cancelled() {
-                // The last packets and the close packet go in separate polls, as Node's engine
-                // writes them. socket.io-client hands Socket.IO packets to the socket a tick
-                // after it decodes their payload, but acts on a `1` at once: in one payload
-                // with a DISCONNECT, the client would see "transport close" (and reconnect)
-                // before it reads the DISCONNECT ("io server disconnect", no reconnect).
-                let bye = async {
-                    if !last.is_empty() && self.write(&mut last).await.is_err() {
-                        return;
-                    }
-                    let _ = self.write(&mut vec!["1".to_owned()]).await;
-                };
-                let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
-            }
+        } else if let Some(shared) = &self.shared
+            && !shared.closed.is_cancelled()
+        {
+            // The last packets and the close packet go in separate polls, as Node's engine
+            // writes them. socket.io-client hands Socket.IO packets to the socket a tick
+            // after it decodes their payload, but acts on a `1` at once: in one payload
+            // with a DISCONNECT, the client would see "transport close" (and reconnect)
+            // before it reads the DISCONNECT ("io server disconnect", no reconnect).
+            let bye = async {
+                if !last.is_empty() && self.write(&mut last).await.is_err() {
+                    return;
+                }
+                let _ = self.write(&mut vec!["1".to_owned()]).await;
+            };
+            let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
         }
         if let Some(shared) = &self.shared {
             shared.closed.cancel();

@@ -32,7 +32,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Consumer, Verdict, instance_name, supervise};
+use crate::{Consumer, Verdict, instance_name, start};
 
 /// How often the queue's depth (the lag) is read.
 const LAG_EVERY: Duration = Duration::from_secs(1);
@@ -52,22 +52,17 @@ pub fn run(
     publisher: Arc<dyn Publisher>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let (ready_name, metrics_name) = names(index, &cfg);
-    let ready = publisher.readiness(&ready_name);
-    let consumer = Arc::new(Consumer::new(
+    let names = names(index, &cfg);
+    let routes = cfg.routes.clone();
+    start(
         SourceKind::Amqp,
-        cfg.routes.clone(),
+        names,
+        routes,
+        cfg,
         publisher,
-        &metrics_name,
-        shutdown.clone(),
-    ));
-    let cfg = Arc::new(cfg);
-    async move {
-        supervise(&ready_name, ready.clone(), shutdown, || {
-            session(cfg.clone(), consumer.clone(), ready.clone())
-        })
-        .await;
-    }
+        shutdown,
+        session,
+    )
 }
 
 fn err(what: &str) -> impl Fn(lapin::Error) -> String + '_ {

@@ -169,6 +169,40 @@ impl Consumer {
     }
 }
 
+/// What every bus source's `run` does: registers its readiness flag (`ready_name`), builds the
+/// [`Consumer`] (counting under `metrics_name`), then [`supervise`]s `session`, called with the
+/// shared config, the consumer and the readiness flag for each connection.
+pub(crate) fn start<C, F, Fut>(
+    kind: SourceKind,
+    (ready_name, metrics_name): (String, String),
+    routes: Routes,
+    cfg: C,
+    publisher: Arc<dyn Publisher>,
+    shutdown: CancellationToken,
+    mut session: F,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    C: Send + Sync + 'static,
+    F: FnMut(Arc<C>, Arc<Consumer>, Arc<AtomicBool>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let ready = publisher.readiness(&ready_name);
+    let consumer = Arc::new(Consumer::new(
+        kind,
+        routes,
+        publisher,
+        &metrics_name,
+        shutdown.clone(),
+    ));
+    let cfg = Arc::new(cfg);
+    async move {
+        supervise(&ready_name, ready.clone(), shutdown, || {
+            session(cfg.clone(), consumer.clone(), ready.clone())
+        })
+        .await;
+    }
+}
+
 /// Runs `session` until shutdown, again and again with backoff (200 ms doubling to 2 s, reset
 /// after a session that lasted 10 s) while it fails. `ready` is down between sessions; the
 /// session raises it once it consumes. A session returns `Ok` only at shutdown.

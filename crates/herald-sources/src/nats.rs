@@ -21,7 +21,7 @@ use herald_core::bus::NatsSourceConfig;
 use herald_core::source::{Publisher, SourceKind, scoped_key};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Consumer, Verdict, supervise};
+use crate::{Consumer, Verdict, start};
 
 /// The `/readyz` name and the metrics label of the `index`th (0-based) `[[source.nats]]`.
 pub fn names(index: usize, cfg: &NatsSourceConfig) -> (String, String) {
@@ -43,22 +43,17 @@ pub fn run(
     publisher: Arc<dyn Publisher>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let (ready_name, metrics_name) = names(index, &cfg);
-    let ready = publisher.readiness(&ready_name);
-    let consumer = Arc::new(Consumer::new(
+    let names = names(index, &cfg);
+    let routes = cfg.routes.clone();
+    start(
         SourceKind::Nats,
-        cfg.routes.clone(),
+        names,
+        routes,
+        cfg,
         publisher,
-        &metrics_name,
-        shutdown.clone(),
-    ));
-    let cfg = Arc::new(cfg);
-    async move {
-        supervise(&ready_name, ready.clone(), shutdown, || {
-            session(cfg.clone(), consumer.clone(), ready.clone())
-        })
-        .await;
-    }
+        shutdown,
+        session,
+    )
 }
 
 /// One connection's life: Err when it is lost (the caller reconnects).

@@ -23,7 +23,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Consumer, Verdict, instance_name, supervise};
+use crate::{Consumer, Verdict, instance_name, start};
 
 /// Takes or renews the lease: set when free or already ours.
 const LEASE_SCRIPT: &str = r"
@@ -54,23 +54,18 @@ pub fn run(
     publisher: Arc<dyn Publisher>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let (ready_name, metrics_name) = names(index, &cfg);
-    let ready = publisher.readiness(&ready_name);
-    let consumer = Arc::new(Consumer::new(
-        SourceKind::RedisStream,
-        cfg.routes.clone(),
-        publisher,
-        &metrics_name,
-        shutdown.clone(),
-    ));
-    let cfg = Arc::new(cfg);
+    let names = names(index, &cfg);
+    let routes = cfg.routes.clone();
     let me: Arc<str> = instance_name().into();
-    async move {
-        supervise(&ready_name, ready.clone(), shutdown, || {
-            session(cfg.clone(), consumer.clone(), ready.clone(), me.clone())
-        })
-        .await;
-    }
+    start(
+        SourceKind::RedisStream,
+        names,
+        routes,
+        cfg,
+        publisher,
+        shutdown,
+        move |cfg, consumer, ready| session(cfg, consumer, ready, me.clone()),
+    )
 }
 
 fn err(what: &str) -> impl Fn(redis::RedisError) -> String + '_ {

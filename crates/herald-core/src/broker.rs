@@ -233,3 +233,73 @@ pub trait Broker: Send + Sync + 'static {
     /// How long idempotency keys are remembered.
     fn idempotency_window(&self) -> Duration;
 }
+
+/// The books a shared broker (Redis, NATS) keeps of the sessions it registered for this node's
+/// clients: client → user, registered again when the backend lost them, and the clients
+/// whose unregistering failed (the backend was away), retried at every beat so a user is never
+/// locked out by a slot nobody holds.
+#[derive(Debug, Default)]
+pub struct LocalSessions {
+    open: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    orphans: std::sync::Mutex<Vec<ClientInfo>>,
+}
+
+impl LocalSessions {
+    fn open(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn orphans(&self) -> std::sync::MutexGuard<'_, Vec<ClientInfo>> {
+        self.orphans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a session the backend accepted.
+    pub fn opened(&self, client: String, user: String) {
+        self.open().insert(client, user);
+    }
+
+    /// Every open session, (client, user), to register again.
+    pub fn snapshot(&self) -> Vec<(String, String)> {
+        self.open()
+            .iter()
+            .map(|(c, u)| (c.clone(), u.clone()))
+            .collect()
+    }
+
+    /// Closes `client`'s session: when this node had registered it, `unregister(client,
+    /// user)`; a failure keeps the client for [`LocalSessions::retry_orphans`] and is returned.
+    pub async fn close<F, Fut>(&self, client: &ClientInfo, unregister: F) -> Result<(), BrokerError>
+    where
+        F: FnOnce(String, String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        let Some(user) = &client.user else {
+            return Ok(());
+        };
+        if self.open().remove(&client.client).is_none() {
+            return Ok(());
+        }
+        let result = unregister(client.client.clone(), user.clone()).await;
+        if result.is_err() {
+            self.orphans().push(client.clone());
+        }
+        result
+    }
+
+    /// Tries again to unregister every session whose unregistering failed; those that fail
+    /// again stay for the next beat.
+    pub async fn retry_orphans<F, Fut>(&self, mut unregister: F)
+    where
+        F: FnMut(String, String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        let orphans = std::mem::take(&mut *self.orphans());
+        for o in orphans {
+            if let Some(user) = &o.user
+                && unregister(o.client.clone(), user.clone()).await.is_err()
+            {
+                self.orphans().push(o);
+            }
+        }
+    }
+}

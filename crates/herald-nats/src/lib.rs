@@ -78,7 +78,9 @@ use async_nats::{Client, Event, HeaderMap, Subscriber, jetstream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use herald_core::broker::{HistoryQuery, HistoryResult, PresenceEvent, new_epoch, random_id};
+use herald_core::broker::{
+    HistoryQuery, HistoryResult, LocalSessions, PresenceEvent, new_epoch, random_id,
+};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
 use serde_json::value::RawValue;
@@ -184,8 +186,8 @@ struct Inner {
     last: Mutex<HashMap<String, Last>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     local_presence: Mutex<HashMap<(String, String), ClientInfo>>,
-    local_sessions: Mutex<HashMap<String, String>>,
-    orphans: Mutex<Vec<ClientInfo>>,
+    /// Sessions this node registered, and those whose unregistering failed.
+    local_sessions: LocalSessions,
     node: String,
     /// The revision of this node's entry in `<P>_nodes` after its last beat (0: none yet).
     beat_revision: AtomicU64,
@@ -346,8 +348,7 @@ impl NatsBroker {
             last: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             local_presence: Mutex::new(HashMap::new()),
-            local_sessions: Mutex::new(HashMap::new()),
-            orphans: Mutex::new(Vec::new()),
+            local_sessions: LocalSessions::default(),
             node: random_id(12),
             beat_revision: AtomicU64::new(0),
         });
@@ -1282,7 +1283,7 @@ impl Broker for NatsBroker {
             next.insert(id.clone(), node.clone());
             let value = Bytes::from(serde_json::to_vec(&next).unwrap_or_default());
             if Self::cas(&h.sessions, &key, value, revision).await? {
-                lock(&self.inner.local_sessions).insert(id, user.clone());
+                self.inner.local_sessions.opened(id, user.clone());
                 return Ok(true);
             }
         }
@@ -1292,20 +1293,10 @@ impl Broker for NatsBroker {
     }
 
     async fn session_close(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let Some(user) = &client.user else {
-            return Ok(());
-        };
-        if lock(&self.inner.local_sessions)
-            .remove(&client.client)
-            .is_none()
-        {
-            return Ok(());
-        }
-        let result = self.unregister(&client.client, user).await;
-        if result.is_err() {
-            lock(&self.inner.orphans).push(client.clone());
-        }
-        result
+        self.inner
+            .local_sessions
+            .close(client, |c, u| async move { self.unregister(&c, &u).await })
+            .await
     }
 
     async fn kick(&self, user: &str) -> Result<usize, BrokerError> {
@@ -1627,21 +1618,14 @@ async fn beat(broker: &NatsBroker) -> Result<(bool, bool), BrokerError> {
 async fn upkeep(broker: &NatsBroker, lost: bool, reaped: bool) -> Result<(), BrokerError> {
     let inner = &broker.inner;
     let h = broker.handles().await?;
-    let orphans = std::mem::take(&mut *lock(&inner.orphans));
-    for o in orphans {
-        if let Some(user) = &o.user
-            && broker.unregister(&o.client, user).await.is_err()
-        {
-            lock(&inner.orphans).push(o);
-        }
-    }
+    inner
+        .local_sessions
+        .retry_orphans(|c, u| async move { broker.unregister(&c, &u).await })
+        .await;
 
     // Sessions first: once a member's `join` is seen, its session counts again too.
     if lost {
-        let sessions: Vec<(String, String)> = lock(&inner.local_sessions)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let sessions: Vec<(String, String)> = inner.local_sessions.snapshot();
         for (client, user) in sessions {
             broker.register(&client, &user).await?;
         }

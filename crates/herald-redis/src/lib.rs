@@ -52,7 +52,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use herald_core::broker::{FanoutStats, HistoryQuery, HistoryResult, new_epoch, random_id};
+use herald_core::broker::{
+    FanoutStats, HistoryQuery, HistoryResult, LocalSessions, new_epoch, random_id,
+};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
 use redis::aio::ConnectionManager;
@@ -371,11 +373,8 @@ pub(crate) struct Inner {
     pubsub_up: AtomicBool,
     /// Presence entries this node owns, refreshed so they outlive `presence_ttl`.
     local_presence: Mutex<HashMap<(String, String), ClientInfo>>,
-    /// Sessions this node registered (client → user), re-registered if the node was reaped.
-    local_sessions: Mutex<HashMap<String, String>>,
-    /// Sessions whose unregistering failed (Redis was away): retried at every beat, so a
-    /// user is never locked out by a slot nobody holds.
-    orphans: Mutex<Vec<ClientInfo>>,
+    /// Sessions this node registered, and those whose unregistering failed.
+    local_sessions: LocalSessions,
     /// This node's name in `{<prefix>}:nodes`.
     node: String,
     session_open: Lua,
@@ -545,8 +544,7 @@ impl RedisBroker {
             control: tx.clone(),
             pubsub_up: AtomicBool::new(false),
             local_presence: Mutex::new(HashMap::new()),
-            local_sessions: Mutex::new(HashMap::new()),
-            orphans: Mutex::new(Vec::new()),
+            local_sessions: LocalSessions::default(),
             node: random_id(12),
             session_open: Lua::new(SESSION_OPEN_LUA),
             kick: Lua::new(KICK_LUA),
@@ -894,26 +892,18 @@ impl Broker for RedisBroker {
             .arg(user);
         let admitted: u64 = timed(inv.invoke_async(&mut con)).await?;
         if admitted == 1 {
-            lock(&self.inner.local_sessions).insert(client.client.clone(), user.clone());
+            self.inner
+                .local_sessions
+                .opened(client.client.clone(), user.clone());
         }
         Ok(admitted == 1)
     }
 
     async fn session_close(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let Some(user) = &client.user else {
-            return Ok(());
-        };
-        if lock(&self.inner.local_sessions)
-            .remove(&client.client)
-            .is_none()
-        {
-            return Ok(());
-        }
-        let result = self.unregister(&client.client, user).await;
-        if result.is_err() {
-            lock(&self.inner.orphans).push(client.clone());
-        }
-        result
+        self.inner
+            .local_sessions
+            .close(client, |c, u| async move { self.unregister(&c, &u).await })
+            .await
     }
 
     async fn kick(&self, user: &str) -> Result<usize, BrokerError> {
@@ -1059,23 +1049,16 @@ async fn beat(broker: &RedisBroker) -> Result<(), BrokerError> {
         );
     }
 
-    let orphans = std::mem::take(&mut *lock(&inner.orphans));
-    for o in orphans {
-        if let Some(user) = &o.user
-            && broker.unregister(&o.client, user).await.is_err()
-        {
-            lock(&inner.orphans).push(o);
-        }
-    }
+    inner
+        .local_sessions
+        .retry_orphans(|c, u| async move { broker.unregister(&c, &u).await })
+        .await;
 
     let entries: Vec<((String, String), ClientInfo)> = lock(&inner.local_presence)
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let sessions: Vec<(String, String)> = lock(&inner.local_sessions)
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let sessions: Vec<(String, String)> = inner.local_sessions.snapshot();
     // Sessions and the reaper's record of members are written again only when Redis lost
     // them (reaped, or restarted empty); the members' own entries carry an expiry that every
     // beat moves on.

@@ -333,7 +333,9 @@ impl Engine {
         if self.unsent.is_empty() {
             return Ok(());
         }
-        let write = async {
+        // The write future goes straight into the combinator: a named local would be kept
+        // beside the combinator's copy across the await (see `ws::WsTransport::send`).
+        ws::bounded_write(WRITE_TIMEOUT, async {
             while let Some(p) = self.unsent.front() {
                 socket
                     .feed(Message::Text(Utf8Bytes::from(p.clone())))
@@ -341,8 +343,8 @@ impl Engine {
                 self.unsent.pop_front();
             }
             socket.flush().await
-        };
-        ws::bounded_write(WRITE_TIMEOUT, write).await
+        })
+        .await
     }
 
     /// The next packet. Cancel-safe: every await is on a cancel-safe source, and state only
@@ -388,13 +390,13 @@ impl Engine {
         self.switch_if_upgraded();
         self.flush_unsent().await?;
         if let Some(socket) = &mut self.socket {
-            let write = async {
+            return ws::bounded_write(WRITE_TIMEOUT, async {
                 for p in packets.drain(..) {
                     socket.feed(Message::Text(Utf8Bytes::from(p))).await?;
                 }
                 socket.flush().await
-            };
-            return ws::bounded_write(WRITE_TIMEOUT, write).await;
+            })
+            .await;
         }
         let Some(shared) = self.shared.clone() else {
             return Err(io::ErrorKind::NotConnected.into());

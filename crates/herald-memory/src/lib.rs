@@ -5,7 +5,17 @@
 //! happen under that lock, so the sink sees each channel in offset order and a replayed
 //! history can never race a live publication. No lock is ever held across an `.await`.
 //!
-//! Every stream gets a random epoch when it is created. What the broker holds grows with its
+//! A channel that is read (subscribed to) but never published to holds no stream: a *fresh*
+//! record (its epoch and when it was last used) answers for it at offset 0 until the first
+//! publication makes it a stream under that same epoch, so what its subscribers were told
+//! stays true. Every user's auto-subscribed channel is such a channel until something is sent
+//! to it, and one per idle connection is where the bytes are (issue 16).
+//!
+//! Epochs are random and shared: every record created between two drops of records gets the
+//! broker's current epoch (one allocation for all of them), and dropping a record draws a new
+//! current epoch under the same lock. A channel whose record was dropped therefore never comes
+//! back under an epoch it had before, which is all an epoch has to say ("this unbroken
+//! history"): two *different* channels sharing one is harmless. What the broker holds grows with its
 //! input, so each kind of state has a bound (see [`MemoryOptions`]):
 //! - **history**, across all channels, is kept under a byte budget. Every retained publication
 //!   gets a global sequence number in an age index; when the budget is exceeded the oldest
@@ -23,7 +33,7 @@
 //! Lock order: the channel map, then a stream, then the age index or the idempotency table.
 //! Eviction takes the age index alone, lets it go, then locks the stream it names.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -99,6 +109,7 @@ impl Entry {
     }
 }
 
+/// A channel that has been published to.
 struct Stream {
     epoch: Arc<str>,
     offset: u64,
@@ -109,9 +120,11 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(now: Instant) -> Self {
+    /// The stream of a fresh record's first publication: offset 0 in `epoch`, the position
+    /// the record answered with.
+    fn new(epoch: Arc<str>, now: Instant) -> Self {
         Self {
-            epoch: Arc::from(new_epoch()),
+            epoch,
             offset: 0,
             history: VecDeque::new(),
             ttl: None,
@@ -124,6 +137,29 @@ impl Stream {
             offset: self.offset,
             epoch: self.epoch.clone(),
         }
+    }
+}
+
+/// What the broker knows of one channel.
+enum Record {
+    /// Read but never published to: offset 0 in `epoch`. 32 B in the map, where a stream
+    /// costs its own allocation (offset, history ring, TTL, lock) beside the map's entry.
+    Fresh { epoch: Arc<str>, touched: Instant },
+    /// Published to: offsets, history, under the stream's own lock.
+    Live(Arc<Mutex<Stream>>),
+}
+
+/// The channel records and the epoch new records get.
+struct Records {
+    map: HashMap<Arc<str>, Record>,
+    /// The epoch of records created from now on; replaced whenever a record is dropped.
+    epoch: Arc<str>,
+}
+
+impl Records {
+    /// Draws a new current epoch: called whenever records were dropped (see the module docs).
+    fn rotate(&mut self) {
+        self.epoch = Arc::from(new_epoch());
     }
 }
 
@@ -172,7 +208,7 @@ impl Idempotency {
 /// The in-memory broker.
 pub struct MemoryBroker {
     sink: Arc<dyn PublicationSink>,
-    streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
+    streams: Mutex<Records>,
     ages: Mutex<Ages>,
     idempotency: Mutex<Idempotency>,
     /// Presence per channel, by client id.
@@ -181,9 +217,62 @@ pub struct MemoryBroker {
     retaining: AtomicUsize,
     options: MemoryOptions,
     /// Open sessions per user (the per-user limit and the kick's count).
-    sessions: Mutex<HashMap<String, BTreeSet<String>>>,
+    sessions: Mutex<HashMap<Box<str>, Open>>,
     /// Resumable session states ([`Broker::resume_put`]).
     resumable: Mutex<Resumable>,
+}
+
+/// The client ids of one user's open sessions. Most users hold one connection, so one id is
+/// kept inline and a vector only appears for the second: a set per user (a `BTreeSet`'s
+/// first leaf is eleven slots) cost 278 B per idle connection (heaptrack, docs/benchmarks.md,
+/// issue 16). Lookups in `Many` are linear: it holds at most `limits.max_connections_per_user`
+/// ids (64 by default).
+#[derive(Debug)]
+enum Open {
+    One(Box<str>),
+    Many(Vec<Box<str>>),
+}
+
+impl Open {
+    fn len(&self) -> usize {
+        match self {
+            Open::One(_) => 1,
+            Open::Many(ids) => ids.len(),
+        }
+    }
+
+    fn contains(&self, client: &str) -> bool {
+        match self {
+            Open::One(id) => **id == *client,
+            Open::Many(ids) => ids.iter().any(|id| **id == *client),
+        }
+    }
+
+    /// Adds `client` (known to be absent).
+    fn push(&mut self, client: &str) {
+        match self {
+            Open::One(id) => {
+                let first = std::mem::take(id);
+                *self = Open::Many(vec![first, Box::from(client)]);
+            }
+            Open::Many(ids) => ids.push(Box::from(client)),
+        }
+    }
+
+    /// Removes `client`; true when no session is left.
+    fn remove(&mut self, client: &str) -> bool {
+        match self {
+            Open::One(id) => **id == *client,
+            Open::Many(ids) => {
+                ids.retain(|id| **id != *client);
+                if let [last] = ids.as_mut_slice() {
+                    *self = Open::One(std::mem::take(last));
+                    return false;
+                }
+                ids.is_empty()
+            }
+        }
+    }
 }
 
 /// Resumable session states by key, each with its owner and expiry. Expired entries are
@@ -224,7 +313,10 @@ impl MemoryBroker {
     pub fn with_options(sink: Arc<dyn PublicationSink>, options: MemoryOptions) -> Arc<Self> {
         Arc::new(Self {
             sink,
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Records {
+                map: HashMap::new(),
+                epoch: Arc::from(new_epoch()),
+            }),
             ages: Mutex::new(Ages::default()),
             idempotency: Mutex::new(Idempotency::default()),
             presence: Mutex::new(HashMap::new()),
@@ -267,25 +359,32 @@ impl MemoryBroker {
             self.set_key_count(&idem);
         }
         let mut streams = lock(&self.streams);
-        streams.retain(|_, stream| {
-            let mut s = lock(stream);
-            self.prune(&mut s, now);
-            let idle = now.duration_since(s.touched) > IDLE_EVICTION;
-            !(idle && s.history.is_empty())
+        let before = streams.map.len();
+        streams.map.retain(|_, record| match record {
+            Record::Fresh { touched, .. } => now.duration_since(*touched) <= IDLE_EVICTION,
+            Record::Live(stream) => {
+                let mut s = lock(stream);
+                self.prune(&mut s, now);
+                let idle = now.duration_since(s.touched) > IDLE_EVICTION;
+                !(idle && s.history.is_empty())
+            }
         });
+        if streams.map.len() < before {
+            streams.rotate();
+        }
         self.set_channel_count(&streams);
     }
 
-    /// Number of channels with state (for tests and metrics).
+    /// Number of channels with a record, fresh or published to (for tests and metrics).
     pub fn stream_count(&self) -> usize {
-        lock(&self.streams).len()
+        lock(&self.streams).map.len()
     }
 
-    fn set_channel_count(&self, streams: &HashMap<Arc<str>, Arc<Mutex<Stream>>>) {
+    fn set_channel_count(&self, streams: &Records) {
         let stats = &self.options.stats;
         stats
             .channels
-            .store(streams.len() as u64, Ordering::Relaxed);
+            .store(streams.map.len() as u64, Ordering::Relaxed);
     }
 
     fn set_key_count(&self, idem: &Idempotency) {
@@ -295,27 +394,68 @@ impl MemoryBroker {
             .store(idem.keys.len() as u64, Ordering::Relaxed);
     }
 
-    /// The stream of `channel` (created if needed) and the name it is filed under, which
-    /// retained publications share instead of carrying a copy each.
+    /// The stream of `channel` (created if needed, from its fresh record if it has one) and
+    /// the name it is filed under, which retained publications share instead of carrying a
+    /// copy each.
     fn stream(&self, channel: &str) -> (Arc<str>, Arc<Mutex<Stream>>) {
         let mut streams = lock(&self.streams);
-        if let Some((name, s)) = streams.get_key_value(channel) {
-            return (name.clone(), s.clone());
+        let now = Instant::now();
+        if let Some((name, record)) = streams.map.get_key_value(channel) {
+            let name = name.clone();
+            let s = match record {
+                Record::Live(s) => return (name, s.clone()),
+                Record::Fresh { epoch, .. } => {
+                    Arc::new(Mutex::new(Stream::new(epoch.clone(), now)))
+                }
+            };
+            streams.map.insert(name.clone(), Record::Live(s.clone()));
+            return (name, s);
         }
         let name: Arc<str> = Arc::from(channel);
-        let s = Arc::new(Mutex::new(Stream::new(Instant::now())));
-        streams.insert(name.clone(), s.clone());
+        let s = Arc::new(Mutex::new(Stream::new(streams.epoch.clone(), now)));
+        streams.map.insert(name.clone(), Record::Live(s.clone()));
         self.trim_idle(&mut streams);
         self.set_channel_count(&streams);
         (name, s)
     }
 
+    /// The position of a channel that has never been published to, recording it as fresh if
+    /// it has no record yet; `None` when it has a stream (read that instead).
+    fn fresh_position(&self, channel: &str) -> Option<Position> {
+        let mut streams = lock(&self.streams);
+        let now = Instant::now();
+        match streams.map.get_mut(channel) {
+            Some(Record::Live(_)) => None,
+            Some(Record::Fresh { epoch, touched }) => {
+                *touched = now;
+                Some(Position {
+                    offset: 0,
+                    epoch: epoch.clone(),
+                })
+            }
+            None => {
+                let epoch = streams.epoch.clone();
+                streams.map.insert(
+                    Arc::from(channel),
+                    Record::Fresh {
+                        epoch: epoch.clone(),
+                        touched: now,
+                    },
+                );
+                self.trim_idle(&mut streams);
+                self.set_channel_count(&streams);
+                Some(Position { offset: 0, epoch })
+            }
+        }
+    }
+
     /// Past `max_idle_channels` records that retain nothing, drops the least recently used
     /// of them, down to nine tenths of the cap so that the pass (which looks at every record)
     /// runs once per tenth of the cap of new channels, not on every one.
-    fn trim_idle(&self, streams: &mut HashMap<Arc<str>, Arc<Mutex<Stream>>>) {
+    fn trim_idle(&self, streams: &mut Records) {
         let cap = self.options.max_idle_channels;
         let idle = streams
+            .map
             .len()
             .saturating_sub(self.retaining.load(Ordering::Relaxed));
         if idle <= cap {
@@ -323,19 +463,26 @@ impl MemoryBroker {
         }
         let target = cap - cap / 10;
         let mut candidates: Vec<(Instant, Arc<str>)> = streams
+            .map
             .iter()
-            // A stream someone holds right now (a publish or a read in flight) stays: dropping
-            // it would only make its next user start a new epoch for nothing.
-            .filter(|(_, s)| Arc::strong_count(s) == 1)
-            .filter_map(|(name, s)| {
-                let s = lock(s);
-                s.history.is_empty().then(|| (s.touched, name.clone()))
+            .filter_map(|(name, record)| match record {
+                Record::Fresh { touched, .. } => Some((*touched, name.clone())),
+                // A stream someone holds right now (a publish or a read in flight) stays:
+                // dropping it would only make its next user start a new epoch for nothing.
+                Record::Live(s) if Arc::strong_count(s) == 1 => {
+                    let s = lock(s);
+                    s.history.is_empty().then(|| (s.touched, name.clone()))
+                }
+                Record::Live(_) => None,
             })
             .collect();
         candidates.sort_unstable_by_key(|(touched, _)| *touched);
         let dropped = candidates.len().min(idle - target);
         for (_, name) in candidates.into_iter().take(dropped) {
-            streams.remove(&name);
+            streams.map.remove(&name);
+        }
+        if dropped > 0 {
+            streams.rotate();
         }
         self.options
             .stats
@@ -417,8 +564,10 @@ impl MemoryBroker {
             let Some((seq, name)) = lock(&self.ages).index.pop_first() else {
                 break;
             };
-            let stream = lock(&self.streams).get(&name).cloned();
-            let Some(stream) = stream else { continue };
+            let stream = match lock(&self.streams).map.get(&name) {
+                Some(Record::Live(s)) => s.clone(),
+                _ => continue,
+            };
             let mut s = lock(&stream);
             // Within a stream sequence numbers grow, so everything up to `seq` is older than
             // what the index still holds: gone too (a concurrent eviction may have taken an
@@ -519,6 +668,14 @@ impl Broker for MemoryBroker {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryResult, BrokerError> {
+        if let Some(position) = self.fresh_position(channel) {
+            // Never published to: nothing retained, the next offset is the first.
+            return Ok(HistoryResult {
+                position,
+                publications: Vec::new(),
+                earliest: 1,
+            });
+        }
         let (name, stream) = self.stream(channel);
         let mut s = lock(&stream);
         let now = Instant::now();
@@ -584,11 +741,18 @@ impl Broker for MemoryBroker {
             return Ok(true);
         };
         let mut sessions = lock(&self.sessions);
-        let open = sessions.entry(user.clone()).or_default();
-        if open.len() >= max && !open.contains(&client.client) {
-            return Ok(false);
+        match sessions.get_mut(user.as_str()) {
+            Some(open) if open.contains(&client.client) => {}
+            Some(open) if open.len() >= max => return Ok(false),
+            Some(open) => open.push(&client.client),
+            None if max == 0 => return Ok(false),
+            None => {
+                sessions.insert(
+                    Box::from(user.as_str()),
+                    Open::One(Box::from(client.client.as_str())),
+                );
+            }
         }
-        open.insert(client.client.clone());
         Ok(true)
     }
 
@@ -597,17 +761,16 @@ impl Broker for MemoryBroker {
             return Ok(());
         };
         let mut sessions = lock(&self.sessions);
-        if let Some(open) = sessions.get_mut(user) {
-            open.remove(&client.client);
-            if open.is_empty() {
-                sessions.remove(user);
-            }
+        if let Some(open) = sessions.get_mut(user.as_str())
+            && open.remove(&client.client)
+        {
+            sessions.remove(user.as_str());
         }
         Ok(())
     }
 
     async fn kick(&self, user: &str) -> Result<usize, BrokerError> {
-        let n = lock(&self.sessions).get(user).map_or(0, BTreeSet::len);
+        let n = lock(&self.sessions).get(user).map_or(0, Open::len);
         // One node: its sink is every node there is.
         self.sink.kick(user);
         Ok(n)

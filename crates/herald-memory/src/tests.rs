@@ -177,7 +177,10 @@ async fn trimming_leaves_no_bookkeeping_behind() {
     assert!(lock(&b.ages).index.is_empty());
     assert_eq!(load(&b.stats().history_bytes), 0);
     let streams = lock(&b.streams);
-    let s = lock(&streams["a"]);
+    let Some(Record::Live(stream)) = streams.map.get("a") else {
+        panic!("a published channel has a stream");
+    };
+    let s = lock(stream);
     assert!(
         s.history.capacity() <= 16,
         "an emptied history gives its ring back"
@@ -250,6 +253,90 @@ async fn idle_channel_records_are_capped() {
     let h = b.history("kept", all()).await.unwrap();
     assert_eq!(h.position, kept, "a channel with history is not dropped");
     let streams = lock(&b.streams);
-    assert!(streams.contains_key("idle.99"), "the most recent stay");
-    assert!(!streams.contains_key("idle.0"), "the least recent go");
+    assert!(streams.map.contains_key("idle.99"), "the most recent stay");
+    assert!(!streams.map.contains_key("idle.0"), "the least recent go");
+}
+
+/// A channel that is only read (every auto-subscribed user channel until something is sent to
+/// it) holds no stream, and its first publication continues the position the read answered:
+/// same epoch, offset 1, so its subscribers see no discontinuity.
+#[tokio::test]
+async fn a_read_channel_holds_no_stream_until_published() {
+    let b = MemoryBroker::new(Arc::new(Collect::default()), Duration::from_secs(120));
+    let read = b.history("u.1", all()).await.unwrap();
+    assert_eq!(read.position.offset, 0);
+    assert_eq!(read.earliest, 1);
+    assert!(read.publications.is_empty());
+    assert!(matches!(
+        lock(&b.streams).map.get("u.1"),
+        Some(Record::Fresh { .. })
+    ));
+    assert_eq!(b.stream_count(), 1);
+    assert_eq!(load(&b.stats().channels), 1);
+    let again = b.history("u.1", all()).await.unwrap();
+    assert_eq!(again.position, read.position);
+
+    let first = b.publish(req("u.1", 1, KEEP3)).await.unwrap();
+    assert_eq!(first.offset, 1);
+    assert_eq!(first.epoch, read.position.epoch, "the epoch the read told");
+    assert!(matches!(
+        lock(&b.streams).map.get("u.1"),
+        Some(Record::Live(_))
+    ));
+    assert_eq!(offsets(&b.history("u.1", all()).await.unwrap()), vec![1]);
+}
+
+/// Records made between two drops share one epoch allocation; a dropped channel comes back
+/// under an epoch it never had, whether its record was fresh or published to.
+#[tokio::test(start_paused = true)]
+async fn epochs_are_shared_until_a_record_is_dropped() {
+    let b = MemoryBroker::new(Arc::new(Collect::default()), Duration::from_secs(1));
+    let a = b.history("a", all()).await.unwrap().position;
+    let c = b.history("c", all()).await.unwrap().position;
+    let p = b.publish(req("p", 1, None)).await.unwrap();
+    assert!(Arc::ptr_eq(&a.epoch, &c.epoch), "one allocation for both");
+    assert_eq!(p.epoch, a.epoch);
+
+    tokio::time::advance(IDLE_EVICTION + Duration::from_secs(1)).await;
+    b.history("d", all()).await.unwrap();
+    b.sweep();
+    assert_eq!(b.stream_count(), 1, "only the record just used stays");
+    let a2 = b.history("a", all()).await.unwrap().position;
+    let p2 = b.publish(req("p", 2, None)).await.unwrap();
+    assert_ne!(a2.epoch, a.epoch);
+    assert_eq!((p2.offset, &p2.epoch), (1, &a2.epoch));
+    assert_ne!(p2.epoch, p.epoch);
+}
+
+/// One user's sessions: one id inline, more in a vector, back to one, then none (the user's
+/// entry gone); the cap counts them all and an id already open is admitted again.
+#[tokio::test]
+async fn sessions_per_user_grow_and_shrink() {
+    let b = MemoryBroker::new(Arc::new(Collect::default()), Duration::from_secs(120));
+    let info = |c: &str| ClientInfo {
+        client: c.to_owned(),
+        user: Some("u".to_owned()),
+        info: None,
+    };
+    assert!(!b.session_open(&info("x"), 0).await.unwrap());
+    assert!(
+        lock(&b.sessions).is_empty(),
+        "a refusal leaves nothing behind"
+    );
+    assert!(b.session_open(&info("a"), 3).await.unwrap());
+    assert!(matches!(lock(&b.sessions).get("u"), Some(Open::One(_))));
+    assert!(b.session_open(&info("a"), 1).await.unwrap(), "already open");
+    assert!(!b.session_open(&info("b"), 1).await.unwrap());
+    assert!(b.session_open(&info("b"), 3).await.unwrap());
+    assert!(b.session_open(&info("c"), 3).await.unwrap());
+    assert!(!b.session_open(&info("d"), 3).await.unwrap());
+    assert_eq!(b.kick("u").await.unwrap(), 3);
+    b.session_close(&info("a")).await.unwrap();
+    b.session_close(&info("nobody")).await.unwrap();
+    b.session_close(&info("c")).await.unwrap();
+    assert!(matches!(lock(&b.sessions).get("u"), Some(Open::One(id)) if &**id == "b"));
+    assert_eq!(b.kick("u").await.unwrap(), 1);
+    b.session_close(&info("b")).await.unwrap();
+    assert!(lock(&b.sessions).is_empty());
+    assert_eq!(b.kick("u").await.unwrap(), 0);
 }

@@ -467,6 +467,11 @@ impl Sessions {
         if conns.len() >= max {
             return false;
         }
+        if conns.is_empty() {
+            // Most users hold one connection on a node: room for one handle, not the four a
+            // first `push` reserves.
+            conns.reserve_exact(1);
+        }
         conns.push(handle.clone());
         true
     }

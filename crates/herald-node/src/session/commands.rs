@@ -73,7 +73,7 @@ impl Session {
         let (descriptor, _) = node.resolve(channel)?;
         if matches!(descriptor.scope, Scope::Token | Scope::Proxy(_)) {
             self.forget_evicted().await;
-            if !self.subscriptions.contains_key(channel) {
+            if !self.subscriptions.contains(channel) {
                 return Err(ErrorBody::new(
                     ErrorCode::Forbidden,
                     format!("subscribe to {channel:?} to see its presence"),
@@ -96,7 +96,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         self.forget_evicted().await;
         let node = self.node().clone();
-        let Some((subscribed, _)) = self.subscriptions.get_key_value(channel) else {
+        let Some((subscribed, _)) = self.subscriptions.get(channel) else {
             return Err(ErrorBody::new(
                 ErrorCode::NotSubscribed,
                 format!("not subscribed to {channel:?}"),

@@ -20,7 +20,6 @@ pub mod recover;
 mod subscribe;
 pub mod transport;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -110,12 +109,84 @@ pub struct Opening {
     pub all_or_nothing: bool,
 }
 
+/// A session's subscriptions: channel → whether it is a presence channel, in a vector.
+///
+/// Most connections hold one to three subscriptions (the auto-subscribed user channel and a
+/// broadcast or two), and `limits.max_subscriptions` bounds the rest (128 by default): a
+/// linear search over at most that many names costs less than hashing, and one entry is 24 B
+/// in one allocation, where a `HashMap`'s smallest table is four buckets and their control
+/// bytes (115 B per idle connection measured by heaptrack; docs/benchmarks.md, issue 16).
+#[derive(Debug, Default)]
+struct Subscriptions(Vec<(Arc<str>, bool)>);
+
+impl Subscriptions {
+    fn position(&self, channel: &str) -> Option<usize> {
+        self.0.iter().position(|(c, _)| **c == *channel)
+    }
+
+    /// Whether `channel` is subscribed to.
+    fn contains(&self, channel: &str) -> bool {
+        self.position(channel).is_some()
+    }
+
+    /// The stored name of `channel` and whether it is a presence channel.
+    fn get(&self, channel: &str) -> Option<(&Arc<str>, bool)> {
+        self.position(channel).map(|i| (&self.0[i].0, self.0[i].1))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds (or updates) `channel`. The first subscription reserves room for one entry, not
+    /// the four a first `push` reserves.
+    fn insert(&mut self, channel: Arc<str>, presence: bool) {
+        match self.position(&channel) {
+            Some(i) => self.0[i].1 = presence,
+            None => {
+                if self.0.is_empty() {
+                    self.0.reserve_exact(1);
+                }
+                self.0.push((channel, presence));
+            }
+        }
+    }
+
+    /// Removes `channel`; whether it was a presence channel, `None` when not subscribed.
+    fn remove(&mut self, channel: &str) -> Option<bool> {
+        let i = self.position(channel)?;
+        let (_, presence) = self.0.swap_remove(i);
+        if self.0.is_empty() {
+            // A session that once held many keeps no table for none.
+            self.0 = Vec::new();
+        }
+        Some(presence)
+    }
+
+    fn channels(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().map(|(c, _)| c)
+    }
+}
+
+impl Opening {
+    /// Whether the transport asks for nothing beyond the auto-subscriptions.
+    fn is_empty(&self) -> bool {
+        let Opening {
+            channels,
+            resume,
+            session,
+            all_or_nothing,
+        } = self;
+        channels.is_empty() && resume.is_empty() && session.is_none() && !all_or_nothing
+    }
+}
+
 /// One client's session.
 pub struct Session {
     slot: Slot,
     identity: Identity,
     /// Channel → whether it is a presence channel (to leave on unsubscribe).
-    subscriptions: HashMap<Arc<str>, bool>,
+    subscriptions: Subscriptions,
     frames: Bucket,
     publishes: Bucket,
     last_seen: Instant,
@@ -158,7 +229,7 @@ impl Session {
             expires: deadline_of(identity.expires_at),
             slot,
             identity,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             last_seen: Instant::now(),
             sub_expiry: Vec::new(),
             transport: "other",
@@ -191,6 +262,10 @@ impl Session {
         mut transport: T,
         opening: Opening,
     ) -> impl std::future::Future<Output = ()> {
+        // Only the welcome reads the opening, but what the async block captures stays in the
+        // future for the connection's whole life: 8 B (none of it allocated when the transport
+        // asks for nothing, as `/v1/ws` does) instead of the 72 B of an `Opening`.
+        let opening = (!opening.is_empty()).then(|| Box::new(opening));
         async move {
             self.transport = T::NAME;
             let _ = self.handle().transport.set(T::NAME);
@@ -201,7 +276,9 @@ impl Session {
             // The welcome, the cleanup and the transport's close are boxed: a future is as
             // large as its largest state, and these (broker and gate-2 calls, the closing
             // handshake) would otherwise size the whole idle life of the connection.
-            let ending = match Box::pin(self.welcome(opening)).await {
+            let ending = match Box::pin(self.welcome(opening.map_or_else(Opening::default, |o| *o)))
+                .await
+            {
                 Ok(()) => self.serve(&mut transport).await,
                 Err(e) => {
                     tracing::warn!(client = %self.handle().id, error = %e.message, "auto-subscribe failed");
@@ -448,7 +525,7 @@ impl Session {
     }
 
     async fn cleanup(&mut self) {
-        let channels: Vec<Arc<str>> = self.subscriptions.keys().cloned().collect();
+        let channels: Vec<Arc<str>> = self.subscriptions.channels().cloned().collect();
         for channel in channels {
             self.detach(&channel).await;
         }

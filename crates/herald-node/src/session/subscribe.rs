@@ -334,7 +334,7 @@ impl Session {
     }
 
     fn check_limit(&self, channel: &str) -> Result<(), ErrorBody> {
-        if self.subscriptions.contains_key(channel) {
+        if self.subscriptions.contains(channel) {
             return Err(ErrorBody::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {channel:?}"),
@@ -408,7 +408,7 @@ impl Session {
 
     async fn forget(&mut self, evicted: Vec<Arc<str>>) {
         for channel in evicted {
-            if self.subscriptions.contains_key(&channel) {
+            if self.subscriptions.contains(&channel) {
                 self.detach(&channel).await;
             }
         }
@@ -501,7 +501,11 @@ impl Session {
 
     /// Announces this session on a presence channel it just subscribed to.
     async fn join(&mut self, channel: &str) {
-        if self.subscriptions.get(channel) != Some(&true) {
+        if !self
+            .subscriptions
+            .get(channel)
+            .is_some_and(|(_, presence)| presence)
+        {
             return;
         }
         let node = self.node().clone();
@@ -520,7 +524,7 @@ impl Session {
     /// `unsubscribe`. Errors: `not_subscribed`.
     pub(super) async fn unsubscribe(&mut self, channel: &str) -> Result<(), ErrorBody> {
         self.forget_evicted().await;
-        if !self.subscriptions.contains_key(channel) {
+        if !self.subscriptions.contains(channel) {
             return Err(ErrorBody::new(
                 ErrorCode::NotSubscribed,
                 format!("not subscribed to {channel:?}"),

@@ -102,6 +102,94 @@ pub struct Descriptor {
     /// How the channel's publications are named as Socket.IO events.
     pub socketio_event: SocketIoEvent,
     validator: jsonschema::Validator,
+    /// Set when the schema says nothing but which JSON types the payload may have: the
+    /// payload is then checked from its first byte, without a `Value`.
+    types_only: Option<TypeSet>,
+}
+
+/// The JSON types a schema of the form `{"type": …}` (or `{}`/`true`) admits, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TypeSet(u8);
+
+/// Keywords that never change what a schema accepts (JSON Schema 2020-12 core and
+/// meta-data vocabularies): a schema with only these and `type` is decided by the type.
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+impl TypeSet {
+    const OBJECT: u8 = 1;
+    const ARRAY: u8 = 2;
+    const STRING: u8 = 4;
+    const NUMBER: u8 = 8;
+    const BOOLEAN: u8 = 16;
+    const NULL: u8 = 32;
+    const ANY: u8 = 63;
+
+    /// The set a schema is reduced to, or `None` when it says more than the type (or says
+    /// `integer` without `number`: whether `1.0` is an integer needs the value).
+    fn of(schema: &Value) -> Option<Self> {
+        let map = match schema {
+            Value::Bool(true) => return Some(Self(Self::ANY)),
+            Value::Object(map) => map,
+            _ => return None,
+        };
+        if map
+            .keys()
+            .any(|k| k != "type" && !ANNOTATIONS.contains(&k.as_str()))
+        {
+            return None;
+        }
+        let names: Vec<&Value> = match map.get("type") {
+            None => return Some(Self(Self::ANY)),
+            Some(Value::Array(names)) => names.iter().collect(),
+            Some(name) => vec![name],
+        };
+        let mut bits = 0;
+        let mut integer = false;
+        for name in names {
+            bits |= match name.as_str()? {
+                "object" => Self::OBJECT,
+                "array" => Self::ARRAY,
+                "string" => Self::STRING,
+                "number" => Self::NUMBER,
+                "boolean" => Self::BOOLEAN,
+                "null" => Self::NULL,
+                "integer" => {
+                    integer = true;
+                    0
+                }
+                _ => return None,
+            };
+        }
+        if integer && bits & Self::NUMBER == 0 {
+            return None;
+        }
+        Some(Self(bits))
+    }
+
+    /// Whether valid JSON `text` has one of the types: its first significant byte says which.
+    fn admits(self, text: &str) -> bool {
+        let kind = match text.trim_start().as_bytes().first() {
+            Some(b'{') => Self::OBJECT,
+            Some(b'[') => Self::ARRAY,
+            Some(b'"') => Self::STRING,
+            Some(b't' | b'f') => Self::BOOLEAN,
+            Some(b'n') => Self::NULL,
+            Some(_) => Self::NUMBER,
+            None => return false,
+        };
+        self.0 & kind != 0
+    }
 }
 
 /// The Socket.IO event name of a channel's publications (docs/socketio.md).
@@ -176,6 +264,22 @@ impl Descriptor {
             pointer: e.instance_path().as_str().to_owned(),
             message: e.masked().to_string(),
         })
+    }
+
+    /// [`Descriptor::validate`] for a payload as JSON text (valid JSON, e.g. what
+    /// [`crate::input::accept_raw`] returns). A schema that only names types is decided from
+    /// the text's first byte; any other schema, and any payload the shortcut refuses, goes
+    /// through the compiled validator on a parsed `Value`, so every answer (and every error
+    /// message) is the validator's own.
+    pub fn validate_json(&self, text: &str) -> Result<(), SchemaViolation> {
+        if self.types_only.is_some_and(|t| t.admits(text)) {
+            return Ok(());
+        }
+        let value: Value = serde_json::from_str(text).map_err(|e| SchemaViolation {
+            pointer: String::new(),
+            message: format!("not JSON: {e}"),
+        })?;
+        self.validate(&value)
     }
 
     /// Gate 2: may `identity` subscribe to the channel these `params` instantiate?
@@ -476,6 +580,7 @@ fn build_descriptor(
         return None;
     }
     let (schema, validator) = compiled?;
+    let types_only = TypeSet::of(&schema);
     Some(Descriptor {
         pattern: pattern?,
         scope,
@@ -487,6 +592,7 @@ fn build_descriptor(
         schema,
         socketio_event,
         validator,
+        types_only,
     })
 }
 
@@ -612,6 +718,54 @@ mod tests {
             "{}",
             v.message
         );
+    }
+
+    /// The type-only shortcut must answer exactly as the compiled validator does, for every
+    /// JSON type against schemas it takes and schemas it must leave to the validator.
+    #[test]
+    fn validate_json_answers_as_the_validator() {
+        let schemas = [
+            ("{}", true),
+            (r#"{ type = "object" }"#, true),
+            (
+                r#"{ type = "object", title = "t", description = "d" }"#,
+                true,
+            ),
+            (r#"{ type = ["string", "null"] }"#, true),
+            (r#"{ type = ["integer", "number"] }"#, true),
+            (r#"{ type = "integer" }"#, false),
+            (r#"{ type = "object", required = ["id"] }"#, false),
+            (r#"{ type = "array", items = { type = "number" } }"#, false),
+        ];
+        let payloads = [
+            "{}",
+            r#"{"id":1}"#,
+            "  [1, 2]",
+            r#"["x"]"#,
+            r#""s""#,
+            "1",
+            "1.0",
+            "-2.5e3",
+            "true",
+            "false",
+            "null",
+        ];
+        for (schema, shortcut) in schemas {
+            let r = registry(&format!(
+                "[[channel]]\nname = \"c\"\nscope = \"public\"\nschema = {schema}"
+            ))
+            .unwrap();
+            let (d, _) = r.resolve("c").unwrap();
+            assert_eq!(d.types_only.is_some(), shortcut, "{schema}");
+            for text in payloads {
+                let value: Value = serde_json::from_str(text).unwrap();
+                assert_eq!(
+                    d.validate_json(text),
+                    d.validate(&value),
+                    "{schema} on {text}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use herald_core::broker::{HistoryQuery, HistoryResult, random_id};
-use herald_core::input::accept_payload;
+use herald_core::input::accept_raw;
 use herald_core::name::Params;
 use herald_core::protocol::{ClientInfo, ErrorBody, ErrorCode, Goodbye};
 use herald_core::registry::ResolveError;
@@ -312,18 +312,19 @@ impl Node {
                 .authorize_publish(&params, client.identity)
                 .map_err(|d| ErrorBody::new(ErrorCode::Forbidden, d.0))?;
         }
-        // Validated as a value, delivered as the bytes the publisher sent (whitespace aside):
-        // the gateway vouches for the payload, it does not rewrite it.
+        // Validated against the schema, delivered as the bytes the publisher sent (whitespace
+        // aside): the gateway vouches for the payload, it does not rewrite it. No `Value` is
+        // built when the schema only names types (`Descriptor::validate_json`).
         let validate = |data: &RawValue| {
-            let payload = accept_payload(data)?;
-            descriptor.validate(&payload.value).map_err(|v| ErrorBody {
+            let raw = accept_raw(data)?;
+            descriptor.validate_json(raw.get()).map_err(|v| ErrorBody {
                 code: ErrorCode::InvalidPayload,
                 message: v.message,
                 pointer: Some(v.pointer),
             })?;
-            Ok::<_, ErrorBody>(payload)
+            Ok::<_, ErrorBody>(raw)
         };
-        let mut payload = validate(data)?;
+        let mut raw = validate(data)?;
         // The publish proxy sees only what the schema allows, and what it sends back in its
         // place is held to the same schema (a backend bug must not reach subscribers).
         if let (Some(name), Some(client)) = (via_backend, &client) {
@@ -334,14 +335,13 @@ impl Node {
                 client: client.client,
                 transport: client.transport,
             };
-            if let Some(replacement) = self.proxy_publish(name, ask, &payload.raw).await? {
-                payload = validate(&replacement).map_err(|e| ErrorBody {
+            if let Some(replacement) = self.proxy_publish(name, ask, &raw).await? {
+                raw = validate(&replacement).map_err(|e| ErrorBody {
                     message: format!("the publish proxy's replacement data: {}", e.message),
                     ..e
                 })?;
             }
         }
-        let raw = payload.raw;
         let limit = self.config.limits.max_payload_bytes;
         if raw.get().len() > limit {
             return Err(ErrorBody::new(

@@ -72,12 +72,17 @@ impl Prepared {
 
     /// A `pub` frame for `p`.
     pub fn publication(p: &Publication) -> Arc<Self> {
+        // Built field by field: `..Self::new(…)` would allocate the empty epoch it replaces,
+        // once per publication.
         Arc::new(Self {
+            kind: FrameKind::Pub,
+            channel: p.channel.clone(),
             offset: p.offset,
             epoch: p.epoch.clone(),
             data: Some(p.data.clone()),
             from: p.from.clone(),
-            ..Self::new(FrameKind::Pub, p.channel.clone(), encode_pub(p))
+            v1: encode_pub(p),
+            lazy: Default::default(),
         })
     }
 

@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use herald_core::broker::{HistoryQuery, Position};
-use herald_core::input::parse_publish;
+use herald_core::input::parse_publish_ref;
 use herald_core::protocol::{ErrorBody, ErrorCode, PublicationView};
 use herald_core::source::{API_SCOPE, scoped_key};
 use herald_node::Node;
@@ -148,9 +148,9 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
 /// the batch endpoint; its idempotency key is scoped to the API so it never matches a key a
 /// source gave (see `herald_core::source::scoped_key`).
 async fn publish_one(gw: &Node, text: &str) -> Result<Position, ErrorBody> {
-    let input = parse_publish(text)?;
+    let input = parse_publish_ref(text)?;
     let key = input.idempotency_key.map(|k| scoped_key(API_SCOPE, &k));
-    gw.publish_as(Source::api, &input.channel, &input.data, key, None)
+    gw.publish_as(Source::api, &input.channel, input.data, key, None)
         .await
 }
 
@@ -206,11 +206,29 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
     // In order, one at a time: items on the same channel keep their batch order.
     for item in batch.publications {
         results.push(match publish_one(&gw, item.get()).await {
-            Ok(pos) => json!({ "offset": pos.offset, "epoch": pos.epoch }),
-            Err(e) => json!({ "error": e }),
+            Ok(pos) => BatchResult::Published(Published {
+                offset: pos.offset,
+                epoch: pos.epoch,
+            }),
+            Err(error) => BatchResult::Failed { error },
         });
     }
-    Ok(Json(json!({ "results": results })).into_response())
+    Ok(Json(BatchAnswer { results }).into_response())
+}
+
+/// `{"results":[…]}`, serialized straight from the positions (a `Value` per item cost
+/// several allocations per publication).
+#[derive(Debug, Serialize)]
+struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+/// One item's answer: `{"offset","epoch"}` or `{"error":{…}}`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum BatchResult {
+    Published(Published),
+    Failed { error: ErrorBody },
 }
 
 pub async fn channels(State(gw): Gw) -> Json<Value> {

@@ -1,7 +1,8 @@
 //! An echo server over Herald's WebSocket transport, for the Autobahn conformance suite only
 //! (`scripts/autobahn.sh`). The product endpoint `/v1/ws` speaks protocol v1, not echo, so
-//! this example upgrades with the same handshake and settings ([`ws::upgrade_key`],
-//! [`ws::config`]), reads with the same classification ([`ws::read`]) and ends connections
+//! this example upgrades with the same handshake and socket ([`ws::upgrade_key`],
+//! [`ws::Socket`]), reads with the same codec and classification ([`ws::Socket::read`],
+//! Herald's own RFC 6455 framing) and ends connections
 //! with the same close logic ([`ws::finish`]) as `WsTransport`; only the middle differs: text
 //! and binary messages are sent back instead of being handed to a session. It is an example so
 //! that it is built by `cargo test` and never part of the `herald` binary.
@@ -13,14 +14,10 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::get;
-use futures_util::SinkExt;
 use herald_core::config::Limits;
 use herald_node::Ending;
+use herald_server::transport::framing::OpCode;
 use herald_server::transport::ws::{self, Upgrade, WsRead};
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
@@ -46,11 +43,7 @@ async fn upgrade(mut req: Request) -> Response {
         };
         // The product's default frame limit (128 KiB): Autobahn sections 1–7 stay under it;
         // the large-message sections (9, 10, 12, 13) are not run.
-        let config = ws::config(Limits::default().max_frame_bytes);
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        echo(socket).await;
+        echo(ws::Socket::new(upgraded, Limits::default().max_frame_bytes)).await;
     });
     ws::switching_protocols(&key)
 }
@@ -58,15 +51,15 @@ async fn upgrade(mut req: Request) -> Response {
 /// Echoes until the connection ends, then closes it the product's way.
 async fn echo(mut socket: ws::Socket) {
     let ending = loop {
-        let reply = match ws::read(&mut socket).await {
-            WsRead::Text(text) => Message::Text(text),
-            WsRead::Binary(bytes) => Message::Binary(bytes),
+        match socket.read().await {
+            WsRead::Text(text) => socket.queue(OpCode::Text, false, text.as_bytes()),
+            WsRead::Binary(bytes) => socket.queue(OpCode::Binary, false, &bytes),
             WsRead::Control => continue,
             WsRead::Closed => break Ending::PeerClosed,
             WsRead::Violation(g) => break Ending::Goodbye(g),
             WsRead::Gone => break Ending::Gone,
-        };
-        if socket.send(reply).await.is_err() {
+        }
+        if socket.flush().await.is_err() {
             break Ending::Gone;
         }
     };

@@ -61,7 +61,7 @@ pub const MAX_CONTROL: usize = 125;
 const MAX_HEAD: usize = 14;
 
 /// One complete thing a client sent.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A complete data message. For text that is not `compressed` the bytes are valid UTF-8
     /// (checked here); a `compressed` one (RSV1 on its first frame, RFC 7692 §6) is the raw

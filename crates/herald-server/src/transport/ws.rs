@@ -344,6 +344,10 @@ impl Socket {
             Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
             Err(upgraded) => (Io::Upgraded(Box::new(TokioIo::new(upgraded))), Vec::new()),
         };
+        Self::on(io, input, max_frame)
+    }
+
+    fn on(io: Io, input: Vec<u8>, max_frame: usize) -> Self {
         Self {
             io,
             decoder: Decoder::new(max_frame, false),
@@ -578,5 +582,65 @@ pub async fn finish(socket: &mut Socket, ending: Ending) {
             };
             let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+    use herald_core::Config;
+    use herald_core::identity::mint_hs256;
+    use herald_node::{Handshake, Opening, Session};
+
+    use super::*;
+
+    /// The state an idle `/v1/ws` connection's task holds is the size of this future (S1 in
+    /// docs/benchmarks.md): it must not grow back. Measured 2026-11-30 with tungstenite: the
+    /// transport 328 B; with Herald's framing: see the assertions.
+    #[tokio::test]
+    async fn idle_connection_state_stays_small() {
+        let config = Config::from_toml_str(
+            "[auth]\nhs256_secret = \"unit\"\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let node = crate::build(config).unwrap();
+        let token = mint_hs256("unit", "u1", &[], "roles", Duration::from_secs(60)).unwrap();
+        let bearer = format!("Bearer {token}");
+        let admitted = node
+            .admit(&Handshake {
+                authorization: vec![&bearer],
+                ..Handshake::default()
+            })
+            .now_or_never()
+            .expect("the memory broker answers at once")
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut transport = WsTransport::new(Socket::on(Io::Tcp(server), Vec::new(), 1024));
+        let recv_size = std::mem::size_of_val(&transport.recv());
+        let transport_size = std::mem::size_of_val(&transport);
+        eprintln!(
+            "Sleep {} B, Notified {} B, cancelled {} B, Timeout<send> {} B",
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<tokio::sync::futures::Notified<'static>>(),
+            std::mem::size_of_val(&node.shutdown.cancelled()),
+            std::mem::size_of_val(&transport.send(&mut Vec::new())),
+        );
+        let session = Session::new(admitted);
+        let session_size = std::mem::size_of_val(&session);
+        let run = session.run(transport, Opening::default());
+        let run_size = std::mem::size_of_val(&run);
+        eprintln!(
+            "WsTransport {transport_size} B, its recv future {recv_size} B, Session {session_size} B, \
+             Session::run future {run_size} B"
+        );
+        assert!(transport_size <= 136, "WsTransport is {transport_size} B");
+        assert!(run_size <= 1232, "the session future is {run_size} B");
     }
 }

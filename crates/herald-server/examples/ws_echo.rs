@@ -12,10 +12,12 @@
 
 use axum::Router;
 use axum::extract::Request;
+use axum::http::header;
 use axum::response::Response;
 use axum::routing::get;
-use herald_core::config::Limits;
+use herald_core::config::{Limits, WebSocketConfig};
 use herald_node::Ending;
+use herald_server::transport::deflate::Deflate;
 use herald_server::transport::framing::OpCode;
 use herald_server::transport::ws::{self, Upgrade, WsRead};
 
@@ -36,6 +38,14 @@ async fn upgrade(mut req: Request) -> Response {
         Upgrade::Bad(res) => return res,
         Upgrade::No => return Response::new("send an upgrade".into()),
     };
+    // permessage-deflate whenever the client offers it (Autobahn 12.*, 13.*), every message
+    // compressed: the product's negotiation and transforms, with the threshold at 0.
+    let config = WebSocketConfig {
+        permessage_deflate: true,
+        deflate_min_bytes: 0,
+        ..WebSocketConfig::default()
+    };
+    let (deflate, extensions) = Deflate::negotiate(req.headers(), &config).unzip();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -43,21 +53,34 @@ async fn upgrade(mut req: Request) -> Response {
         };
         // The product's default frame limit (128 KiB): Autobahn sections 1–7 stay under it;
         // the large-message sections (9, 10, 12, 13) are not run.
-        echo(ws::Socket::new(upgraded, Limits::default().max_frame_bytes)).await;
+        let mut socket = ws::Socket::new(upgraded, Limits::default().max_frame_bytes);
+        if deflate.is_some() {
+            socket = socket.permessage_deflate();
+        }
+        echo(socket, deflate).await;
     });
-    ws::switching_protocols(&key)
+    let mut res = ws::switching_protocols(&key);
+    if let Some(extensions) = extensions {
+        res.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+    }
+    res
 }
 
 /// Echoes until the connection ends, then closes it the product's way.
-async fn echo(mut socket: ws::Socket) {
+async fn echo(mut socket: ws::Socket, deflate: Option<Deflate>) {
     let ending = loop {
-        match socket.read().await {
-            WsRead::Text(text) => socket.queue(OpCode::Text, false, text.as_bytes()),
-            WsRead::Binary(bytes) => socket.queue(OpCode::Binary, false, &bytes),
+        let (opcode, data) = match socket.read().await {
+            WsRead::Text(text) => (OpCode::Text, text.into_bytes()),
+            WsRead::Binary(bytes) => (OpCode::Binary, bytes),
             WsRead::Control => continue,
             WsRead::Closed => break Ending::PeerClosed,
             WsRead::Violation(g) => break Ending::Goodbye(g),
             WsRead::Gone => break Ending::Gone,
+        };
+        match deflate.and_then(|d| d.own(&data)) {
+            Some(packed) => socket.queue(opcode, true, &packed),
+            None => socket.queue(opcode, false, &data),
         }
         if socket.flush().await.is_err() {
             break Ending::Gone;

@@ -191,9 +191,6 @@ impl Session {
         mut transport: T,
         opening: Opening,
     ) -> impl std::future::Future<Output = ()> {
-        // Boxed until the welcome takes it: whatever an async block captures stays in its
-        // state for the whole life of the connection, even after it was moved out.
-        let opening = Box::new(opening);
         async move {
             self.transport = T::NAME;
             let _ = self.handle().transport.set(T::NAME);
@@ -204,7 +201,7 @@ impl Session {
             // The welcome, the cleanup and the transport's close are boxed: a future is as
             // large as its largest state, and these (broker and gate-2 calls, the closing
             // handshake) would otherwise size the whole idle life of the connection.
-            let ending = match Box::pin(self.welcome(*opening)).await {
+            let ending = match Box::pin(self.welcome(opening)).await {
                 Ok(()) => self.serve(&mut transport).await,
                 Err(e) => {
                     tracing::warn!(client = %self.handle().id, error = %e.message, "auto-subscribe failed");

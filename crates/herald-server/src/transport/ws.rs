@@ -32,6 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::deflate::{self, Deflate};
 use super::framing::{self, Decoder, Event, OpCode};
 use super::{handshake, query_pairs, query_value, refused};
 use crate::api::ApiError;
@@ -87,6 +88,8 @@ pub async fn upgrade(
         Err(r) => return refused(r),
     };
     let max_frame = node.config.limits.max_frame_bytes;
+    // RFC 7692: compression when the config allows it and the client offered it.
+    let (deflate, extensions) = Deflate::negotiate(headers, &node.config.websocket).unzip();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
@@ -94,12 +97,17 @@ pub async fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let socket = Socket::new(upgraded, max_frame);
+        let transport = WsTransport::new(Socket::new(upgraded, max_frame), deflate);
         Session::new(admitted)
-            .run(WsTransport::new(socket), Opening::default())
+            .run(transport, Opening::default())
             .await;
     });
-    switching_protocols(&key)
+    let mut res = switching_protocols(&key);
+    if let Some(extensions) = extensions {
+        res.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+    }
+    res
 }
 
 /// The `101 Switching Protocols` answer (RFC 6455 §4.2.2) for a `Sec-WebSocket-Accept` value.
@@ -166,12 +174,20 @@ pub fn upgrade_key(headers: &HeaderMap) -> Upgrade {
 /// The WebSocket wire of one session.
 pub struct WsTransport {
     socket: Socket,
+    /// The `permessage-deflate` policy, when negotiated (RFC 7692).
+    deflate: Option<Deflate>,
 }
 
 impl WsTransport {
-    /// Wraps an upgraded socket.
-    pub fn new(socket: Socket) -> Self {
-        Self { socket }
+    /// Wraps an upgraded socket; `deflate` when `permessage-deflate` was negotiated (the
+    /// socket then accepts compressed messages, and frames are sent compressed by the policy).
+    pub fn new(socket: Socket, deflate: Option<Deflate>) -> Self {
+        let socket = if deflate.is_some() {
+            socket.permessage_deflate()
+        } else {
+            socket
+        };
+        Self { socket, deflate }
     }
 }
 
@@ -198,15 +214,28 @@ impl Transport for WsTransport {
     // this future is part of every session's state (S1 in docs/benchmarks.md).
     fn send(&mut self, batch: &mut Vec<Outgoing>) -> impl Future<Output = io::Result<()>> + Send {
         let socket = &mut self.socket;
+        let deflate = self.deflate;
         bounded_write(WRITE_TIMEOUT, async move {
             for item in batch.drain(..) {
                 // A shared frame's text is the publication's own bytes, encoded once by the
-                // hub; only the 2–10 byte header is this connection's.
-                let text = match &item {
-                    Outgoing::Shared(p) => p.v1(),
-                    Outgoing::Own(o) => o.json.as_str(),
-                };
-                socket.queue(OpCode::Text, false, text.as_bytes());
+                // hub (and compressed once per publication, RFC 7692 without context
+                // takeover); only the 2–10 byte header is this connection's.
+                match (&item, deflate) {
+                    (Outgoing::Shared(p), Some(d)) => match d.shared(p) {
+                        Some(packed) => socket.queue(OpCode::Text, true, &packed),
+                        None => socket.queue(OpCode::Text, false, p.v1().as_bytes()),
+                    },
+                    (Outgoing::Own(o), Some(d)) => match d.own(o.json.as_bytes()) {
+                        Some(packed) => socket.queue(OpCode::Text, true, &packed),
+                        None => socket.queue(OpCode::Text, false, o.json.as_bytes()),
+                    },
+                    (Outgoing::Shared(p), None) => {
+                        socket.queue(OpCode::Text, false, p.v1().as_bytes());
+                    }
+                    (Outgoing::Own(o), None) => {
+                        socket.queue(OpCode::Text, false, o.json.as_bytes());
+                    }
+                }
                 if socket.unwritten() >= WRITE_CHUNK {
                     socket.flush().await?;
                 }
@@ -250,11 +279,6 @@ pub enum WsRead {
     /// EOF, reset or another I/O error: nobody is left to tell.
     Gone,
 }
-
-/// Inflates the payload of a compressed message (RSV1, RFC 7692 §7.2.2) into at most `limit`
-/// bytes; `Err` is the goodbye that ends the connection. Set with
-/// [`Socket::permessage_deflate`] when the extension was negotiated.
-pub type Inflate = fn(&[u8], usize) -> Result<Vec<u8>, Goodbye>;
 
 /// The byte stream under a WebSocket: the `TcpStream` taken back from hyper (the plain-TCP
 /// server's case), or hyper's upgraded I/O when it wraps something else (boxed: it is the
@@ -321,7 +345,6 @@ pub struct Socket {
     written: usize,
     /// A close frame was queued: nothing more may be sent (§5.5.1).
     close_sent: bool,
-    inflate: Option<Inflate>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -355,16 +378,15 @@ impl Socket {
             out: Vec::new(),
             written: 0,
             close_sent: false,
-            inflate: None,
         }
     }
 
     /// The same socket with `permessage-deflate` negotiated (RFC 7692): a data message whose
-    /// first frame has RSV1 set is inflated by `inflate` before it is classified.
-    pub fn permessage_deflate(mut self, inflate: Inflate) -> Self {
+    /// first frame has RSV1 set is inflated ([`deflate::inflate`], bounded by the message
+    /// limit) before it is classified. Without it, RSV1 fails the connection (1002).
+    pub fn permessage_deflate(mut self) -> Self {
         let limit = self.decoder.limit();
         self.decoder = Decoder::new(limit, true);
-        self.inflate = Some(inflate);
         self
     }
 
@@ -428,14 +450,11 @@ impl Socket {
                 compressed,
                 data,
             } => {
+                // The decoder allows RSV1 only when `permessage-deflate` was negotiated.
                 let data = if compressed {
-                    // The decoder allows RSV1 only once `inflate` is set.
-                    let Some(inflate) = self.inflate else {
-                        return WsRead::Violation(Goodbye::ProtocolError);
-                    };
-                    match inflate(&data, self.decoder.limit()) {
+                    match deflate::inflate(&data, self.decoder.limit()) {
                         Ok(d) => d,
-                        Err(g) => return WsRead::Violation(g),
+                        Err(e) => return WsRead::Violation(e.goodbye()),
                     }
                 } else {
                     data
@@ -622,7 +641,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let mut transport = WsTransport::new(Socket::on(Io::Tcp(server), Vec::new(), 1024));
+        let mut transport = WsTransport::new(Socket::on(Io::Tcp(server), Vec::new(), 1024), None);
         let recv_size = std::mem::size_of_val(&transport.recv());
         let transport_size = std::mem::size_of_val(&transport);
         eprintln!(
@@ -640,7 +659,7 @@ mod tests {
             "WsTransport {transport_size} B, its recv future {recv_size} B, Session {session_size} B, \
              Session::run future {run_size} B"
         );
-        assert!(transport_size <= 136, "WsTransport is {transport_size} B");
-        assert!(run_size <= 1232, "the session future is {run_size} B");
+        assert!(transport_size <= 152, "WsTransport is {transport_size} B");
+        assert!(run_size <= 1336, "the session future is {run_size} B");
     }
 }

@@ -137,7 +137,8 @@ impl Partial {
 /// [`Decoder::decode`]; after an error it keeps failing (the framing is lost).
 #[derive(Debug)]
 pub struct Decoder {
-    limit: usize,
+    /// u32, not usize: with the two flags it packs into 8 bytes (every connection holds one).
+    limit: u32,
     /// RSV1 is allowed on a data message's first frame (`permessage-deflate` negotiated).
     rsv1: bool,
     failed: bool,
@@ -149,7 +150,7 @@ impl Decoder {
     /// compressed message, its compressed size), RSV1 allowed when `rsv1`.
     pub fn new(limit: usize, rsv1: bool) -> Self {
         Self {
-            limit,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
             rsv1,
             failed: false,
             partial: None,
@@ -158,7 +159,7 @@ impl Decoder {
 
     /// The largest message accepted, in bytes.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit as usize
     }
 
     /// True once a call returned an error: nothing more can be decoded.
@@ -304,7 +305,7 @@ impl Decoder {
                 _ => {}
             }
             let held = p.message.as_ref().map_or(0, |m| m.data.len()) as u64;
-            if held.saturating_add(frame.len) > self.limit as u64 {
+            if held.saturating_add(frame.len) > u64::from(self.limit) {
                 return Err(Error::TooLarge);
             }
             if let Some(m) = p.message.as_mut() {

@@ -174,8 +174,9 @@ pub fn upgrade_key(headers: &HeaderMap) -> Upgrade {
 /// The WebSocket wire of one session.
 pub struct WsTransport {
     socket: Socket,
-    /// The `permessage-deflate` policy, when negotiated (RFC 7692).
-    deflate: Option<Deflate>,
+    /// The `permessage-deflate` policy, when negotiated (RFC 7692). Boxed: 8 bytes instead of
+    /// 16 in every connection's state, and most connections do not negotiate it.
+    deflate: Option<Box<Deflate>>,
 }
 
 impl WsTransport {
@@ -187,7 +188,10 @@ impl WsTransport {
         } else {
             socket
         };
-        Self { socket, deflate }
+        Self {
+            socket,
+            deflate: deflate.map(Box::new),
+        }
     }
 }
 
@@ -214,7 +218,7 @@ impl Transport for WsTransport {
     // this future is part of every session's state (S1 in docs/benchmarks.md).
     fn send(&mut self, batch: &mut Vec<Outgoing>) -> impl Future<Output = io::Result<()>> + Send {
         let socket = &mut self.socket;
-        let deflate = self.deflate;
+        let deflate = self.deflate.as_deref().copied();
         bounded_write(WRITE_TIMEOUT, async move {
             for item in batch.drain(..) {
                 // A shared frame's text is the publication's own bytes, encoded once by the
@@ -659,7 +663,7 @@ mod tests {
             "WsTransport {transport_size} B, its recv future {recv_size} B, Session {session_size} B, \
              Session::run future {run_size} B"
         );
-        assert!(transport_size <= 152, "WsTransport is {transport_size} B");
-        assert!(run_size <= 1336, "the session future is {run_size} B");
+        assert!(transport_size <= 128, "WsTransport is {transport_size} B");
+        assert!(run_size <= 1312, "the session future is {run_size} B");
     }
 }

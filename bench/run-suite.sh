@@ -8,6 +8,7 @@
 #   bench/run-suite.sh --peers herald,herald-sse --scenarios s1,s3   # WebSocket beside SSE
 #   bench/run-suite.sh --peers herald,herald-base --baseline-bin OLD/herald --scenarios s1
 #   bench/run-suite.sh --peers herald,herald-socketio,socketio,socketioxide,null --scenarios s1,s2,s3,s4
+#   bench/run-suite.sh --peers herald,herald-deflate,ws,ws-deflate --scenarios s1,s3z   # compression
 #
 # Any other argument goes to `herald-bench suite` (see `herald-bench suite --help`).
 set -euo pipefail

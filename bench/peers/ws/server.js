@@ -2,6 +2,11 @@
 // suggests (iterate the clients, send to each). JWT (HS256) is verified on connect so that the
 // connect-rate scenario compares like with like.
 //
+// PERMESSAGE_DEFLATE=1 turns on ws's `perMessageDeflate` (RFC 7692) with its defaults (the
+// server keeps its compression context when the client allows it, as browsers do; zlib's
+// default level), except `threshold`, set to Herald's `deflate_min_bytes` default (256;
+// DEFLATE_THRESHOLD overrides). Unset: no compression, the peer as it always was.
+//
 //   GET  /?token=<jwt>          WebSocket; the token's `sub` is the user id
 //   POST /publish               body (JSON text) to every connection
 //   POST /publish/batch         [{"user","data"}] each to that user's connections
@@ -13,6 +18,10 @@ const jwt = require('jsonwebtoken');
 const SECRET = process.env.JWT_SECRET || 'bench-secret';
 const PORT = Number(process.env.PORT || 0);
 const HOST = process.env.HOST || '127.0.0.1';
+const DEFLATE = ['1', 'true'].includes(process.env.PERMESSAGE_DEFLATE || '');
+const perMessageDeflate = DEFLATE
+  ? { threshold: Number(process.env.DEFLATE_THRESHOLD || 256) }
+  : false;
 
 const users = new Map(); // user id -> Set of sockets
 
@@ -51,6 +60,7 @@ const server = http.createServer(async (req, res) => {
 
 const wss = new WebSocketServer({
   server,
+  perMessageDeflate,
   verifyClient: (info, done) => {
     const url = new URL(info.req.url, 'http://x');
     try {

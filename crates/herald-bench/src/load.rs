@@ -84,6 +84,16 @@ pub struct LoadArgs {
     pub drain_secs: f64,
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
+    /// What fills the payload: `padded` (a run of `x`) or `json` (realistic records, for
+    /// compression runs).
+    #[arg(long, value_enum, default_value = "padded")]
+    #[serde(default)]
+    pub payload_kind: payload::Kind,
+    /// Offer `permessage-deflate` (RFC 7692) on every WebSocket, as a browser does
+    /// ([`wire::DEFLATE_OFFER`]); the report counts the connections whose server accepted.
+    #[arg(long)]
+    #[serde(default)]
+    pub permessage_deflate: bool,
     /// Fraction of connections that stop reading once publishing starts (slow consumers).
     #[arg(long, default_value_t = 0.0)]
     pub slow_fraction: f64,
@@ -133,6 +143,16 @@ pub struct Report {
     pub server_rss_start_kb: u64,
     pub server_rss_idle_kb: u64,
     pub kb_per_connection: f64,
+    /// Connections whose server accepted `permessage-deflate` (with `--permessage-deflate`).
+    #[serde(default)]
+    pub deflate_negotiated: usize,
+    /// Server RSS once the last step has drained and the connections are idle again: what
+    /// traffic left behind (buffers kept, compression state).
+    #[serde(default)]
+    pub server_rss_after_kb: u64,
+    /// `server_rss_after_kb` over the connect-phase baseline, per connection.
+    #[serde(default)]
+    pub kb_per_connection_after: f64,
     pub steps: Vec<StepReport>,
     /// Connections that ended before the run did, by reason (`close:<code>`, `eof`, `io`).
     pub disconnects: BTreeMap<String, u64>,
@@ -157,6 +177,10 @@ pub struct StepReport {
     pub cpu_us_per_delivery: f64,
     pub server_rss_kb: u64,
     pub client_cpu_pct: f64,
+    /// WebSocket frame bytes (header and payload as received, compressed or not) per
+    /// publication delivered; 0 for SSE.
+    #[serde(default)]
+    pub wire_bytes_per_delivery: f64,
     pub latency: Latency,
     pub healthy_disconnects: u64,
     pub ok: bool,
@@ -168,6 +192,7 @@ struct Shared {
     rec: Recorder,
     ready: AtomicU64,
     failed: AtomicU64,
+    deflate: AtomicU64,
     healthy_gone: AtomicU64,
     connect_errors: Mutex<BTreeMap<String, u64>>,
     disconnects: Mutex<BTreeMap<String, u64>>,
@@ -227,6 +252,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<(Report, Held)> {
         rec: Recorder::new(steps),
         ready: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        deflate: AtomicU64::new(0),
         healthy_gone: AtomicU64::new(0),
         connect_errors: Mutex::default(),
         disconnects: Mutex::default(),
@@ -348,7 +374,16 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<(Report, Held)> {
         let slow_count = report.connected.checked_div(slow_every).unwrap_or(0);
         let healthy = (report.connected - slow_count.min(report.connected)) as u64;
         report.steps = publish_steps(&shared, healthy).await;
+        // Idle again: what did the traffic leave behind in the server?
+        tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
+        let after = procfs::sample_all(&args.server_pids);
+        report.server_rss_after_kb = after.rss_kb;
+        if report.connected > 0 && !args.server_pids.is_empty() {
+            report.kb_per_connection_after =
+                (after.rss_kb as f64 - before.rss_kb as f64) / report.connected as f64;
+        }
     }
+    report.deflate_negotiated = shared.deflate.load(Ordering::Relaxed) as usize;
     report.disconnects = shared
         .disconnects
         .lock()
@@ -383,7 +418,13 @@ async fn connection(
                 Dialect::Herald | Dialect::Sse | Dialect::HeraldSocketio
             ))
         .then_some(args.channel.as_str());
-        let (path, headers) = args.dialect.request(&user, &token, subscribe);
+        let (path, mut headers) = args.dialect.request(&user, &token, subscribe);
+        if args.permessage_deflate && args.dialect != Dialect::Sse {
+            headers.push((
+                "Sec-WebSocket-Extensions".into(),
+                wire::DEFLATE_OFFER.into(),
+            ));
+        }
         let headers: Vec<(&str, &str)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -395,6 +436,9 @@ async fn connection(
             Ok::<_, wire::WsError>(Conn::Sse(c))
         } else {
             let mut c = Client::connect(source, args.server, &path, &headers).await?;
+            if c.deflate() {
+                shared.deflate.fetch_add(1, Ordering::Relaxed);
+            }
             args.dialect.handshake(&mut c, subscribe).await?;
             Ok(Conn::Ws(c))
         }
@@ -438,15 +482,21 @@ enum Conn {
     Sse(SseClient),
 }
 
-/// Records one received publication: latency from its intended time, and its sequence number.
-fn record(shared: &Shared, i: usize, seq: &mut SeqCheck, frame: &[u8]) {
+/// Records one received publication: latency from its intended time, its sequence number, and
+/// the bytes it took on the wire.
+fn record(shared: &Shared, i: usize, seq: &mut SeqCheck, frame: &[u8], wire_bytes: usize) {
     if let Some(stamp) = payload::parse(frame) {
         let now = payload::unix_ns();
         let (gaps, reorder) = seq.observe(stamp.seq);
         let lat_us = now.saturating_sub(stamp.intended_ns) / 1000;
-        shared
-            .rec
-            .record(i, stamp.step as usize, lat_us, gaps, reorder);
+        shared.rec.record(
+            i,
+            stamp.step as usize,
+            lat_us,
+            gaps,
+            reorder,
+            wire_bytes as u64,
+        );
     }
 }
 
@@ -487,18 +537,18 @@ async fn receive_ws(
     }
 
     let why = loop {
-        let reply: Option<(u8, &'static str)> = match client.next().await {
-            Ok(Event::Text(t)) => match args.dialect.classify(t) {
+        let reply: Option<(u8, &'static str)> = match client.next_sized().await {
+            Ok((Event::Text(t), wire_bytes)) => match args.dialect.classify(t) {
                 Incoming::Publication => {
-                    record(shared, i, &mut seq, t);
+                    record(shared, i, &mut seq, t, wire_bytes);
                     None
                 }
                 Incoming::Ping(pong) => Some((0x1, pong)),
                 Incoming::Other => None,
             },
-            Ok(Event::Ping(_)) => Some((0xA, "")),
-            Ok(Event::Binary(_)) => None,
-            Ok(Event::Close(code)) => break format!("close:{}", code.unwrap_or(1005)),
+            Ok((Event::Ping(_), _)) => Some((0xA, "")),
+            Ok((Event::Binary(_), _)) => None,
+            Ok((Event::Close(code), _)) => break format!("close:{}", code.unwrap_or(1005)),
             Err(e) => break error_key(&e),
         };
         if let Some((op, text)) = reply
@@ -537,7 +587,7 @@ async fn receive_sse(
     }
     let why = loop {
         match client.next().await {
-            Ok(ev) if ev.kind == b"pub" => record(shared, i, &mut seq, ev.data),
+            Ok(ev) if ev.kind == b"pub" => record(shared, i, &mut seq, ev.data, 0),
             // The server's goodbye names its code: `{"type":"disconnect","code":4008,…}`.
             Ok(ev) if ev.kind == b"disconnect" => {
                 let code = crate::wire::find(ev.data, br#""code":"#)
@@ -638,9 +688,11 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
                             Publisher::Herald => format!(
                                 r#"{{"channel":"{}","data":{}}}"#,
                                 args.channel,
-                                payload::build(stamp, args.payload_bytes)
+                                payload::build_kind(stamp, args.payload_bytes, args.payload_kind)
                             ),
-                            Publisher::Peer => payload::build(stamp, args.payload_bytes),
+                            Publisher::Peer => {
+                                payload::build_kind(stamp, args.payload_bytes, args.payload_kind)
+                            }
                         };
                         let url = match args.publisher {
                             Publisher::Herald => format!("{base}/v1/publish"),
@@ -666,7 +718,8 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
                         .iter()
                         .map(|s| {
                             let user = args.user_offset as u64 + s.seq % users;
-                            let data = payload::build(*s, args.payload_bytes);
+                            let data =
+                                payload::build_kind(*s, args.payload_bytes, args.payload_kind);
                             match args.publisher {
                                 Publisher::Herald => format!(
                                     r#"{{"channel":"{}.u{user}","data":{data}}}"#,
@@ -754,6 +807,11 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
             },
             server_rss_kb: server1.rss_kb,
             client_cpu_pct: (client1.cpu_us() - client0.cpu_us()) / 1e4 / secs,
+            wire_bytes_per_delivery: if st.received > 0 {
+                st.wire_bytes as f64 / st.received as f64
+            } else {
+                0.0
+            },
             latency,
             healthy_disconnects,
             ok,

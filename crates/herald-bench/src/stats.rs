@@ -22,6 +22,8 @@ pub struct StepStats {
     pub gaps: u64,
     /// Messages older than one already seen on the same connection (reordered or duplicated).
     pub reorders: u64,
+    /// WebSocket frame bytes of the deliveries (header and payload as received).
+    pub wire_bytes: u64,
 }
 
 impl StepStats {
@@ -31,6 +33,7 @@ impl StepStats {
             received: 0,
             gaps: 0,
             reorders: 0,
+            wire_bytes: 0,
         }
     }
 
@@ -39,6 +42,7 @@ impl StepStats {
         self.received += o.received;
         self.gaps += o.gaps;
         self.reorders += o.reorders;
+        self.wire_bytes += o.wire_bytes;
     }
 
     pub fn latency(&self) -> Latency {
@@ -76,8 +80,17 @@ impl Recorder {
         }
     }
 
-    /// Records one delivery of `step` seen by connection `conn`.
-    pub fn record(&self, conn: usize, step: usize, latency_us: u64, gaps: u64, reorder: bool) {
+    /// Records one delivery of `step` seen by connection `conn`, which took `wire_bytes` on the
+    /// wire (0 when not measured).
+    pub fn record(
+        &self,
+        conn: usize,
+        step: usize,
+        latency_us: u64,
+        gaps: u64,
+        reorder: bool,
+        wire_bytes: u64,
+    ) {
         let mut shard = self.shards[conn % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -87,6 +100,7 @@ impl Recorder {
         s.received += 1;
         s.gaps += gaps;
         s.reorders += u64::from(reorder);
+        s.wire_bytes += wire_bytes;
         s.hist.saturating_record(latency_us.clamp(1, MAX_US));
     }
 
@@ -165,12 +179,12 @@ mod tests {
     fn recorder_merges_shards() {
         let r = Recorder::new(2);
         for conn in 0..100 {
-            r.record(conn, 1, 1000 + conn as u64, 0, false);
+            r.record(conn, 1, 1000 + conn as u64, 0, false, 100);
         }
-        r.record(5, 0, 50, 1, true);
+        r.record(5, 0, 50, 1, true, 7);
         assert_eq!(r.received(1), 100);
         let m = r.merged(1);
-        assert_eq!(m.received, 100);
+        assert_eq!((m.received, m.wire_bytes), (100, 10_000));
         assert!((m.latency().p50_ms - 1.05).abs() < 0.01);
         let z = r.merged(0);
         assert_eq!((z.received, z.gaps, z.reorders), (1, 1, 1));

@@ -36,7 +36,10 @@ pub struct SuiteArgs {
     /// server over Server-Sent Events), `herald-socketio` (the same server's `/socket.io/`),
     /// `herald-base` (WebSocket against `--baseline-bin`), `null` (one write per frame),
     /// `null-batch` (Herald's batching: the fair ceiling), `ws`, `socketio` (Node),
-    /// `socketioxide` (Rust; built by `bench/run-suite.sh`).
+    /// `socketioxide` (Rust; built by `bench/run-suite.sh`); for the compression comparison
+    /// (scenario `s3z`) `herald-deflate` (`websocket.permessage_deflate = true`) and
+    /// `ws-deflate` (Node ws with `perMessageDeflate`), whose clients offer permessage-deflate
+    /// as a browser does.
     #[arg(
         long,
         value_delimiter = ',',
@@ -51,6 +54,8 @@ pub struct SuiteArgs {
     /// `<bench-dir>/peers/socketioxide/target/release/herald-bench-socketioxide`).
     #[arg(long)]
     pub socketioxide_bin: Option<PathBuf>,
+    /// `s1` (with S2), `s3`, `s4`, `s7`, and `s3z`: S3 with realistic 1 KB JSON payloads for
+    /// the compression comparison (run it for `herald,herald-deflate,ws,ws-deflate`).
     #[arg(long, value_delimiter = ',', default_value = "s1,s3,s4,s7")]
     pub scenarios: Vec<String>,
     /// CPU list for the servers (`taskset -c`).
@@ -79,6 +84,12 @@ pub struct SuiteArgs {
     /// (on a busy machine the first step may already miss the p99 limit).
     #[arg(long)]
     pub s3_keep_going: bool,
+    /// Subscribers of `s3z` (fewer than S3's: a gateway that compresses per subscriber holds
+    /// a compressor per connection).
+    #[arg(long, default_value_t = 5_000)]
+    pub s3z_subscribers: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,10,40,160")]
+    pub s3z_rates: Vec<u64>,
     #[arg(long, default_value_t = 18_000)]
     pub s4_users: usize,
     /// Run every S4 rate even after a step fails (as `--s3-keep-going`).
@@ -112,6 +123,8 @@ struct Peer {
     label: &'static str,
     dialect: &'static str,
     publisher: &'static str,
+    /// Started with permessage-deflate enabled; its load offers it.
+    deflate: bool,
 }
 
 const PEERS: &[Peer] = &[
@@ -120,54 +133,77 @@ const PEERS: &[Peer] = &[
         label: "Herald",
         dialect: "herald",
         publisher: "herald",
+        deflate: false,
+    },
+    Peer {
+        name: "herald-deflate",
+        label: "Herald, permessage-deflate",
+        dialect: "herald",
+        publisher: "herald",
+        deflate: true,
     },
     Peer {
         name: "herald-sse",
         label: "Herald SSE",
         dialect: "sse",
         publisher: "herald",
+        deflate: false,
     },
     Peer {
         name: "herald-socketio",
         label: "Herald Socket.IO",
         dialect: "herald-socketio",
         publisher: "herald",
+        deflate: false,
     },
     Peer {
         name: "herald-base",
         label: "Herald, baseline binary",
         dialect: "herald",
         publisher: "herald",
+        deflate: false,
     },
     Peer {
         name: "null",
         label: "null gateway, naive (one write per frame)",
         dialect: "raw",
         publisher: "peer",
+        deflate: false,
     },
     Peer {
         name: "null-batch",
         label: "null gateway, batching (fair ceiling)",
         dialect: "raw",
         publisher: "peer",
+        deflate: false,
     },
     Peer {
         name: "ws",
         label: "Node ws",
         dialect: "raw",
         publisher: "peer",
+        deflate: false,
+    },
+    Peer {
+        name: "ws-deflate",
+        label: "Node ws, perMessageDeflate",
+        dialect: "raw",
+        publisher: "peer",
+        deflate: true,
     },
     Peer {
         name: "socketio",
         label: "Node Socket.IO",
         dialect: "socketio",
         publisher: "peer",
+        deflate: false,
     },
     Peer {
         name: "socketioxide",
         label: "socketioxide (Rust)",
         dialect: "socketio",
         publisher: "peer",
+        deflate: false,
     },
 ];
 
@@ -190,6 +226,9 @@ pub struct PeerResults {
     pub s3: Vec<Report>,
     pub s4: Option<Report>,
     pub s7: Option<Report>,
+    /// S3 with realistic 1 KB JSON (the compression comparison).
+    #[serde(default)]
+    pub s3z: Option<Report>,
     /// Warnings and errors the server printed, deduplicated, with counts.
     pub server_log: Vec<(String, u64)>,
 }
@@ -239,7 +278,7 @@ impl Env {
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg(&self.args.server_cpu);
         match peer.name {
-            "herald" | "herald-sse" | "herald-socketio" | "herald-base" => {
+            "herald" | "herald-deflate" | "herald-sse" | "herald-socketio" | "herald-base" => {
                 let bin = match (&self.args.baseline_bin, peer.name) {
                     (Some(base), "herald-base") => base.clone(),
                     (None, "herald-base") => bail!("the herald-base peer needs --baseline-bin"),
@@ -250,6 +289,9 @@ impl Env {
                     .arg("--config")
                     .arg(self.args.bench_dir.join("herald-bench.toml"))
                     .env("HERALD_LOG", "warn");
+                if peer.deflate {
+                    cmd.env("HERALD_WEBSOCKET__PERMESSAGE_DEFLATE", "true");
+                }
             }
             "null" => {
                 cmd.arg(self.bin_dir.join("herald-null"));
@@ -259,6 +301,11 @@ impl Env {
             }
             "socketioxide" => {
                 cmd.arg(socketioxide_bin(&self.args));
+            }
+            "ws-deflate" => {
+                cmd.arg("node")
+                    .arg(self.args.bench_dir.join("peers/ws/server.js"))
+                    .env("PERMESSAGE_DEFLATE", "1");
             }
             other => {
                 cmd.arg("node").arg(
@@ -320,6 +367,9 @@ impl Env {
             .arg("--server-pid")
             .arg(server.pid().to_string())
             .args(extra);
+        if peer.deflate {
+            cmd.arg("--permessage-deflate");
+        }
         cmd
     }
 
@@ -448,6 +498,33 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 });
             }
         }
+        if want("s3z") {
+            step("S3 1 KB JSON (compression)", &mut |env, logs| {
+                let srv = env.start(peer)?;
+                logs.push(srv.log.clone());
+                let rep = env.load(
+                    peer,
+                    &srv,
+                    &[
+                        s("--mode"),
+                        s("broadcast"),
+                        s("--connections"),
+                        s(args.s3z_subscribers),
+                        s("--payload-bytes"),
+                        s(1024),
+                        s("--payload-kind"),
+                        s("json"),
+                        s("--rates"),
+                        rates(&args.s3z_rates),
+                        s("--step-secs"),
+                        s(args.step_secs),
+                        s("--keep-going"),
+                    ],
+                )?;
+                r.s3z = Some(rep);
+                Ok(())
+            });
+        }
         if want("s4") {
             step("S4 unicast", &mut |env, logs| {
                 let srv = env.start(peer)?;
@@ -537,6 +614,7 @@ fn merge_previous(results: &mut Results, path: &Path) {
                 }
                 n.s4 = n.s4.or(o.s4);
                 n.s7 = n.s7.or(o.s7);
+                n.s3z = n.s3z.or(o.s3z);
                 if n.server_log.is_empty() {
                     n.server_log = o.server_log;
                 }
@@ -949,6 +1027,95 @@ fn render_ceiling(o: &mut String, res: &Results, args: &SuiteArgs) {
     }
 }
 
+/// Issue 16's compression comparison: S1 idle memory and S3 with realistic 1 KB JSON, with
+/// permessage-deflate on and off, Herald beside Node ws.
+fn render_compression(o: &mut String, res: &Results, args: &SuiteArgs) {
+    let rows: Vec<&PeerResults> = res.peers.iter().filter(|p| p.s3z.is_some()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n### Compression (permessage-deflate): S1 and S3 with 1 KB JSON\n\n\
+         {} subscribers of one channel, realistic 1 KB JSON payloads (records with repeated \
+         keys and values that change with every publication), publish rates {} per second, \
+         {} s each. The `-deflate` rows' clients offer `{}` as a browser does; each server \
+         picks its context policy (Herald: no context takeover, one compression per \
+         publication; ws: context takeover, one compression per subscriber). Wire bytes are \
+         WebSocket frame bytes (header and payload as received) per delivery. \"After \
+         traffic\" is the server's RSS growth per connection once the last step has drained \
+         and the connections are idle again.\n",
+        args.s3z_subscribers,
+        rates(&args.s3z_rates),
+        args.step_secs,
+        crate::wire::DEFLATE_OFFER
+    );
+    let _ = writeln!(
+        o,
+        "| Gateway | negotiated | S1 idle KB/conn | KB/conn after traffic | wire bytes/delivery |\n|---|---|---|---|---|"
+    );
+    for p in &rows {
+        let Some(z) = &p.s3z else { continue };
+        let wire = z
+            .steps
+            .iter()
+            .find(|s| s.received > 0)
+            .map_or("–".into(), |s| {
+                format!("{:.0}", s.wire_bytes_per_delivery)
+            });
+        let _ = writeln!(
+            o,
+            "| {} | {}/{} | {} | {:.2} | {} |",
+            p.label,
+            z.deflate_negotiated,
+            z.connected,
+            p.s1_small
+                .as_ref()
+                .map_or("–".into(), |r| format!("{:.2}", r.kb_per_connection)),
+            z.kb_per_connection_after,
+            wire
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nServer CPU µs per delivery and p99 at each rate (✗: the step failed: p99 over \
+         100 ms or a loss; its CPU still counts).\n"
+    );
+    let _ = write!(o, "| rate/s |");
+    for p in &rows {
+        let _ = write!(o, " {} µs/delivery | p99 ms |", p.label);
+    }
+    let _ = write!(o, "\n|---|");
+    for _ in &rows {
+        let _ = write!(o, "---|---|");
+    }
+    let _ = writeln!(o);
+    for rate in &args.s3z_rates {
+        let _ = write!(o, "| {rate} |");
+        for p in &rows {
+            match p
+                .s3z
+                .as_ref()
+                .and_then(|z| z.steps.iter().find(|s| s.rate == *rate))
+            {
+                Some(st) => {
+                    let _ = write!(
+                        o,
+                        " {:.2}{} | {:.2} |",
+                        st.cpu_us_per_delivery,
+                        if st.ok { "" } else { " ✗" },
+                        st.latency.p99_ms
+                    );
+                }
+                None => {
+                    let _ = write!(o, " – | – |");
+                }
+            }
+        }
+        let _ = writeln!(o);
+    }
+}
+
 fn ratio(v: f64, herald: Option<f64>) -> String {
     match herald {
         Some(h) if h > 0.0 && v > 0.0 => format!("{:.2}×", v / h),
@@ -1175,6 +1342,7 @@ fn render(res: &Results, args: &SuiteArgs) -> String {
     }
 
     render_ceiling(&mut o, res, args);
+    render_compression(&mut o, res, args);
     render_socketio(&mut o, res, args);
 
     // S7
@@ -1228,6 +1396,7 @@ fn render(res: &Results, args: &SuiteArgs) -> String {
                         r,
                     )
                 })
+                .chain(p.s3z.iter().map(|r| ("S3 1 KB JSON".to_string(), r)))
                 .chain(p.s4.iter().map(|r| ("S4".to_string(), r)))
                 .chain(p.s7.iter().map(|r| ("S7".to_string(), r)));
         for (name, rep) in runs {

@@ -3,16 +3,112 @@
 //! The load generator runs on one core and must not be the bottleneck, so received frames are
 //! parsed straight out of one read buffer per connection, with no allocation per message. Only
 //! what the gateways under test send is supported: unfragmented text and binary frames, ping and
-//! close; no extensions (nobody here negotiates permessage-deflate).
+//! close, and `permessage-deflate` (RFC 7692) when the caller offers it in the upgrade's
+//! headers ([`DEFLATE_OFFER`]) and the server accepts: frames with RSV1 are inflated into a
+//! buffer of the connection, with a decompressor kept per connection only when the server
+//! keeps its compression context (it did not answer `server_no_context_takeover`).
+//!
+//! [`Client::next_sized`] also tells what each frame cost on the wire (header and payload as
+//! received, compressed or not), for the bytes-per-delivery figure.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use flate2::{Decompress, FlushDecompress, Status};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Any key works: the server only echoes a hash of it, and we do not check the hash.
 const CLIENT_KEY: &str = "aGVyYWxkLWJlbmNoLWtleQ==";
+
+/// The `Sec-WebSocket-Extensions` offer a browser sends (Chrome, Firefox): the server chooses
+/// whether to keep its compression context between messages.
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// Largest inflated message accepted from a server.
+const MAX_INFLATED: usize = 16 << 20;
+
+thread_local! {
+    // For servers without context takeover: one decompressor per thread, reset per message,
+    // so the load process holds no inflate state per connection either.
+    static FRESH: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// `permessage-deflate` as a server agreed to it.
+struct Inflater {
+    /// The decompressor of a server that keeps its context (its window carries over from one
+    /// message to the next); `None` when it answered `server_no_context_takeover`.
+    kept: Option<Box<Decompress>>,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    /// Reads the `Sec-WebSocket-Extensions` line of a 101 response head, if any.
+    fn from_head(head: &[u8]) -> Option<Inflater> {
+        let text = std::str::from_utf8(head).ok()?;
+        let value = text.split("\r\n").find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("sec-websocket-extensions")
+                .then_some(value)
+        })?;
+        let mut params = value.split(';').map(str::trim);
+        if !params.next()?.eq_ignore_ascii_case("permessage-deflate") {
+            return None;
+        }
+        let takeover = !params.any(|p| p.eq_ignore_ascii_case("server_no_context_takeover"));
+        Some(Inflater {
+            kept: takeover.then(|| Box::new(Decompress::new(false))),
+            out: Vec::new(),
+        })
+    }
+
+    /// Inflates one message's payload (RFC 7692 §7.2.2) into `self.out`.
+    fn inflate(&mut self, payload: &[u8]) -> Result<&[u8], WsError> {
+        self.out.clear();
+        match &mut self.kept {
+            Some(d) => inflate_into(d, payload, &mut self.out)?,
+            None => FRESH.with(|d| {
+                let mut d = d.borrow_mut();
+                d.reset(false);
+                inflate_into(&mut d, payload, &mut self.out)
+            })?,
+        }
+        Ok(&self.out)
+    }
+}
+
+/// `payload` then `00 00 ff ff` through `d`, appended to `out`.
+fn inflate_into(d: &mut Decompress, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WsError> {
+    for (input, flush) in [
+        (payload, FlushDecompress::None),
+        (&[0x00, 0x00, 0xff, 0xff][..], FlushDecompress::Sync),
+    ] {
+        let mut read = 0;
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() >= MAX_INFLATED {
+                    return Err(WsError::Protocol("inflated message over 16 MiB"));
+                }
+                out.reserve(out.capacity().max(1024));
+            }
+            let before = d.total_in();
+            let status = d
+                .decompress_vec(&input[read..], out, flush)
+                .map_err(|_| WsError::Protocol("invalid compressed data"))?;
+            read += (d.total_in() - before) as usize;
+            if status == Status::StreamEnd {
+                return Ok(());
+            }
+            if read == input.len() && out.len() < out.capacity() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What the read loop hands back.
 #[derive(Debug)]
@@ -69,6 +165,8 @@ pub struct Client {
     /// Filled up to here.
     end: usize,
     mask_state: u32,
+    /// Set when the server accepted `permessage-deflate`.
+    deflate: Option<Box<Inflater>>,
 }
 
 impl Client {
@@ -100,6 +198,7 @@ impl Client {
             start: 0,
             end: 0,
             mask_state: 0x9e37_79b9 ^ (server.port() as u32),
+            deflate: None,
         };
         client.stream.write_all(req.as_bytes()).await?;
         // Read the response head; whatever follows it is already frames.
@@ -110,6 +209,7 @@ impl Client {
                 if status != 101 {
                     return Err(WsError::Refused(status));
                 }
+                client.deflate = Inflater::from_head(head).map(Box::new);
                 client.start = pos + 4;
                 break;
             }
@@ -125,26 +225,49 @@ impl Client {
         Ok(client)
     }
 
-    /// The next frame. The returned slice borrows the read buffer until the next call.
+    /// Whether the server accepted `permessage-deflate`.
+    pub fn deflate(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// The next frame. The returned slice borrows the read buffer (or, for a compressed
+    /// message, the inflate buffer) until the next call.
     pub async fn next(&mut self) -> Result<Event<'_>, WsError> {
+        self.next_sized().await.map(|(event, _)| event)
+    }
+
+    /// The next frame, with what it took on the wire: its header and its payload as received
+    /// (compressed when it was).
+    pub async fn next_sized(&mut self) -> Result<(Event<'_>, usize), WsError> {
         loop {
-            if let Some((opcode, hdr, len)) = parse_frame(&self.buf[self.start..self.end])? {
+            let frame = parse_frame(&self.buf[self.start..self.end], self.deflate.is_some())?;
+            if let Some(Frame {
+                opcode,
+                compressed,
+                hdr,
+                len,
+            }) = frame
+            {
                 let at = self.start + hdr;
                 self.start = at + len;
                 if opcode == 0xA {
                     // An unsolicited pong: nothing to do.
                     continue;
                 }
-                let payload = &self.buf[at..at + len];
-                return match opcode {
-                    0x1 => Ok(Event::Text(payload)),
-                    0x2 => Ok(Event::Binary(payload)),
-                    0x9 => Ok(Event::Ping(payload)),
-                    0x8 => Ok(Event::Close(
-                        (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
-                    )),
-                    _ => Err(WsError::Protocol("unsupported opcode")),
+                let mut payload = &self.buf[at..at + len];
+                if compressed && let Some(inflater) = self.deflate.as_mut() {
+                    payload = inflater.inflate(payload)?;
+                }
+                let event = match opcode {
+                    0x1 => Event::Text(payload),
+                    0x2 => Event::Binary(payload),
+                    0x9 => Event::Ping(payload),
+                    0x8 => Event::Close(
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                    ),
+                    _ => return Err(WsError::Protocol("unsupported opcode")),
                 };
+                return Ok((event, hdr + len));
             }
             self.fill().await?;
         }
@@ -209,8 +332,21 @@ impl Client {
     }
 }
 
-/// `(opcode, header length, payload length)` of a complete frame at the start of `buf`.
-fn parse_frame(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, WsError> {
+/// A complete frame at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Frame {
+    opcode: u8,
+    /// RSV1 on a data frame of a `permessage-deflate` connection (RFC 7692 §6).
+    compressed: bool,
+    /// Header length.
+    hdr: usize,
+    /// Payload length.
+    len: usize,
+}
+
+/// The complete frame at the start of `buf`, if there is one. `deflate`: RSV1 is allowed on
+/// data frames (the extension was agreed).
+fn parse_frame(buf: &[u8], deflate: bool) -> Result<Option<Frame>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -218,7 +354,9 @@ fn parse_frame(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, WsError> {
     if b0 & 0x80 == 0 || b0 & 0x0f == 0 {
         return Err(WsError::Protocol("fragmented frames are not supported"));
     }
-    if b0 & 0x70 != 0 {
+    let opcode = b0 & 0x0f;
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !(deflate && matches!(opcode, 0x1 | 0x2))) {
         return Err(WsError::Protocol("reserved bits set (extension?)"));
     }
     let masked = b1 & 0x80 != 0;
@@ -246,7 +384,12 @@ fn parse_frame(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, WsError> {
     if buf.len() < hdr + len {
         return Ok(None);
     }
-    Ok(Some((b0 & 0x0f, hdr, len)))
+    Ok(Some(Frame {
+        opcode,
+        compressed,
+        hdr,
+        len,
+    }))
 }
 
 pub(crate) fn parse_status(head: &[u8]) -> Option<u16> {
@@ -286,12 +429,50 @@ mod tests {
         for len in [0, 5, 125, 126, 1000, 70_000] {
             let payload = vec![b'x'; len];
             let frame = server_text_frame(&payload);
-            let (op, hdr, n) = parse_frame(&frame).unwrap().unwrap();
-            assert_eq!((op, n), (1, len));
-            assert_eq!(hdr + n, frame.len());
+            let f = parse_frame(&frame, false).unwrap().unwrap();
+            assert_eq!((f.opcode, f.len, f.compressed), (1, len, false));
+            assert_eq!(f.hdr + f.len, frame.len());
             // A truncated frame is incomplete, not an error.
-            assert!(parse_frame(&frame[..frame.len() - 1]).unwrap().is_none() || len == 0);
+            assert!(
+                parse_frame(&frame[..frame.len() - 1], false)
+                    .unwrap()
+                    .is_none()
+                    || len == 0
+            );
         }
+    }
+
+    #[test]
+    fn rsv1_means_compressed_only_where_deflate_was_agreed() {
+        // RFC 7692 §7.2.3.1: "Hello", compressed, in one text frame.
+        let hello = [0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert!(parse_frame(&hello, false).is_err());
+        let f = parse_frame(&hello, true).unwrap().unwrap();
+        assert_eq!((f.opcode, f.compressed, f.hdr, f.len), (1, true, 2, 7));
+        // Never on a control frame, and RSV2/RSV3 never.
+        assert!(parse_frame(&[0xc9, 0x00], true).is_err());
+        assert!(parse_frame(&[0xa1, 0x00], true).is_err());
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                     client_no_context_takeover";
+        let mut inflater = Inflater::from_head(head).expect("agreed");
+        assert!(
+            inflater.kept.is_none(),
+            "no context kept: nothing per connection"
+        );
+        assert_eq!(inflater.inflate(&hello[2..]).unwrap(), b"Hello");
+        assert_eq!(inflater.inflate(&hello[2..]).unwrap(), b"Hello");
+        // A server that keeps its context: the second "Hello" refers back to the first
+        // (RFC 7692 §7.2.3.2), so the decompressor must be the connection's own.
+        let head = b"HTTP/1.1 101 OK\r\nsec-websocket-extensions: permessage-deflate";
+        let mut inflater = Inflater::from_head(head).expect("agreed");
+        assert!(inflater.kept.is_some());
+        assert_eq!(inflater.inflate(&hello[2..]).unwrap(), b"Hello");
+        assert_eq!(
+            inflater.inflate(&[0xf2, 0x00, 0x11, 0x00, 0x00]).unwrap(),
+            b"Hello"
+        );
+        assert!(Inflater::from_head(b"HTTP/1.1 101 OK\r\nUpgrade: websocket").is_none());
     }
 
     #[test]

@@ -32,7 +32,15 @@ use crate::registry::{Registry, Scope};
 /// `HERALD_CONFIG` and `HERALD_LOG`, a deployment's own `HERALD_URL`, the tests'
 /// `HERALD_BIN`) are not config and are left alone.
 const ENV_SECTIONS: &[&str] = &[
-    "server", "auth", "api", "broker", "limits", "socketio", "backend", "admin",
+    "server",
+    "auth",
+    "api",
+    "broker",
+    "limits",
+    "socketio",
+    "websocket",
+    "backend",
+    "admin",
 ];
 
 /// Sections that are arrays of tables, which one flat variable cannot express: the file only.
@@ -40,8 +48,20 @@ const FILE_ONLY_SECTIONS: &[&str] = &["channel", "source", "proxy", "rpc", "webh
 
 /// The top-level keys of `herald.toml`.
 const SECTIONS: &[&str] = &[
-    "server", "auth", "api", "broker", "limits", "socketio", "channel", "source", "backend",
-    "proxy", "rpc", "webhook", "admin",
+    "server",
+    "auth",
+    "api",
+    "broker",
+    "limits",
+    "socketio",
+    "websocket",
+    "channel",
+    "source",
+    "backend",
+    "proxy",
+    "rpc",
+    "webhook",
+    "admin",
 ];
 
 /// The fully validated configuration of one gateway process.
@@ -55,6 +75,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub limits: Limits,
     pub socketio: SocketIoConfig,
+    /// `[websocket]`: `/v1/ws` options (permessage-deflate).
+    pub websocket: WebSocketConfig,
     pub sources: SourcesConfig,
     pub registry: Arc<Registry>,
     /// Gate 1's verifier, built from `[auth]` while validating (key files read, JWKS parsed),
@@ -573,6 +595,36 @@ impl Default for SocketIoConfig {
     }
 }
 
+/// `[websocket]`: options of the protocol v1 WebSocket endpoint `/v1/ws`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Offer `permessage-deflate` (RFC 7692) to clients that ask for it. Off by default: it
+    /// trades server CPU (one compression per publication, and one per unicast message) for
+    /// bytes on the wire; see docs/operations.md.
+    pub permessage_deflate: bool,
+    /// Messages shorter than this many bytes (v1 JSON text) are sent uncompressed even on a
+    /// compressing connection: below it the saving is a few bytes and not worth the CPU.
+    pub deflate_min_bytes: usize,
+    /// DEFLATE level, 1 (fastest) to 9 (smallest). A broadcast is compressed once whatever its
+    /// fan-out, but a unicast message or a reply is compressed per message.
+    pub deflate_level: u32,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            permessage_deflate: false,
+            // A `pub` frame's envelope alone is ~100 bytes; under ~256 bytes DEFLATE without a
+            // shared window saves tens of bytes at best. (Centrifugo's
+            // `websocket.compression_min_size` defaults to 0, Node ws's `threshold` to 1024.)
+            deflate_min_bytes: 256,
+            // zlib's default, and Node ws's: the like-for-like comparison in the benchmarks.
+            deflate_level: 6,
+        }
+    }
+}
+
 /// A descriptor's `socketio` table: how its publications are named as Socket.IO events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -637,6 +689,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     socketio: SocketIoConfig,
+    #[serde(default)]
+    websocket: WebSocketConfig,
     #[serde(default, rename = "channel")]
     channels: Vec<ChannelConfig>,
     #[serde(default)]
@@ -987,6 +1041,7 @@ impl Config {
             mut broker,
             limits,
             socketio,
+            websocket,
             channels,
             mut source,
             backend,
@@ -1020,6 +1075,13 @@ impl Config {
             );
         }
         validate_general(&server, &auth, &limits, &mut problems);
+        if !(1..=9).contains(&websocket.deflate_level) {
+            problems.push(
+                None,
+                "websocket.deflate_level",
+                "must be from 1 (fastest) to 9 (smallest)",
+            );
+        }
         validate_admin(&admin, &mut problems);
         validate_broker(&broker, &limits, &mut problems);
         for (i, pg) in source.postgres.iter().enumerate() {
@@ -1134,6 +1196,7 @@ impl Config {
                 broker,
                 limits,
                 socketio,
+                websocket,
                 sources: source,
                 registry: Arc::new(registry),
             })
@@ -1179,6 +1242,7 @@ fn extract_all(figment: &Figment) -> Result<RawConfig, Vec<figment::Error>> {
             "broker" => collect::<BrokerConfig>(value, at, &mut errors),
             "limits" => collect::<Limits>(value, at, &mut errors),
             "socketio" => collect::<SocketIoConfig>(value, at, &mut errors),
+            "websocket" => collect::<WebSocketConfig>(value, at, &mut errors),
             "backend" => collect::<BackendConfig>(value, at, &mut errors),
             "admin" => collect::<AdminConfig>(value, at, &mut errors),
             "proxy" => match value {
@@ -1992,6 +2056,49 @@ mod tests {
         assert_eq!(c.api.key.as_deref(), Some("123456"));
         assert_eq!(c.limits.max_subscriptions, 7);
         assert!(c.server.demo);
+    }
+
+    /// `[websocket]`: compression off unless asked for, from the file or the environment;
+    /// a wrongly typed value is reported with its field.
+    #[test]
+    fn permessage_deflate_is_off_by_default_and_configurable() {
+        let c = Config::from_toml_str(MINIMAL, Path::new(".")).unwrap();
+        assert!(!c.websocket.permessage_deflate);
+        assert_eq!(c.websocket.deflate_min_bytes, 256);
+        assert_eq!(c.websocket.deflate_level, 6);
+        let on =
+            format!("{MINIMAL}\n[websocket]\npermessage_deflate = true\ndeflate_min_bytes = 0\n");
+        let c = Config::from_toml_str(&on, Path::new(".")).unwrap();
+        assert!(c.websocket.permessage_deflate);
+        assert_eq!(c.websocket.deflate_min_bytes, 0);
+        let dir = file_with(MINIMAL);
+        let path = dir.path().join("herald.toml");
+        let c = Config::load_with_env(
+            Some(&path),
+            vars(&[
+                ("HERALD_WEBSOCKET__PERMESSAGE_DEFLATE", "true"),
+                ("HERALD_WEBSOCKET__DEFLATE_MIN_BYTES", "1024"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.websocket.permessage_deflate);
+        assert_eq!(c.websocket.deflate_min_bytes, 1024);
+        for bad in [
+            "[websocket]\ndeflate_min_bytes = -1\n",
+            "[websocket]\npermessage_deflate = \"yes\"\n",
+            "[websocket]\ncompression = true\n",
+            "[websocket]\ndeflate_level = 0\n",
+            "[websocket]\ndeflate_level = 10\n",
+        ] {
+            let err =
+                Config::from_toml_str(&format!("{MINIMAL}\n{bad}"), Path::new(".")).unwrap_err();
+            assert!(
+                err.problems
+                    .iter()
+                    .any(|p| p.field.starts_with("websocket")),
+                "{bad}: {err}"
+            );
+        }
     }
 
     /// Bus sources: defaults applied, routes compiled against the registry, and every

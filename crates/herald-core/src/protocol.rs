@@ -123,6 +123,9 @@ pub enum Goodbye {
     ProtocolError,
     /// A text message (or fragment) that is not valid UTF-8 (1007, RFC 6455 §8.1).
     InvalidUtf8,
+    /// A `permessage-deflate` message whose payload is not valid DEFLATE data (1007, RFC 6455
+    /// §7.4.1; RFC 7692 §7.2.2).
+    InvalidCompressed,
 }
 
 impl Goodbye {
@@ -139,7 +142,7 @@ impl Goodbye {
             Goodbye::Kicked => 4403,
             Goodbye::PingTimeout => 4408,
             Goodbye::ProtocolError => 1002,
-            Goodbye::InvalidUtf8 => 1007,
+            Goodbye::InvalidUtf8 | Goodbye::InvalidCompressed => 1007,
         }
     }
 
@@ -159,6 +162,7 @@ impl Goodbye {
             Goodbye::PingTimeout => "no pong from client",
             Goodbye::ProtocolError => "websocket protocol error",
             Goodbye::InvalidUtf8 => "text is not valid UTF-8",
+            Goodbye::InvalidCompressed => "invalid compressed data",
         }
     }
 
@@ -178,11 +182,14 @@ impl Goodbye {
     /// Connection"): the peer's framing cannot be trusted, so the close frame alone says
     /// goodbye, with no v1 `disconnect` frame before it.
     pub fn fails_the_websocket(self) -> bool {
-        matches!(self, Goodbye::ProtocolError | Goodbye::InvalidUtf8)
+        matches!(
+            self,
+            Goodbye::ProtocolError | Goodbye::InvalidUtf8 | Goodbye::InvalidCompressed
+        )
     }
 
     /// Every goodbye, for tables and tests.
-    pub const ALL: [Goodbye; 13] = [
+    pub const ALL: [Goodbye; 14] = [
         Goodbye::GoingAway,
         Goodbye::Unavailable,
         Goodbye::TokenExpired,
@@ -196,6 +203,7 @@ impl Goodbye {
         Goodbye::PingTimeout,
         Goodbye::ProtocolError,
         Goodbye::InvalidUtf8,
+        Goodbye::InvalidCompressed,
     ];
 
     /// The v1 `disconnect` frame that announces this goodbye.
@@ -807,6 +815,7 @@ mod tests {
                 (4403, false),
                 (4408, true),
                 (1002, true),
+                (1007, true),
                 (1007, true)
             ]
         );

@@ -24,9 +24,12 @@ pub enum Wire {
     SocketIo = 1,
     /// A second slot for a transport's own use (e.g. SSE framing with multi-line data).
     Sse = 2,
+    /// The v1 text compressed for `permessage-deflate` (RFC 7692, no context takeover): one
+    /// compression per publication, shared by every subscriber that negotiated it.
+    WebSocketDeflate = 3,
 }
 
-const SLOTS: usize = 3;
+const SLOTS: usize = 4;
 
 /// One shared frame: its kind, what it is about, its v1 text and the lazily built others.
 pub struct Prepared {
@@ -182,6 +185,37 @@ mod tests {
             assert_eq!(&*s, "42[\"a.b\"]");
         }
         assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn each_slot_is_built_once_whatever_the_fan_out() {
+        let p = Publication {
+            channel: Arc::from("a.b"),
+            offset: 2,
+            epoch: Arc::from("e"),
+            data: Arc::from(RawValue::from_string("[1,2,3]".into()).unwrap()),
+            from: None,
+        };
+        let prepared = Prepared::publication(&p);
+        let calls = [const { AtomicUsize::new(0) }; SLOTS];
+        // 10,000 subscribers, some plain, some compressing: one build per format.
+        for i in 0..10_000 {
+            let wire = if i % 3 == 0 {
+                Wire::WebSocket
+            } else {
+                Wire::WebSocketDeflate
+            };
+            let v: Arc<[u8]> = prepared.cached(wire, |p| {
+                calls[wire as usize].fetch_add(1, Ordering::Relaxed);
+                Arc::from(p.v1().as_bytes())
+            });
+            assert_eq!(&*v, prepared.v1().as_bytes());
+        }
+        assert_eq!(calls[Wire::WebSocket as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            calls[Wire::WebSocketDeflate as usize].load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]

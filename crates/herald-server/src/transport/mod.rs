@@ -2,12 +2,16 @@
 //! ([`herald_node::Node::admit`]), translates its wire format and writes what the session
 //! queues. Nothing protocol-level lives here.
 //!
-//! - [`ws`]: protocol v1 over WebSocket, `GET /v1/ws`.
+//! - [`ws`]: protocol v1 over WebSocket, `GET /v1/ws`, on Herald's own RFC 6455 [`framing`].
+//! - [`deflate`]: `permessage-deflate` (RFC 7692) for it: negotiation, compression shared per
+//!   publication, bounded inflation.
 //! - [`sse`]: Server-Sent Events (and NDJSON), `GET /v1/sse` and `POST /v1/sse/{session}`.
 //! - [`socketio`]: Socket.IO v4 (Engine.IO v4 polling and WebSocket), `/socket.io/`.
 //! - [`cursor`]: the all-channel resume cursor SSE and Socket.IO hand their clients.
 
 pub mod cursor;
+pub mod deflate;
+pub mod framing;
 pub mod socketio;
 pub mod sse;
 pub mod ws;

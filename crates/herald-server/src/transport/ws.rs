@@ -8,37 +8,46 @@
 //! commands, batches leave with one flush, and every ending completes the closing handshake
 //! (RFC 6455 §7.1.1).
 //!
-//! Buffers are kept small on purpose: an idle connection costs a few KB (see
-//! `docs/benchmarks.md`), because the read buffer is sized for client frames (small JSON), not
-//! for the 128 KiB default.
+//! The framing is Herald's own ([`super::framing`], [`Socket`]), designed for idle memory: after
+//! the upgrade the raw `TcpStream` is taken back from hyper (no boxed I/O, no HTTP state), reads
+//! go into a scratch buffer on the stack, and only the bytes of an unfinished frame or message,
+//! or of a write in progress, are kept on the heap. An idle connection holds no buffer at all
+//! (S1 in `docs/benchmarks.md`).
 
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::FutureExt;
 use herald_core::protocol::{ErrorCode, Goodbye};
-use herald_node::{Ending, Inbound, Node, Opening, Outgoing, Session, Transport, Wire};
+use herald_node::{Ending, Inbound, Node, Opening, Outgoing, Session, Transport};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tungstenite::{Message, Utf8Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
+use super::deflate::{self, Deflate};
+use super::framing::{self, Decoder, Event, OpCode};
 use super::{handshake, query_pairs, query_value, refused};
 use crate::api::ApiError;
 
-/// Read buffer per connection. Client frames are small JSON commands (a subscribe is ~60 B);
-/// larger frames still work (the buffer grows up to `max_frame_bytes`), this only sets what
-/// an idle connection holds: 256 B, where 1 KiB was a quarter of an idle connection's heap.
-const READ_BUFFER: usize = 256;
+/// The scratch buffer one read fills, on the stack of the poll (never part of a connection's
+/// state): client frames are small JSON commands, a larger message takes several reads.
+const READ_CHUNK: usize = 8 * 1024;
 
-/// Frames are buffered up to this before a write syscall, so a burst goes out in few writes.
-const WRITE_BUFFER: usize = 8 * 1024;
+/// A batch is written whenever this much is encoded, so a long batch does not double its size
+/// in one buffer.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Pongs and close echoes not yet written, at most: past this the socket stops reading until
+/// the peer reads (a ping flood from a peer that takes nothing grows nothing).
+const CONTROL_BACKLOG: usize = 16 * 1024;
 
 /// A write that makes no progress for this long means the peer is gone or stuck: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,9 +58,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// When the framing is lost (a frame over the limit, a protocol error), the rest of the
 /// client's bytes are read raw and dropped until it has been quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
-
-/// The socket of an upgraded connection.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Gate 1, then the upgrade (or the probe's answer).
 pub async fn upgrade(
@@ -81,7 +87,9 @@ pub async fn upgrade(
         Ok(a) => a,
         Err(r) => return refused(r),
     };
-    let config = config(node.config.limits.max_frame_bytes);
+    let max_frame = node.config.limits.max_frame_bytes;
+    // RFC 7692: compression when the config allows it and the client offered it.
+    let (deflate, extensions) = Deflate::negotiate(headers, &node.config.websocket).unzip();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
@@ -89,25 +97,17 @@ pub async fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let transport = WsTransport::new(Socket::new(upgraded, max_frame), deflate);
         Session::new(admitted)
-            .run(WsTransport::new(socket), Opening::default())
+            .run(transport, Opening::default())
             .await;
     });
-    switching_protocols(&key)
-}
-
-/// The socket settings of every Herald WebSocket: small buffers (an idle connection costs a
-/// few KB), frames and messages bounded by `max_frame` bytes.
-pub fn config(max_frame: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame))
+    let mut res = switching_protocols(&key);
+    if let Some(extensions) = extensions {
+        res.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+    }
+    res
 }
 
 /// The `101 Switching Protocols` answer (RFC 6455 §4.2.2) for a `Sec-WebSocket-Accept` value.
@@ -174,12 +174,24 @@ pub fn upgrade_key(headers: &HeaderMap) -> Upgrade {
 /// The WebSocket wire of one session.
 pub struct WsTransport {
     socket: Socket,
+    /// The `permessage-deflate` policy, when negotiated (RFC 7692). Boxed: 8 bytes instead of
+    /// 16 in every connection's state, and most connections do not negotiate it.
+    deflate: Option<Box<Deflate>>,
 }
 
 impl WsTransport {
-    /// Wraps an upgraded socket.
-    pub fn new(socket: Socket) -> Self {
-        Self { socket }
+    /// Wraps an upgraded socket; `deflate` when `permessage-deflate` was negotiated (the
+    /// socket then accepts compressed messages, and frames are sent compressed by the policy).
+    pub fn new(socket: Socket, deflate: Option<Deflate>) -> Self {
+        let socket = if deflate.is_some() {
+            socket.permessage_deflate()
+        } else {
+            socket
+        };
+        Self {
+            socket,
+            deflate: deflate.map(Box::new),
+        }
     }
 }
 
@@ -191,7 +203,7 @@ impl Transport for WsTransport {
     }
 
     async fn recv(&mut self) -> Inbound {
-        match read(&mut self.socket).await {
+        match self.socket.read().await {
             WsRead::Text(text) => Inbound::from_v1_text(&text),
             WsRead::Binary(_) => Inbound::Violation(Goodbye::Binary),
             WsRead::Control => Inbound::Alive,
@@ -204,21 +216,33 @@ impl Transport for WsTransport {
     // A plain fn returning the bounded write, not an `async fn`: an async fn would hold the
     // write future twice (its own local and the timeout's copy, rust-lang/rust#62958), and
     // this future is part of every session's state (S1 in docs/benchmarks.md).
-    fn send(
-        &mut self,
-        batch: &mut Vec<Outgoing>,
-    ) -> impl std::future::Future<Output = io::Result<()>> + Send {
+    fn send(&mut self, batch: &mut Vec<Outgoing>) -> impl Future<Output = io::Result<()>> + Send {
         let socket = &mut self.socket;
+        let deflate = self.deflate.as_deref().copied();
         bounded_write(WRITE_TIMEOUT, async move {
             for item in batch.drain(..) {
-                let text = match item {
-                    // Validated as UTF-8 once per publication, then shared by every subscriber.
-                    Outgoing::Shared(p) => {
-                        p.cached(Wire::WebSocket, |p| Utf8Bytes::from(p.v1().to_owned()))
+                // A shared frame's text is the publication's own bytes, encoded once by the
+                // hub (and compressed once per publication, RFC 7692 without context
+                // takeover); only the 2–10 byte header is this connection's.
+                match (&item, deflate) {
+                    (Outgoing::Shared(p), Some(d)) => match d.shared(p) {
+                        Some(packed) => socket.queue(OpCode::Text, true, &packed),
+                        None => socket.queue(OpCode::Text, false, p.v1().as_bytes()),
+                    },
+                    (Outgoing::Own(o), Some(d)) => match d.own(o.json.as_bytes()) {
+                        Some(packed) => socket.queue(OpCode::Text, true, &packed),
+                        None => socket.queue(OpCode::Text, false, o.json.as_bytes()),
+                    },
+                    (Outgoing::Shared(p), None) => {
+                        socket.queue(OpCode::Text, false, p.v1().as_bytes());
                     }
-                    Outgoing::Own(o) => Utf8Bytes::from(o.json),
-                };
-                socket.feed(Message::Text(text)).await?;
+                    (Outgoing::Own(o), None) => {
+                        socket.queue(OpCode::Text, false, o.json.as_bytes());
+                    }
+                }
+                if socket.unwritten() >= WRITE_CHUNK {
+                    socket.flush().await?;
+                }
             }
             socket.flush().await
         })
@@ -229,20 +253,16 @@ impl Transport for WsTransport {
     }
 }
 
-/// A WebSocket write that must finish within `limit`: the library's error as `io::Error`, or
-/// `TimedOut` when the peer took nothing for that long (gone or stuck). Every Herald
-/// WebSocket write goes through here (`/v1/ws`, Socket.IO's engine).
-pub fn bounded_write<W>(
-    limit: Duration,
-    write: W,
-) -> impl std::future::Future<Output = io::Result<()>>
+/// A WebSocket write that must finish within `limit`: `TimedOut` when the peer took nothing
+/// for that long (gone or stuck). Every Herald WebSocket write goes through here (`/v1/ws`,
+/// Socket.IO's engine).
+pub fn bounded_write<W>(limit: Duration, write: W) -> impl Future<Output = io::Result<()>>
 where
-    W: std::future::Future<Output = Result<(), tungstenite::Error>>,
+    W: Future<Output = io::Result<()>>,
 {
     // A combinator rather than an `async fn`, so `write` is stored once (see `send`).
     tokio::time::timeout(limit, write).map(|r| match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(io::Error::other(e)),
+        Ok(r) => r,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     })
 }
@@ -251,12 +271,12 @@ where
 #[derive(Debug)]
 pub enum WsRead {
     /// A text message.
-    Text(Utf8Bytes),
+    Text(String),
     /// A binary message.
-    Binary(axum::body::Bytes),
-    /// A Ping or Pong (answered by the library); it still counts as a frame.
+    Binary(Vec<u8>),
+    /// A Ping (its pong is already queued) or a Pong; it still counts as a frame.
     Control,
-    /// The peer's close frame.
+    /// The peer's close frame (its echo is already queued, §5.5.1).
     Closed,
     /// The peer broke a rule: the connection ends with this goodbye.
     Violation(Goodbye),
@@ -264,16 +284,289 @@ pub enum WsRead {
     Gone,
 }
 
-/// Reads the next message and classifies it. Cancel-safe (one `next`).
-pub async fn read(socket: &mut Socket) -> WsRead {
-    match socket.next().await {
-        None => WsRead::Gone,
-        Some(Err(e)) => read_error(&e),
-        Some(Ok(Message::Text(text))) => WsRead::Text(text),
-        Some(Ok(Message::Binary(bytes))) => WsRead::Binary(bytes),
-        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => WsRead::Control,
-        Some(Ok(Message::Close(_))) => WsRead::Closed,
+/// The byte stream under a WebSocket: the `TcpStream` taken back from hyper (the plain-TCP
+/// server's case), or hyper's upgraded I/O when it wraps something else (boxed: it is the
+/// rare case, and it carries hyper's own state).
+enum Io {
+    Tcp(TcpStream),
+    Upgraded(Box<TokioIo<Upgraded>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One server-side WebSocket connection (RFC 6455) after the upgrade: reads classified
+/// messages ([`Socket::read`]), answers pings and the peer's close by itself, and writes
+/// queued frames in one go ([`Socket::queue`], [`Socket::flush`]).
+///
+/// Between messages it holds no buffer: reads fill a scratch buffer on the stack and the
+/// [`Decoder`] keeps only an unfinished frame or message; `input` holds bytes only when one
+/// read brought more than one message; `out` only while a write is in progress.
+pub struct Socket {
+    io: Io,
+    decoder: Decoder,
+    /// Bytes read past the last event, not decoded yet (capacity 0 when empty).
+    input: Vec<u8>,
+    /// Encoded frames not written yet; the first `written` bytes are.
+    out: Vec<u8>,
+    written: usize,
+    /// A close frame was queued: nothing more may be sent (§5.5.1).
+    close_sent: bool,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("decoder", &self.decoder)
+            .field("input", &self.input.len())
+            .field("unwritten", &self.unwritten())
+            .field("close_sent", &self.close_sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Socket {
+    /// The socket of a connection hyper upgraded, messages bounded by `max_frame` bytes. The
+    /// plain `TcpStream` is taken back from hyper when that is what it serves (with the bytes
+    /// it had read past the request, which are the first frames).
+    pub fn new(upgraded: Upgraded, max_frame: usize) -> Self {
+        let (io, input) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
+            Err(upgraded) => (Io::Upgraded(Box::new(TokioIo::new(upgraded))), Vec::new()),
+        };
+        Self::on(io, input, max_frame)
+    }
+
+    fn on(io: Io, input: Vec<u8>, max_frame: usize) -> Self {
+        Self {
+            io,
+            decoder: Decoder::new(max_frame, false),
+            input,
+            out: Vec::new(),
+            written: 0,
+            close_sent: false,
+        }
+    }
+
+    /// The same socket with `permessage-deflate` negotiated (RFC 7692): a data message whose
+    /// first frame has RSV1 set is inflated ([`deflate::inflate`], bounded by the message
+    /// limit) before it is classified. Without it, RSV1 fails the connection (1002).
+    pub fn permessage_deflate(mut self) -> Self {
+        let limit = self.decoder.limit();
+        self.decoder = Decoder::new(limit, true);
+        self
+    }
+
+    /// Reads the next message and classifies it. Cancel-safe: all state lives in the socket
+    /// between polls. Pings are answered and the peer's close is echoed by queueing the frame
+    /// and writing it as far as the socket takes it now (the rest goes with the next write).
+    pub fn read(&mut self) -> impl Future<Output = WsRead> + Send + '_ {
+        poll_fn(move |cx| self.poll_read(cx))
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<WsRead> {
+        loop {
+            if !self.input.is_empty() {
+                let (n, event) = match self.decoder.decode(&self.input) {
+                    Ok(r) => r,
+                    Err(e) => return Poll::Ready(violation(e)),
+                };
+                if n == self.input.len() {
+                    self.input = Vec::new();
+                } else {
+                    self.input.drain(..n);
+                }
+                if let Some(event) = event {
+                    return Poll::Ready(self.on_event(event, cx));
+                }
+            }
+            // Control answers the peer has not taken yet hold reading back past a bound.
+            if self.unwritten() > 0
+                && self.poll_write_out(cx).is_pending()
+                && self.unwritten() > CONTROL_BACKLOG
+            {
+                return Poll::Pending;
+            }
+            let mut buf = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut buf);
+            if ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)).is_err() {
+                return Poll::Ready(WsRead::Gone);
+            }
+            let mut data = buf.filled();
+            if data.is_empty() {
+                return Poll::Ready(WsRead::Gone);
+            }
+            while !data.is_empty() {
+                let (n, event) = match self.decoder.decode(data) {
+                    Ok(r) => r,
+                    Err(e) => return Poll::Ready(violation(e)),
+                };
+                data = &data[n..];
+                if let Some(event) = event {
+                    self.input.extend_from_slice(data);
+                    return Poll::Ready(self.on_event(event, cx));
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, cx: &mut Context<'_>) -> WsRead {
+        match event {
+            Event::Message {
+                binary,
+                compressed,
+                data,
+            } => {
+                // The decoder allows RSV1 only when `permessage-deflate` was negotiated.
+                let data = if compressed {
+                    match deflate::inflate(&data, self.decoder.limit()) {
+                        Ok(d) => d,
+                        Err(e) => return WsRead::Violation(e.goodbye()),
+                    }
+                } else {
+                    data
+                };
+                if binary {
+                    WsRead::Binary(data)
+                } else {
+                    // Checked already unless it was compressed; the check is cheap either way.
+                    match String::from_utf8(data) {
+                        Ok(text) => WsRead::Text(text),
+                        Err(_) => WsRead::Violation(Goodbye::InvalidUtf8),
+                    }
+                }
+            }
+            Event::Ping(payload) => {
+                // §5.5.2; none once our close is queued (§5.5.1: nothing after a close).
+                if !self.close_sent {
+                    framing::encode(&mut self.out, OpCode::Pong, false, &payload);
+                    let _ = self.poll_write_out(cx);
+                }
+                WsRead::Control
+            }
+            Event::Pong => WsRead::Control,
+            Event::Close(status) => {
+                // §5.5.1: echo the status code (not the reason) unless our close went first.
+                if !self.close_sent {
+                    self.close_sent = true;
+                    framing::encode_close(&mut self.out, status.map(|(code, _)| code), "");
+                    let _ = self.poll_write_out(cx);
+                }
+                WsRead::Closed
+            }
+        }
+    }
+
+    /// Queues one unfragmented data frame (`opcode` Text or Binary; `rsv1` for a payload
+    /// compressed with `permessage-deflate`, RFC 7692 §6). Written by the next [`Socket::flush`].
+    /// Nothing is queued once a close frame was (§5.5.1).
+    pub fn queue(&mut self, opcode: OpCode, rsv1: bool, payload: &[u8]) {
+        if !self.close_sent {
+            framing::encode(&mut self.out, opcode, rsv1, payload);
+        }
+    }
+
+    /// Queues the close frame (once): `code` and `reason` (cut to the 123 bytes a close frame
+    /// has room for), or an empty close for `None`.
+    pub fn queue_close(&mut self, code: Option<u16>, reason: &str) {
+        if !self.close_sent {
+            self.close_sent = true;
+            framing::encode_close(&mut self.out, code, reason);
+        }
+    }
+
+    /// Bytes queued and not written yet.
+    pub fn unwritten(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Writes everything queued, then frees the buffer. Cancel-safe: what was written stays
+    /// written, the rest waits for the next flush (or read).
+    pub fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        poll_fn(move |cx| self.poll_write_out(cx))
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        if self.out.capacity() > 0 {
+            // An idle connection keeps no write buffer (one allocation per burst instead).
+            self.out = Vec::new();
+            self.written = 0;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Reads and drops whatever the peer still sends, until EOF, an error, or `quiet` without
+    /// a byte.
+    async fn drain(&mut self, quiet: Duration) {
+        self.input = Vec::new();
+        loop {
+            let read = poll_fn(|cx| {
+                let mut buf = [0u8; READ_CHUNK];
+                let mut buf = ReadBuf::new(&mut buf);
+                ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+                Poll::Ready(io::Result::Ok(buf.filled().len()))
+            });
+            match tokio::time::timeout(quiet, read).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+/// A framing error as the connection's goodbye: a peer that broke the framing rules is told
+/// so with a close frame (RFC 6455 §7.1.7: 1002, or 1007 for bad UTF-8) instead of a silent
+/// TCP close that its library would report as 1006.
+fn violation(e: framing::Error) -> WsRead {
+    WsRead::Violation(match e {
+        framing::Error::TooLarge => Goodbye::FrameTooLarge,
+        framing::Error::Utf8 => Goodbye::InvalidUtf8,
+        framing::Error::Protocol(_) => Goodbye::ProtocolError,
+    })
 }
 
 /// Ends a WebSocket connection the way every Herald path does, bounded by [`CLOSE_LINGER`]:
@@ -293,47 +586,84 @@ pub async fn finish(socket: &mut Socket, ending: Ending) {
         Ending::Goodbye(g) => {
             let bye = async {
                 if !g.fails_the_websocket() {
-                    let _ = socket.feed(Message::Text(Utf8Bytes::from(g.frame()))).await;
+                    socket.queue(OpCode::Text, false, g.frame().as_bytes());
                 }
-                let _ = socket
-                    .send(Message::Close(Some(CloseFrame {
-                        code: g.code().into(),
-                        reason: Utf8Bytes::from_static(g.reason()),
-                    })))
-                    .await;
-                loop {
-                    match socket.next().await {
-                        Some(Ok(Message::Close(_))) => return,
-                        Some(Ok(_)) => {}
-                        // After an error the library may also just end the stream.
-                        Some(Err(_)) | None => break,
+                socket.queue_close(Some(g.code()), g.reason());
+                if socket.flush().await.is_err() {
+                    return;
+                }
+                if !socket.decoder.failed() {
+                    loop {
+                        match socket.read().await {
+                            WsRead::Closed => return,
+                            WsRead::Gone | WsRead::Violation(_) => break,
+                            _ => {}
+                        }
                     }
                 }
-                let raw = socket.get_mut();
-                let mut buf = [0u8; 4096];
-                while let Ok(Ok(n)) = tokio::time::timeout(DRAIN_QUIET, raw.read(&mut buf)).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
+                socket.drain(DRAIN_QUIET).await;
             };
             let _ = tokio::time::timeout(CLOSE_LINGER, bye).await;
         }
     }
 }
 
-/// What a read error means for the connection. A peer that broke the framing rules is told
-/// so with a close frame (RFC 6455 §7.1.7: 1002, or 1007 for bad UTF-8) instead of a silent
-/// TCP close that its library would report as 1006; only a vanished peer gets nothing.
-fn read_error(e: &tungstenite::Error) -> WsRead {
-    use tungstenite::Error;
-    use tungstenite::error::ProtocolError;
-    match e {
-        Error::Capacity(_) => WsRead::Violation(Goodbye::FrameTooLarge),
-        Error::Utf8(_) => WsRead::Violation(Goodbye::InvalidUtf8),
-        // EOF in the middle of the connection: the peer is gone, not misbehaving.
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => WsRead::Gone,
-        Error::Protocol(_) => WsRead::Violation(Goodbye::ProtocolError),
-        _ => WsRead::Gone,
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+    use herald_core::Config;
+    use herald_core::identity::mint_hs256;
+    use herald_node::{Handshake, Opening, Session};
+
+    use super::*;
+
+    /// The state an idle `/v1/ws` connection's task holds is the size of this future (S1 in
+    /// docs/benchmarks.md): it must not grow back. Measured 2026-11-30 with tungstenite: the
+    /// transport 328 B; with Herald's framing: see the assertions.
+    #[tokio::test]
+    async fn idle_connection_state_stays_small() {
+        let config = Config::from_toml_str(
+            "[auth]\nhs256_secret = \"unit\"\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let node = crate::build(config).unwrap();
+        let token = mint_hs256("unit", "u1", &[], "roles", Duration::from_secs(60)).unwrap();
+        let bearer = format!("Bearer {token}");
+        let admitted = node
+            .admit(&Handshake {
+                authorization: vec![&bearer],
+                ..Handshake::default()
+            })
+            .now_or_never()
+            .expect("the memory broker answers at once")
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut transport = WsTransport::new(Socket::on(Io::Tcp(server), Vec::new(), 1024), None);
+        let recv_size = std::mem::size_of_val(&transport.recv());
+        let transport_size = std::mem::size_of_val(&transport);
+        eprintln!(
+            "Sleep {} B, Notified {} B, cancelled {} B, Timeout<send> {} B",
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<tokio::sync::futures::Notified<'static>>(),
+            std::mem::size_of_val(&node.shutdown.cancelled()),
+            std::mem::size_of_val(&transport.send(&mut Vec::new())),
+        );
+        let session = Session::new(admitted);
+        let session_size = std::mem::size_of_val(&session);
+        let run = session.run(transport, Opening::default());
+        let run_size = std::mem::size_of_val(&run);
+        eprintln!(
+            "WsTransport {transport_size} B, its recv future {recv_size} B, Session {session_size} B, \
+             Session::run future {run_size} B"
+        );
+        assert!(transport_size <= 128, "WsTransport is {transport_size} B");
+        assert!(run_size <= 1312, "the session future is {run_size} B");
     }
 }

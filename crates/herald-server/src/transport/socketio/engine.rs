@@ -21,15 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use herald_core::protocol::Goodbye;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Message, Utf8Bytes};
 
 use super::packet::split_payload;
+use crate::transport::framing::OpCode;
 use crate::transport::ws::{self, Socket, WsRead};
 
 /// A write that no poll (or WebSocket) takes for this long means the client is gone or stuck.
@@ -336,11 +333,9 @@ impl Engine {
         // The write future goes straight into the combinator: a named local would be kept
         // beside the combinator's copy across the await (see `ws::WsTransport::send`).
         ws::bounded_write(WRITE_TIMEOUT, async {
-            while let Some(p) = self.unsent.front() {
-                socket
-                    .feed(Message::Text(Utf8Bytes::from(p.clone())))
-                    .await?;
-                self.unsent.pop_front();
+            // Queued (the socket's buffer) before any write: nothing is lost if cut short.
+            while let Some(p) = self.unsent.pop_front() {
+                socket.queue(OpCode::Text, false, p.as_bytes());
             }
             socket.flush().await
         })
@@ -359,8 +354,8 @@ impl Engine {
                 return Read::Gone;
             }
             if let Some(socket) = &mut self.socket {
-                return match ws::read(socket).await {
-                    WsRead::Text(t) => Read::Text(t.as_str().to_owned()),
+                return match socket.read().await {
+                    WsRead::Text(t) => Read::Text(t),
                     WsRead::Binary(_) => Read::Binary,
                     // Answered by the library; not an Engine.IO packet.
                     WsRead::Control => continue,
@@ -392,7 +387,7 @@ impl Engine {
         if let Some(socket) = &mut self.socket {
             return ws::bounded_write(WRITE_TIMEOUT, async {
                 for p in packets.drain(..) {
-                    socket.feed(Message::Text(Utf8Bytes::from(p))).await?;
+                    socket.queue(OpCode::Text, false, p.as_bytes());
                 }
                 socket.flush().await
             })
@@ -439,18 +434,16 @@ impl Engine {
             let bye = async {
                 if !broken {
                     for p in last.drain(..) {
-                        let _ = socket.feed(Message::Text(Utf8Bytes::from(p))).await;
+                        socket.queue(OpCode::Text, false, p.as_bytes());
                     }
                 }
-                let _ = socket
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: Utf8Bytes::from_static(""),
-                    })))
-                    .await;
+                socket.queue_close(Some(1000), "");
+                if socket.flush().await.is_err() {
+                    return;
+                }
                 // RFC 6455 §7.1.1: wait for the peer's close.
                 loop {
-                    match ws::read(socket).await {
+                    match socket.read().await {
                         WsRead::Closed | WsRead::Gone | WsRead::Violation(_) => break,
                         _ => {}
                     }

@@ -23,15 +23,11 @@ use std::time::Duration;
 use axum::extract::{Extension, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::SinkExt;
 use herald_core::broker::random_id;
 use herald_node::Node;
 use herald_node::admission::origin_matches;
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::Role;
-use tungstenite::{Message, Utf8Bytes};
 
+use super::framing::OpCode;
 use super::ws::{self, Upgrade, WsRead};
 use super::{query_pairs, query_value};
 pub use engine::Engines;
@@ -278,18 +274,10 @@ async fn route(
                     let Ok(upgraded) = on_upgrade.await else {
                         return;
                     };
-                    let mut socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(ws::config(node.config.limits.max_frame_bytes)),
-                    )
-                    .await;
+                    let mut socket = ws::Socket::new(upgraded, node.config.limits.max_frame_bytes);
                     let open = open_packet(&node, &random_id(20), false);
-                    if socket
-                        .send(Message::Text(Utf8Bytes::from(open)))
-                        .await
-                        .is_err()
-                    {
+                    socket.queue(OpCode::Text, false, open.as_bytes());
+                    if socket.flush().await.is_err() {
                         return;
                     }
                     connection::run(node, engines, engine::Engine::websocket(socket), creds).await;
@@ -323,12 +311,7 @@ async fn route(
                 let Ok(upgraded) = on_upgrade.await else {
                     return;
                 };
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws::config(max_frame)),
-                )
-                .await;
+                let socket = ws::Socket::new(upgraded, max_frame);
                 probe(shared, socket).await;
             });
             ws::switching_protocols(&key)
@@ -366,21 +349,18 @@ async fn route(
 /// else, or [`UPGRADE_TIMEOUT`], drops the socket and polling goes on.
 async fn probe(shared: Arc<engine::Shared>, mut socket: ws::Socket) {
     let handshake = async {
-        match ws::read(&mut socket).await {
-            WsRead::Text(t) if t.as_str() == "2probe" => {}
+        match socket.read().await {
+            WsRead::Text(t) if t == "2probe" => {}
             _ => return false,
         }
-        if socket
-            .send(Message::Text(Utf8Bytes::from_static("3probe")))
-            .await
-            .is_err()
-        {
+        socket.queue(OpCode::Text, false, b"3probe");
+        if socket.flush().await.is_err() {
             return false;
         }
         shared.begin_upgrade();
         loop {
-            match ws::read(&mut socket).await {
-                WsRead::Text(t) if t.as_str() == "5" => return true,
+            match socket.read().await {
+                WsRead::Text(t) if t == "5" => return true,
                 WsRead::Control => {}
                 _ => return false,
             }

@@ -1437,3 +1437,67 @@ fn render(res: &Results, args: &SuiteArgs) -> String {
     o.push('\n');
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SuiteArgs,
+    }
+
+    #[test]
+    fn the_compression_table_has_a_row_per_gateway_that_ran_s3z() {
+        let args = Cli::parse_from(["suite", "--s3z-rates", "1,10"]).args;
+        let step = |rate, wire, cpu| crate::load::StepReport {
+            rate,
+            wire_bytes_per_delivery: wire,
+            cpu_us_per_delivery: cpu,
+            received: 10,
+            ok: true,
+            ..Default::default()
+        };
+        let peer = |name: &str, label: &str, negotiated, wire| PeerResults {
+            name: name.into(),
+            label: label.into(),
+            s3z: Some(Report {
+                connected: 5000,
+                deflate_negotiated: negotiated,
+                kb_per_connection_after: 1.5,
+                steps: vec![step(1, wire, 2.0), step(10, wire, 1.0)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let res = Results {
+            peers: vec![
+                peer("herald", "Herald", 0, 1110.0),
+                peer("ws-deflate", "Node ws, perMessageDeflate", 5000, 280.0),
+            ],
+            ..Default::default()
+        };
+        let text = render(&res, &args);
+        assert!(
+            text.contains("### Compression (permessage-deflate)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| Herald | 0/5000 | – | 1.50 | 1110 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| Node ws, perMessageDeflate | 5000/5000 | – | 1.50 | 280 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 10 | 1.00 | 0.00 | 1.00 | 0.00 |"),
+            "{text}"
+        );
+        // Without any s3z run, no compression section.
+        let none = Results::default();
+        assert!(!render(&none, &args).contains("Compression"));
+    }
+}

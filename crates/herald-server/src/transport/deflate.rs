@@ -14,8 +14,8 @@
 //!   negotiated compression costs what one that did not costs.
 //!
 //! The price is the ratio: each message is compressed without the dictionary of the previous
-//! ones (on 1 KB JSON publications, roughly 2–3× instead of the 4–6× a warm window can reach;
-//! see `docs/operations.md`).
+//! ones (on realistic 1 KB JSON publications, 2.4× at level 6 where Node `ws` with a warm
+//! window reached 3.7×; see `docs/benchmarks.md`, issue 16 part six).
 //!
 //! [`negotiate`] reads every offer in the request's `Sec-WebSocket-Extensions` headers (RFC
 //! 6455 §9.1 grammar) and accepts the first acceptable `permessage-deflate` one (RFC 7692 §5,

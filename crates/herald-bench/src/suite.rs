@@ -582,7 +582,8 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
 
 /// Connections per second a peer accepts on this machine, for [`estimate_secs`]: the Node
 /// peers verify each JWT in ~0.85–1.35 ms of CPU (S2, 2026-11-30), Herald and the other Rust
-/// peers in < 0.1 ms; Sockudo accepted 450–780/s (issue 16, busy machine).
+/// peers in < 0.1 ms; Sockudo accepted 450–780/s on a busy machine and ~4,400/s on a quieter
+/// one (issue 16): the busy figures, so that the estimate errs long.
 fn connect_rate(peer: &str) -> f64 {
     match peer {
         "ws" | "socketio" | "sockudo" => 700.0,

@@ -10,13 +10,15 @@
 //!   load core can keep up with a server core;
 //! - [`sse`]: a minimal Server-Sent Events client (HTTP/1.1, chunked), same budget as [`wire`];
 //! - [`dialect`]: Herald protocol v1 over WebSocket and over SSE, Socket.IO v4 (websocket
-//!   transport only; the peers' rooms and Herald's `/socket.io/`) and raw text;
+//!   transport only; the peers' rooms and Herald's `/socket.io/`), the Pusher Channels
+//!   protocol (Sockudo) and raw text;
 //! - [`payload`]: the stamped payload and its cheap parser;
 //! - [`stats`]: per-step histograms and counters, mergeable and serializable;
 //! - [`procfs`]: CPU ticks and RSS of a process, and the fd limit;
 //! - [`load`]: one load run (connect, publish in rate steps, drain, report);
 //! - [`suite`]: the scenarios S1–S7 against every peer, and the markdown report;
-//! - [`null`]: the null gateway, a server that only writes pre-framed bytes (the ceiling);
+//! - [`null`]: the null gateway, a server that only writes pre-framed bytes (the ceiling),
+//!   naive or batching (the fair ceiling for Herald's model);
 //! - [`subscribe`]: subscribe latency and connects/s with static scopes and the subscribe proxy.
 
 pub mod dialect;

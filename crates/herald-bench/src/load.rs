@@ -42,7 +42,15 @@ pub enum Publisher {
     /// The peers' trigger: `POST /publish` (payload as body) and `POST /publish/batch`
     /// (`[{"user","data"}]`).
     Peer,
+    /// Pusher's HTTP API (Sockudo), signed with the app secret: `POST /apps/<id>/events`
+    /// (`{"name","channels","data"}`, data a JSON string) for broadcast, `POST
+    /// /apps/<id>/batch_events` (`{"batch":[{"channel","name","data"}]}`) for unicast to the
+    /// users' private channels.
+    Pusher,
 }
+
+/// The event name of every publication on the Pusher dialect.
+const PUSHER_EVENT: &str = "bench";
 
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct LoadArgs {
@@ -74,6 +82,9 @@ pub struct LoadArgs {
     pub jwt_secret: String,
     #[arg(long, default_value = "bench-key")]
     pub api_key: String,
+    /// The Pusher app (dialect and publisher `pusher`).
+    #[command(flatten)]
+    pub pusher: crate::dialect::PusherApp,
     /// Publications per second, one step each (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "10,20")]
     pub rates: Vec<u64>,
@@ -415,10 +426,10 @@ async fn connection(
         let subscribe = (args.mode == Mode::Broadcast
             && matches!(
                 args.dialect,
-                Dialect::Herald | Dialect::Sse | Dialect::HeraldSocketio
+                Dialect::Herald | Dialect::Sse | Dialect::HeraldSocketio | Dialect::Pusher
             ))
         .then_some(args.channel.as_str());
-        let (path, mut headers) = args.dialect.request(&user, &token, subscribe);
+        let (path, mut headers) = args.dialect.request(&user, &token, subscribe, &args.pusher);
         if args.permessage_deflate && args.dialect != Dialect::Sse {
             headers.push((
                 "Sec-WebSocket-Extensions".into(),
@@ -439,7 +450,10 @@ async fn connection(
             if c.deflate() {
                 shared.deflate.fetch_add(1, Ordering::Relaxed);
             }
-            args.dialect.handshake(&mut c, subscribe).await?;
+            let user_channel = crate::dialect::PusherApp::user_channel(&args.user_channel, &user);
+            args.dialect
+                .handshake(&mut c, subscribe, &user_channel, &args.pusher)
+                .await?;
             Ok(Conn::Ws(c))
         }
     };
@@ -684,19 +698,22 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
             match args.mode {
                 Mode::Broadcast => {
                     for stamp in batch {
-                        let body = match args.publisher {
-                            Publisher::Herald => format!(
-                                r#"{{"channel":"{}","data":{}}}"#,
-                                args.channel,
-                                payload::build_kind(stamp, args.payload_bytes, args.payload_kind)
+                        let data = payload::build_kind(stamp, args.payload_bytes, args.payload_kind);
+                        let (url, body) = match args.publisher {
+                            Publisher::Herald => (
+                                format!("{base}/v1/publish"),
+                                format!(r#"{{"channel":"{}","data":{data}}}"#, args.channel),
                             ),
-                            Publisher::Peer => {
-                                payload::build_kind(stamp, args.payload_bytes, args.payload_kind)
+                            Publisher::Peer => (format!("{base}/publish"), data),
+                            Publisher::Pusher => {
+                                let body = format!(
+                                    r#"{{"name":"{PUSHER_EVENT}","channels":["{}"],"data":{}}}"#,
+                                    args.channel,
+                                    json_string(&data)
+                                );
+                                let path = format!("/apps/{}/events", args.pusher.app_id);
+                                (pusher_url(&base, &args.pusher, &path, &body), body)
                             }
-                        };
-                        let url = match args.publisher {
-                            Publisher::Herald => format!("{base}/v1/publish"),
-                            Publisher::Peer => format!("{base}/publish"),
                         };
                         // Taken here, in sequence order, so requests start in that order.
                         let permit = in_flight.clone().acquire_owned().await.expect("open");
@@ -726,11 +743,24 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
                                     args.user_channel
                                 ),
                                 Publisher::Peer => format!(r#"{{"user":"u{user}","data":{data}}}"#),
+                                Publisher::Pusher => format!(
+                                    r#"{{"channel":"{}","name":"{PUSHER_EVENT}","data":{}}}"#,
+                                    crate::dialect::PusherApp::user_channel(
+                                        &args.user_channel,
+                                        &format!("u{user}")
+                                    ),
+                                    json_string(&data)
+                                ),
                             }
                         })
                         .collect();
                     let count = items.len() as u64;
                     let (url, body) = match args.publisher {
+                        Publisher::Pusher => {
+                            let body = format!(r#"{{"batch":[{}]}}"#, items.join(","));
+                            let path = format!("/apps/{}/batch_events", args.pusher.app_id);
+                            (pusher_url(&base, &args.pusher, &path, &body), body)
+                        }
                         Publisher::Herald => (
                             format!("{base}/v1/publish/batch"),
                             format!(r#"{{"publications":[{}]}}"#, items.join(",")),
@@ -845,6 +875,20 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
         }
     }
     out
+}
+
+/// `data` as a JSON string literal (Pusher's `data` is a string).
+fn json_string(data: &str) -> String {
+    serde_json::to_string(data).unwrap_or_default()
+}
+
+/// A Pusher HTTP API URL for a POST of `body` to `path`, signed now.
+fn pusher_url(base: &str, app: &crate::dialect::PusherApp, path: &str, body: &str) -> String {
+    let now = payload::unix_ns() / 1_000_000_000;
+    format!(
+        "{base}{}",
+        app.signed_path("POST", path, body.as_bytes(), now)
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

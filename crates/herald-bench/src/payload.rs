@@ -135,11 +135,17 @@ pub fn build(stamp: Stamp, size: usize) -> String {
 
 /// Finds and reads the stamp inside a received frame, whatever the envelope. Keys are looked
 /// up one by one: a gateway may re-serialize the object with its keys in another order (Herald
-/// sorts them), and no envelope here has keys named `s`, `t` or `k`.
+/// sorts them), and no envelope here has keys named `s`, `t` or `k`. Pusher carries the data
+/// as a JSON string, so there the keys come escaped (`\"s\":`).
 pub fn parse(frame: &[u8]) -> Option<Stamp> {
-    let seq = field(frame, br#""s":"#)?;
-    let intended_ns = field(frame, br#""t":"#)?;
-    let step = field(frame, br#""k":"#)?;
+    parse_keys(frame, [br#""s":"#, br#""t":"#, br#""k":"#])
+        .or_else(|| parse_keys(frame, [br#"\"s\":"#, br#"\"t\":"#, br#"\"k\":"#]))
+}
+
+fn parse_keys<const N: usize>(frame: &[u8], [s, t, k]: [&[u8; N]; 3]) -> Option<Stamp> {
+    let seq = field(frame, s)?;
+    let intended_ns = field(frame, t)?;
+    let step = field(frame, k)?;
     Some(Stamp {
         seq,
         intended_ns,
@@ -186,7 +192,11 @@ mod tests {
             let herald = format!(r#"{{"type":"pub","channel":"c","offset":7,"data":{p}}}"#);
             let sio = format!(r#"42["pub",{p}]"#);
             let sorted = serde_json::to_string(&v).unwrap();
-            for frame in [p.clone(), herald, sio, sorted] {
+            let pusher = format!(
+                r#"{{"event":"bench","channel":"bench.fanout","data":{}}}"#,
+                serde_json::to_string(&p).unwrap()
+            );
+            for frame in [p.clone(), herald, sio, sorted, pusher] {
                 assert_eq!(parse(frame.as_bytes()), Some(stamp));
             }
         }

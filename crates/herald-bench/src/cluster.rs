@@ -251,6 +251,8 @@ pub struct StreamResult {
     pub lost: u64,
     pub early: u64,
     pub reorders: u64,
+    #[serde(default)]
+    pub lost_at: crate::streams::Losses,
     pub latency: Latency,
 }
 
@@ -262,6 +264,7 @@ impl From<&Tally> for StreamResult {
             lost: t.lost,
             early: t.early,
             reorders: t.reorders,
+            lost_at: t.lost_at,
             latency: t.latency(),
         }
     }
@@ -309,6 +312,12 @@ pub struct Fanout {
     pub churned: u64,
     pub reconnect_failures: u64,
     pub disconnects: BTreeMap<String, u64>,
+    /// Longest the receivers waited after publishing for the last deliveries, s.
+    #[serde(default)]
+    pub drain_secs: f64,
+    /// Connections still missing their last publication when that wait ended.
+    #[serde(default)]
+    pub incomplete: u64,
     pub readings: Vec<Reading>,
     /// Warnings and errors the nodes and Redis logged, with counts.
     pub server_log: Vec<(String, u64)>,
@@ -487,6 +496,8 @@ pub fn fanout(l: &Launch, spec: &Spec) -> anyhow::Result<Fanout> {
         u.merge(&rep.unicast);
         out.churned += rep.churned;
         out.reconnect_failures += rep.reconnect_failures;
+        out.drain_secs = out.drain_secs.max(rep.drain_secs);
+        out.incomplete += rep.incomplete;
         for (k, v) in rep.disconnects {
             *out.disconnects.entry(k).or_default() += v;
         }
@@ -526,15 +537,18 @@ pub fn fanout(l: &Launch, spec: &Spec) -> anyhow::Result<Fanout> {
         && out.disconnects.is_empty()
         && out.reconnect_failures == 0;
     eprintln!(
-        "[suite] {}: {:.0} deliveries/s, broadcast p50 {:.2} p99 {:.2} p999 {:.2} ms, lost {} + {} \
-         (unicast), node CPU {:.2} µs/delivery{}, {}",
+        "[suite] {}: {:.0} deliveries/s, broadcast p50 {:.2} p99 {:.2} p999 {:.2} ms, lost {} {:?} + \
+         {} {:?} (unicast; drain {:.1} s), node CPU {:.2} µs/delivery{}, {}",
         spec.label,
         out.deliveries_per_sec,
         out.broadcast.latency.p50_ms,
         out.broadcast.latency.p99_ms,
         out.broadcast.latency.p999_ms,
         out.broadcast.lost,
+        out.broadcast.lost_at,
         out.unicast.lost,
+        out.unicast.lost_at,
+        out.drain_secs,
         out.node_cpu_us_per_delivery,
         out.redis_cpu_us_per_delivery
             .map_or(String::new(), |r| format!(", Redis {r:.2} µs/delivery")),
@@ -616,7 +630,23 @@ fn mb(kb: u64) -> f64 {
 
 fn lost_cell(f: &Fanout) -> String {
     let errors = f.published.broadcast.errors + f.published.unicast.errors;
-    let mut s = format!("{} + {}", f.broadcast.lost, f.unicast.lost);
+    let at = |r: &StreamResult| {
+        if r.lost == 0 {
+            String::new()
+        } else {
+            format!(
+                " (head {}, middle {}, tail {})",
+                r.lost_at.head, r.lost_at.middle, r.lost_at.tail
+            )
+        }
+    };
+    let mut s = format!(
+        "{}{} + {}{}",
+        f.broadcast.lost,
+        at(&f.broadcast),
+        f.unicast.lost,
+        at(&f.unicast)
+    );
     if errors > 0 {
         let _ = write!(s, " ({errors} publish errors)");
     }

@@ -155,16 +155,22 @@ pub fn render(o: &mut String, rep: Option<&SoakReport>) {
     );
     let _ = writeln!(
         o,
-        "| RSS start → end MB | drift | open fds start → end | drift | reconnected | reconnect failures | lost (broadcast + unicast) | broadcast p50 / p99 / p999 ms | unicast p99 ms | node CPU % | ok |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| RSS start → end MB | drift | RSS min–max MB | open fds start → end | drift | reconnected | reconnect failures | lost (broadcast + unicast) | broadcast p50 / p99 / p999 ms | unicast p99 ms | node CPU % | ok |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
+    // The band every reading fell in: a start or end reading taken during a transient (a
+    // burst of outbound buffers, the allocator returning pages) shows against it.
+    let rss = r.readings.iter().map(|x| x.rss_kb);
+    let (lo, hi) = (rss.clone().min().unwrap_or(0), rss.max().unwrap_or(0));
     let cpu = r.processes.first().map_or(0.0, |p| p.cpu_pct);
     let ok = s.flat && r.ok;
     let _ = writeln!(
         o,
-        "| {:.1} → {:.1} | {:+.2}% | {} → {} | {:+.2}% | {} | {} | {} + {}{} | {:.2} / {:.2} / {:.2} | {:.2} | {:.0} | {} |",
+        "| {:.1} → {:.1} | {:+.2}% | {:.1}–{:.1} | {} → {} | {:+.2}% | {} | {} | {} + {}{} | {:.2} / {:.2} / {:.2} | {:.2} | {:.0} | {} |",
         s.start.rss_kb as f64 / 1024.0,
         s.end.rss_kb as f64 / 1024.0,
         s.rss_drift_pct,
+        lo as f64 / 1024.0,
+        hi as f64 / 1024.0,
         s.start.fds,
         s.end.fds,
         s.fd_drift_pct,

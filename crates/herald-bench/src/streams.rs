@@ -102,6 +102,7 @@ pub struct Track {
     from: u64,
     /// Received numbers ≥ `from`, each newer than the one before.
     seen: u64,
+    first: Option<u64>,
     last: Option<u64>,
     /// Received numbers below `from`: in flight when the subscription was acknowledged.
     early: u64,
@@ -126,6 +127,7 @@ impl Track {
             stride,
             from,
             seen: 0,
+            first: None,
             last: None,
             early: 0,
             reorders: 0,
@@ -145,6 +147,7 @@ impl Track {
             }
             prev => {
                 let after = prev.map_or(self.from, |l| l + self.stride);
+                self.first.get_or_insert(seq);
                 self.seen += 1;
                 self.last = Some(seq);
                 (seq.saturating_sub(after) / self.stride, false)
@@ -163,6 +166,37 @@ impl Track {
         let expected = count_in_class(self.from, to, self.stride);
         (expected, expected.saturating_sub(self.seen))
     }
+
+    /// Where the lost ones were (they add up to [`Track::settle`]'s): before the first one
+    /// received (the subscription did not take effect when acknowledged), between received
+    /// ones (dropped on the way), after the last one received (not delivered by the end of
+    /// the drain; only for an incarnation connected to the end).
+    pub fn losses(&self, scheduled: Option<u64>) -> Losses {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) => Losses {
+                head: count_in_class(self.from, first, self.stride),
+                middle: count_in_class(first, last + 1, self.stride).saturating_sub(self.seen),
+                tail: scheduled.map_or(0, |n| count_in_class(last + self.stride, n, self.stride)),
+            },
+            _ => Losses {
+                tail: scheduled.map_or(0, |n| count_in_class(self.from, n, self.stride)),
+                ..Losses::default()
+            },
+        }
+    }
+
+    /// The sequence number after the last one received in range (0: none yet).
+    fn next(&self) -> u64 {
+        self.last.map_or(0, |l| l + 1)
+    }
+}
+
+/// Lost publications by where they were missing (see [`Track::losses`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Losses {
+    pub head: u64,
+    pub middle: u64,
+    pub tail: u64,
 }
 
 /// One stream's totals over the incarnations of one or more receivers.
@@ -175,6 +209,9 @@ pub struct Tally {
     /// Arrived, but due before the subscription was acknowledged (not expected).
     pub early: u64,
     pub reorders: u64,
+    /// Where the lost ones were missing.
+    #[serde(default)]
+    pub lost_at: Losses,
     /// Latency histogram as `(value µs, count)` pairs, so processes' histograms merge exactly.
     pub hist: Vec<(u64, u64)>,
 }
@@ -186,6 +223,10 @@ impl Tally {
         self.lost += lost;
         self.early += t.early;
         self.reorders += t.reorders;
+        let l = t.losses(scheduled);
+        self.lost_at.head += l.head;
+        self.lost_at.middle += l.middle;
+        self.lost_at.tail += l.tail;
     }
 
     /// Adds another process's tally.
@@ -195,6 +236,9 @@ impl Tally {
         self.lost += o.lost;
         self.early += o.early;
         self.reorders += o.reorders;
+        self.lost_at.head += o.lost_at.head;
+        self.lost_at.middle += o.lost_at.middle;
+        self.lost_at.tail += o.lost_at.tail;
         let mut h = self.histogram();
         let _ = h.add(o.histogram());
         self.hist = buckets(&h);
@@ -269,6 +313,10 @@ pub struct ReceiveArgs {
     pub connect_concurrency: usize,
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout_secs: f64,
+    /// On `report`, wait at most this long for every connected incarnation to have received
+    /// the last publication owed to it (what is still missing then is lost).
+    #[arg(long, default_value_t = 30.0)]
+    pub max_drain_secs: f64,
 }
 
 /// The receiver's first line: the connect phase.
@@ -295,12 +343,46 @@ pub struct ReceiveReport {
     pub disconnects: BTreeMap<String, u64>,
     /// This process's CPU time (utime + stime), seconds.
     pub cpu_secs: f64,
+    /// How long `report` waited for the last deliveries.
+    #[serde(default)]
+    pub drain_secs: f64,
+    /// Connected incarnations still missing their last publication when the wait ended.
+    #[serde(default)]
+    pub incomplete: u64,
 }
 
-/// What one connection slot is told through its [`Notify`].
+/// One connection slot: what it is told through its [`Notify`], and where its current
+/// incarnation is in each stream (so `report` can wait for the last deliveries).
 struct Slot {
     wake: Notify,
     churn: AtomicBool,
+    live: AtomicBool,
+    /// Per stream: the first number owed, and the one after the last received (0: none).
+    from: [AtomicU64; 2],
+    next: [AtomicU64; 2],
+}
+
+impl Slot {
+    /// Whether this slot owes nothing more: not connected, or it has received the last of
+    /// `scheduled` owed to it in each stream (`user` receives unicasts `user mod users`).
+    fn complete(&self, scheduled: (u64, u64), users: u64, user: u64) -> bool {
+        if !self.live.load(Ordering::Relaxed) {
+            return true;
+        }
+        let (b, u) = scheduled;
+        let from = |k: usize| self.from[k].load(Ordering::Relaxed);
+        let next = |k: usize| self.next[k].load(Ordering::Relaxed);
+        let broadcast_done = b == 0 || from(0) >= b || next(0) >= b;
+        let users = users.max(1);
+        let class = user % users;
+        let unicast_done = if u == 0 || class >= u {
+            true
+        } else {
+            let last_owed = class + (u - 1 - class) / users * users;
+            last_owed < from(1) || next(1) > last_owed
+        };
+        broadcast_done && unicast_done
+    }
 }
 
 struct Shared {
@@ -347,6 +429,9 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
             .map(|_| Slot {
                 wake: Notify::new(),
                 churn: AtomicBool::new(false),
+                live: AtomicBool::new(false),
+                from: [AtomicU64::new(0), AtomicU64::new(0)],
+                next: [AtomicU64::new(0), AtomicU64::new(0)],
             })
             .collect(),
         args: args.clone(),
@@ -419,8 +504,26 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
                 if let Some(c) = churner.take() {
                     c.abort();
                 }
-                *shared.scheduled.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((b.parse()?, u.parse()?));
+                let scheduled: (u64, u64) = (b.parse()?, u.parse()?);
+                *shared.scheduled.lock().unwrap_or_else(|e| e.into_inner()) = Some(scheduled);
+                // Publishing is over: wait for what is still on its way, up to a limit.
+                let waited = Instant::now();
+                let until = waited + Duration::from_secs_f64(args.max_drain_secs);
+                let incomplete = loop {
+                    let missing = shared
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, s)| {
+                            !s.complete(scheduled, args.users, (args.user_offset + i) as u64)
+                        })
+                        .count() as u64;
+                    if missing == 0 || Instant::now() >= until {
+                        break missing;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let drain_secs = waited.elapsed().as_secs_f64();
                 let open = shared.connected.load(Ordering::Relaxed);
                 shared.ending.store(true, Ordering::Relaxed);
                 for s in &shared.slots {
@@ -454,6 +557,8 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
                         .map(|m| m.clone())
                         .unwrap_or_default(),
                     cpu_secs: procfs::sample(0).map_or(0.0, |s| s.cpu_us() / 1e6),
+                    drain_secs,
+                    incomplete,
                 })?;
             }
             _ => anyhow::bail!("unknown command {line:?}"),
@@ -545,9 +650,15 @@ async fn slot(i: usize, shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphore
             Track::new(1, 0, first_due(args.broadcast_rate)),
             Track::new(args.users, user as u64, first_due(args.unicast_rate)),
         ];
+        for (k, t) in tracks.iter().enumerate() {
+            me.from[k].store(t.from, Ordering::Relaxed);
+            me.next[k].store(0, Ordering::Relaxed);
+        }
+        me.live.store(true, Ordering::Relaxed);
         shared.connected.fetch_add(1, Ordering::Relaxed);
         let ended = receive_until(i, &shared, me, &mut client, &mut tracks).await;
         shared.connected.fetch_sub(1, Ordering::Relaxed);
+        me.live.store(false, Ordering::Relaxed);
         let ending = shared.ending.load(Ordering::Relaxed);
         let scheduled = if ending && ended.is_none() {
             *shared.scheduled.lock().unwrap_or_else(|e| e.into_inner())
@@ -637,7 +748,7 @@ async fn receive_until(
                 Ok(Event::Text(t)) => match Dialect::Herald.classify(t) {
                     Incoming::Publication => {
                         if let Some(stamp) = payload::parse(t) {
-                            record(i, shared, tracks, stamp);
+                            record(i, shared, me, tracks, stamp);
                         }
                         None
                     }
@@ -658,12 +769,13 @@ async fn receive_until(
     }
 }
 
-fn record(i: usize, shared: &Shared, tracks: &mut [Track; 2], stamp: Stamp) {
+fn record(i: usize, shared: &Shared, me: &Slot, tracks: &mut [Track; 2], stamp: Stamp) {
     let k = stamp.step as usize;
     let Some(track) = tracks.get_mut(k) else {
         return;
     };
     let (gaps, reorder) = track.observe(stamp.seq);
+    me.next[k].store(track.next(), Ordering::Relaxed);
     let lat_us = payload::unix_ns().saturating_sub(stamp.intended_ns) / 1000;
     shared.rec.record(i, k, lat_us, gaps, reorder);
 }
@@ -784,6 +896,10 @@ async fn stream(args: PublishArgs, http: reqwest::Client, kind: u32) -> Publishe
                 break;
             }
         }
+        if items.is_empty() {
+            // Woken a hair before the wall clock reached the due time: try again.
+            continue;
+        }
         let count = items.len() as u64;
         let body = if kind == BROADCAST {
             items.pop().unwrap_or_default()
@@ -860,6 +976,10 @@ mod tests {
         // Closed early: only up to its last (9) is owed.
         assert_eq!(t.settle(None), (5, 2));
         assert_eq!((t.early, t.reorders), (1, 1));
+        // 7 and 8 in the middle; with 12 scheduled, 10 and 11 at the tail.
+        let at = |head, middle, tail| Losses { head, middle, tail };
+        assert_eq!(t.losses(Some(12)), at(0, 2, 2));
+        assert_eq!(t.losses(None), at(0, 2, 0));
     }
 
     #[test]
@@ -867,6 +987,9 @@ mod tests {
         let mut t = Track::new(1, 0, 3);
         t.observe(5);
         assert_eq!(t.settle(Some(6)), (3, 2));
+        let at = |head, middle, tail| Losses { head, middle, tail };
+        assert_eq!(t.losses(Some(6)), at(2, 0, 0));
+        assert_eq!(Track::new(1, 0, 3).losses(Some(6)), at(0, 0, 3));
         // Nothing received and closed before the end: nothing can be demanded.
         assert_eq!(Track::new(1, 0, 3).settle(None), (0, 0));
         // Nothing received but connected to the end: all of it is lost.
@@ -884,9 +1007,40 @@ mod tests {
         // 60 scheduled: 23, 33, 43, 53 owed; 33 and 43 missing.
         assert_eq!(t.settle(Some(60)), (4, 2));
         assert_eq!(t.settle(Some(54)), (4, 2));
+        assert_eq!(
+            t.losses(Some(80)),
+            Losses {
+                head: 0,
+                middle: 2,
+                tail: 2
+            }
+        );
         // Class equal to the first due: that one counts.
         assert_eq!(Track::new(10, 4, 14).from, 14);
         assert_eq!(Track::new(10, 3, 0).from, 3);
+    }
+
+    #[test]
+    fn a_slot_is_complete_once_it_has_the_last_publication_owed_to_it() {
+        let slot = Slot {
+            wake: Notify::new(),
+            churn: AtomicBool::new(false),
+            live: AtomicBool::new(true),
+            from: [AtomicU64::new(0), AtomicU64::new(3)],
+            next: [AtomicU64::new(10), AtomicU64::new(44)],
+        };
+        // 10 broadcasts (0..=9 received); unicasts to user 3 of 10: 3, 13, …, 43 received.
+        assert!(slot.complete((10, 50), 10, 3));
+        assert!(!slot.complete((11, 50), 10, 3));
+        // 53 is owed as well once 54 unicasts were scheduled.
+        assert!(!slot.complete((10, 54), 10, 3));
+        // User 5's class: 45 owed to it, not to user 3.
+        assert!(slot.complete((10, 46), 10, 3));
+        // Subscribed after the last one was due: nothing owed.
+        slot.from[1].store(63, Ordering::Relaxed);
+        assert!(slot.complete((10, 54), 10, 3));
+        slot.live.store(false, Ordering::Relaxed);
+        assert!(slot.complete((99, 99), 10, 3));
     }
 
     #[test]

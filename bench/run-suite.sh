@@ -12,6 +12,14 @@
 #   bench/run-suite.sh --peers herald,herald-deflate,ws,ws-deflate --scenarios s1,s3z   # compression
 #   bench/run-suite.sh --peers herald,sockudo --sockudo-bin /path/to/sockudo --scenarios s3
 #
+# The long runs are never in the default set (which stays under 25 min):
+#   bench/run-suite.sh --peers herald --scenarios s8     # 100k connections, 6 nodes + Redis (~5 min)
+#   bench/run-suite.sh --peers herald --scenarios soak   # 19k connections, 1%/s churn (~12 min)
+#   bench/run-suite.sh --long                            # the default set, then S8 and the soak
+#   bench/run-suite.sh --peers herald --scenarios s8 --s8-connections 12000 --s8-secs 20   # smaller
+#   bench/run-suite.sh --peers herald --scenarios soak --soak-secs 60 --soak-connections 2000
+# S8 and the soak need redis-server (Debian's redis-server package; --redis-server PATH).
+#
 # Any other argument goes to `herald-bench suite` (see `herald-bench suite --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

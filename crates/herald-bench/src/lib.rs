@@ -17,17 +17,25 @@
 //! - [`procfs`]: CPU ticks and RSS of a process, and the fd limit;
 //! - [`load`]: one load run (connect, publish in rate steps, drain, report);
 //! - [`suite`]: the scenarios S1–S7 against every peer, and the markdown report;
+//! - [`streams`]: a broadcast and a per-user stream on every connection at once, with the
+//!   receivers and the publisher in separate processes (`herald-bench receive`, `publish`);
+//! - [`cluster`]: S8, 100k connections over six nodes sharing one Redis, and the one-node
+//!   comparison;
+//! - [`soak`]: ten minutes at 19k connections with 1% churning per second;
 //! - [`null`]: the null gateway, a server that only writes pre-framed bytes (the ceiling),
 //!   naive or batching (the fair ceiling for Herald's model);
 //! - [`subscribe`]: subscribe latency and connects/s with static scopes and the subscribe proxy.
 
+pub mod cluster;
 pub mod dialect;
 pub mod load;
 pub mod null;
 pub mod payload;
 pub mod procfs;
+pub mod soak;
 pub mod sse;
 pub mod stats;
+pub mod streams;
 pub mod subscribe;
 pub mod suite;
 pub mod wire;

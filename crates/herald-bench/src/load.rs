@@ -698,7 +698,8 @@ async fn publish_steps(shared: &Arc<Shared>, healthy: u64) -> Vec<StepReport> {
             match args.mode {
                 Mode::Broadcast => {
                     for stamp in batch {
-                        let data = payload::build_kind(stamp, args.payload_bytes, args.payload_kind);
+                        let data =
+                            payload::build_kind(stamp, args.payload_bytes, args.payload_kind);
                         let (url, body) = match args.publisher {
                             Publisher::Herald => (
                                 format!("{base}/v1/publish"),

@@ -69,6 +69,12 @@ pub fn sample_all(pids: &[u32]) -> Sample {
         })
 }
 
+/// How many file descriptors `pid` has open (entries of `/proc/<pid>/fd`; readable for our
+/// own user's processes).
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns the new soft limit. An
 /// unprivileged process cannot go past the hard limit, which caps one load process's sockets.
 pub fn raise_nofile() -> u64 {
@@ -95,5 +101,14 @@ mod tests {
         assert!(s.rss_kb > 100, "{s:?}");
         let ours = sample(std::process::id()).unwrap();
         assert!(ours.rss_kb > 100);
+        // 64 more while 64 files are open (other tests running beside this one may open or
+        // close a few of their own).
+        let before = open_fds(std::process::id()).unwrap();
+        let files: Vec<_> = (0..64)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        let during = open_fds(std::process::id()).unwrap();
+        assert!(during >= before + 48, "{before} -> {during}");
+        drop(files);
     }
 }

@@ -60,10 +60,19 @@ pub struct SuiteArgs {
     /// `<bench-dir>/peers/sockudo/config.toml`.
     #[arg(long)]
     pub sockudo_bin: Option<PathBuf>,
-    /// `s1` (with S2), `s3`, `s4`, `s7`, and `s3z`: S3 with realistic 1 KB JSON payloads for
-    /// the compression comparison (run it for `herald,herald-deflate,ws,ws-deflate`).
+    /// Scenarios: `s1` (with `s2`), `s3`, `s4`, `s7`, and `s3z`: S3 with realistic 1 KB JSON
+    /// payloads for the compression comparison (run it for `herald,herald-deflate,ws,ws-deflate`);
+    /// the long ones, never by default: `s8` (100k connections over six nodes and Redis, ~5 min)
+    /// and `soak` (~12 min).
     #[arg(long, value_delimiter = ',', default_value = "s1,s3,s4,s7")]
     pub scenarios: Vec<String>,
+    /// Also run the long scenarios (`s8`, `soak`).
+    #[arg(long)]
+    pub long: bool,
+    #[command(flatten)]
+    pub s8: crate::cluster::S8Args,
+    #[command(flatten)]
+    pub soak: crate::soak::SoakArgs,
     /// CPU list for the servers (`taskset -c`).
     #[arg(long, default_value = "0")]
     pub server_cpu: String,
@@ -258,6 +267,8 @@ pub struct Results {
     pub conditions: String,
     pub command: String,
     pub peers: Vec<PeerResults>,
+    pub s8: Option<crate::cluster::S8Results>,
+    pub soak: Option<crate::soak::SoakReport>,
 }
 
 /// A server under test; killed when dropped.
@@ -495,7 +506,9 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
         command: "bench/run-suite.sh".into(),
         ..Results::default()
     };
-    let want = |s: &str| args.scenarios.iter().any(|x| x == s);
+    let want = |s: &str| {
+        args.scenarios.iter().any(|x| x == s) || (args.long && matches!(s, "s8" | "soak"))
+    };
     for peer in PEERS
         .iter()
         .filter(|p| args.peers.iter().any(|n| n == p.name))
@@ -641,6 +654,27 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
         r.server_log = summarize_logs(&logs);
         results.peers.push(r);
     }
+    // The long runs are Herald's alone (no peers).
+    let launch = crate::cluster::Launch {
+        me: env.me.clone(),
+        herald: env.bin_dir.join("herald"),
+        config: args.bench_dir.join("herald-bench.toml"),
+        server_cpu: args.server_cpu.clone(),
+        logs: env.logs.clone(),
+        redis_server: args.s8.redis_server.clone(),
+    };
+    if want("s8") {
+        match crate::cluster::run_s8(&launch, &args.s8) {
+            Ok(r) => results.s8 = Some(r),
+            Err(e) => eprintln!("[suite] S8 failed: {e:#}"),
+        }
+    }
+    if want("soak") {
+        match crate::soak::run(&launch, &args.soak) {
+            Ok(r) => results.soak = Some(r),
+            Err(e) => eprintln!("[suite] soak failed: {e:#}"),
+        }
+    }
     results.minutes = started.elapsed().as_secs_f64() / 60.0;
     merge_previous(&mut results, &args.json_out);
     if let Some(dir) = args.json_out.parent() {
@@ -738,6 +772,8 @@ fn merge_previous(results: &mut Results, path: &Path) {
         }
     }
     results.peers = merged;
+    results.s8 = results.s8.take().or(old.s8);
+    results.soak = results.soak.take().or(old.soak);
     if results.conditions.is_empty() {
         results.conditions = old.conditions;
     } else if !old.conditions.is_empty() && old.conditions != results.conditions {
@@ -812,7 +848,7 @@ fn large_idle(env: &mut Env, peer: &Peer, logs: &mut Vec<PathBuf>) -> anyhow::Re
     })
 }
 
-fn summarize_logs(paths: &[PathBuf]) -> Vec<(String, u64)> {
+pub(crate) fn summarize_logs(paths: &[PathBuf]) -> Vec<(String, u64)> {
     let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
     for p in paths {
         let Ok(text) = std::fs::read_to_string(p) else {
@@ -1510,6 +1546,9 @@ fn render(res: &Results, args: &SuiteArgs) -> String {
             last.server_rss_kb as f64 / 1024.0
         );
     }
+
+    crate::cluster::render(&mut o, res.s8.as_ref());
+    crate::soak::render(&mut o, res.soak.as_ref());
 
     // Every step, for the record.
     let _ = writeln!(

@@ -1,10 +1,12 @@
-//! `herald-bench`: one load run (`run`), the whole suite against every peer (`suite`), or the
-//! cost of backend-decided subscriptions (`subscribe`).
+//! `herald-bench`: one load run (`run`), the whole suite against every peer (`suite`), the
+//! cost of backend-decided subscriptions (`subscribe`), and the receiving and publishing
+//! processes of the multi-process runs (`receive`, `publish`).
 
 use std::io::Read;
 
 use clap::{Parser, Subcommand};
 use herald_bench::load::{self, LoadArgs};
+use herald_bench::streams::{self, PublishArgs, ReceiveArgs};
 use herald_bench::subscribe::{self, SubscribeArgs};
 use herald_bench::suite::{self, SuiteArgs};
 
@@ -36,7 +38,19 @@ enum Command {
         threads: usize,
     },
     /// Run the scenarios against Herald and the peers and write docs/benchmarks.md.
-    Suite(SuiteArgs),
+    // Boxed: the suite's flags (with S8's and the soak's) dwarf the other commands'.
+    Suite(Box<SuiteArgs>),
+    /// Hold connections subscribed to the broadcast and their user channel, churn some, and
+    /// settle loss on command (driven by `suite` for S8 and the soak; protocol in
+    /// `herald_bench::streams`).
+    Receive {
+        #[command(flatten)]
+        args: ReceiveArgs,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Publish the broadcast and unicast streams on a fixed schedule, then report.
+    Publish(PublishArgs),
     /// Subscribe latency and connects/s with static scopes and the subscribe proxy (cache
     /// cold and warm); prints Markdown tables.
     Subscribe(SubscribeArgs),
@@ -73,7 +87,16 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Suite(args) => suite::run(args),
+        Command::Suite(args) => suite::run(*args),
+        Command::Receive { args, threads } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()?
+            .block_on(streams::receive(args)),
+        Command::Publish(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(streams::publish(args)),
         Command::Subscribe(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

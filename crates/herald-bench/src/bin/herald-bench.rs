@@ -24,8 +24,9 @@ struct Cli {
 enum Command {
     /// Connect, publish in rate steps, report (human summary on stderr, JSON with --json).
     Run {
+        // Boxed: the load flags (with the Pusher app and compression) dwarf the others.
         #[command(flatten)]
-        load: LoadArgs,
+        load: Box<LoadArgs>,
         /// Print the report as one JSON line on stdout.
         #[arg(long)]
         json: bool,
@@ -69,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let report = load::run(load).await?;
+                let report = load::run(*load).await?;
                 if json {
                     println!("{}", serde_json::to_string(&report.0)?);
                 } else {

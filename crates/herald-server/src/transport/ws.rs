@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -224,21 +225,17 @@ impl Transport for WsTransport {
                 // A shared frame's text is the publication's own bytes, encoded once by the
                 // hub (and compressed once per publication, RFC 7692 without context
                 // takeover); only the 2–10 byte header is this connection's.
-                match (&item, deflate) {
-                    (Outgoing::Shared(p), Some(d)) => match d.shared(p) {
-                        Some(packed) => socket.queue(OpCode::Text, true, &packed),
-                        None => socket.queue(OpCode::Text, false, p.v1().as_bytes()),
-                    },
-                    (Outgoing::Own(o), Some(d)) => match d.own(o.json.as_bytes()) {
-                        Some(packed) => socket.queue(OpCode::Text, true, &packed),
-                        None => socket.queue(OpCode::Text, false, o.json.as_bytes()),
-                    },
-                    (Outgoing::Shared(p), None) => {
-                        socket.queue(OpCode::Text, false, p.v1().as_bytes());
-                    }
-                    (Outgoing::Own(o), None) => {
-                        socket.queue(OpCode::Text, false, o.json.as_bytes());
-                    }
+                let text = match &item {
+                    Outgoing::Shared(p) => p.v1().as_bytes(),
+                    Outgoing::Own(o) => o.json.as_bytes(),
+                };
+                let packed = deflate.and_then(|d| match &item {
+                    Outgoing::Shared(p) => d.shared(p),
+                    Outgoing::Own(_) => d.own(text).map(Bytes::from),
+                });
+                match packed {
+                    Some(packed) => socket.queue(OpCode::Text, true, &packed),
+                    None => socket.queue(OpCode::Text, false, text),
                 }
                 if socket.unwritten() >= WRITE_CHUNK {
                     socket.flush().await?;

@@ -13,7 +13,6 @@ use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -151,18 +150,11 @@ pub fn start_node(l: &Launch, name: &str, redis: Option<&str>) -> anyhow::Result
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {}", l.herald.display()))?;
-    let stdout = child.stdout.take().context("node stdout")?;
+    let line = crate::suite::first_line(&mut child, Duration::from_secs(20));
     let proc = Proc { child, log };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        // Keep draining so a chatty node never blocks on a full pipe.
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(Ok(l))) => l,
-        _ => bail!(
+    let line = match line {
+        Some(l) => l,
+        None => bail!(
             "{name} did not print its address; see {}",
             proc.log.display()
         ),

@@ -352,17 +352,9 @@ impl Env {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", peer.name))?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            // Keep draining so a chatty server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(Ok(l))) => l,
-            _ => {
+        let line = match first_line(&mut child, Duration::from_secs(20)) {
+            Some(l) => l,
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
@@ -453,6 +445,23 @@ impl Env {
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text.lines().last().context("load printed no report")?;
         serde_json::from_str(line).context("parsing the load report")
+    }
+}
+
+/// The first line a started server prints on stdout (its address), if it comes within
+/// `within`. The rest of its stdout is drained on a thread, so a chatty server never blocks on
+/// a full pipe. Used for every process the suite starts (peers here, S8's nodes in `cluster`).
+pub(crate) fn first_line(child: &mut Child, within: Duration) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    match rx.recv_timeout(within) {
+        Ok(Some(Ok(l))) => Some(l),
+        _ => None,
     }
 }
 

@@ -756,36 +756,57 @@ fn merge_previous(results: &mut Results, path: &Path) {
     else {
         return;
     };
+    merge(results, old);
+}
+
+/// [`merge_previous`] on parsed results. The earlier run's conditions are quoted ("Earlier
+/// parts: …") only when some of its figures stay in the report: a run that re-measured
+/// everything the earlier one had is described by its own conditions alone.
+fn merge(results: &mut Results, old: Results) {
+    let mut kept = false;
     let mut merged = Vec::new();
     for peer in PEERS {
         let new = results.peers.iter().find(|p| p.name == peer.name).cloned();
         let prev = old.peers.iter().find(|p| p.name == peer.name).cloned();
         match (new, prev) {
             (Some(mut n), Some(o)) => {
-                n.s1_small = n.s1_small.or(o.s1_small);
-                n.s1_large = n.s1_large.or(o.s1_large);
-                if n.s3.is_empty() {
-                    n.s3 = o.s3;
+                fn keep<T>(new: &mut Option<T>, old: Option<T>, kept: &mut bool) {
+                    if new.is_none() && old.is_some() {
+                        *new = old;
+                        *kept = true;
+                    }
                 }
-                n.s4 = n.s4.or(o.s4);
-                n.s7 = n.s7.or(o.s7);
-                n.s3z = n.s3z.or(o.s3z);
+                keep(&mut n.s1_small, o.s1_small, &mut kept);
+                keep(&mut n.s1_large, o.s1_large, &mut kept);
+                if n.s3.is_empty() && !o.s3.is_empty() {
+                    n.s3 = o.s3;
+                    kept = true;
+                }
+                keep(&mut n.s4, o.s4, &mut kept);
+                keep(&mut n.s7, o.s7, &mut kept);
+                keep(&mut n.s3z, o.s3z, &mut kept);
+                // The servers' logs are not figures: keeping them quotes nothing.
                 if n.server_log.is_empty() {
                     n.server_log = o.server_log;
                 }
                 merged.push(n);
             }
             (Some(n), None) => merged.push(n),
-            (None, Some(o)) => merged.push(o),
+            (None, Some(o)) => {
+                merged.push(o);
+                kept = true;
+            }
             (None, None) => {}
         }
     }
     results.peers = merged;
+    kept |= results.s8.is_none() && old.s8.is_some();
+    kept |= results.soak.is_none() && old.soak.is_some();
     results.s8 = results.s8.take().or(old.s8);
     results.soak = results.soak.take().or(old.soak);
     if results.conditions.is_empty() {
         results.conditions = old.conditions;
-    } else if !old.conditions.is_empty() && old.conditions != results.conditions {
+    } else if kept && !old.conditions.is_empty() && old.conditions != results.conditions {
         results.conditions = format!("{} Earlier parts: {}", results.conditions, old.conditions);
     }
     // `minutes` stays this run's own: the earlier parts' durations are not part of it.
@@ -1680,6 +1701,50 @@ mod tests {
         // Without any s3z run, no compression section.
         let none = Results::default();
         assert!(!render(&none, &args).contains("Compression"));
+    }
+
+    /// A run that re-measured everything the saved results held does not quote their
+    /// conditions as "earlier parts" (the acceptance run of issue 16 did, wrongly); a partial
+    /// run does, and keeps the figures it did not re-measure.
+    #[test]
+    fn earlier_conditions_are_quoted_only_for_figures_kept() {
+        let peer = |name: &str, s4: bool| PeerResults {
+            name: name.into(),
+            s4: s4.then(Report::default),
+            ..Default::default()
+        };
+        let old = Results {
+            conditions: "old run".into(),
+            peers: vec![peer("herald", true), peer("ws", true)],
+            ..Default::default()
+        };
+        let mut whole = Results {
+            conditions: "new run".into(),
+            peers: vec![peer("herald", true), peer("ws", true)],
+            ..Default::default()
+        };
+        merge(&mut whole, old.clone());
+        assert_eq!(whole.conditions, "new run");
+
+        // Only Herald re-run: ws's figures stay, and so does the word on how they were taken.
+        let mut part = Results {
+            conditions: "new run".into(),
+            peers: vec![peer("herald", true)],
+            ..Default::default()
+        };
+        merge(&mut part, old.clone());
+        assert_eq!(part.conditions, "new run Earlier parts: old run");
+        assert_eq!(part.peers.len(), 2);
+
+        // Herald re-run without S4: its S4 figures are the earlier run's.
+        let mut fewer = Results {
+            conditions: "new run".into(),
+            peers: vec![peer("herald", false), peer("ws", true)],
+            ..Default::default()
+        };
+        merge(&mut fewer, old);
+        assert!(fewer.conditions.contains("Earlier parts"));
+        assert!(fewer.peers[0].s4.is_some());
     }
 
     /// Issue 16: the default set of `bench/run-suite.sh` runs in under 25 minutes.

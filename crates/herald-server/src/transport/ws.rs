@@ -225,10 +225,7 @@ impl Transport for WsTransport {
                 // A shared frame's text is the publication's own bytes, encoded once by the
                 // hub (and compressed once per publication, RFC 7692 without context
                 // takeover); only the 2–10 byte header is this connection's.
-                let text = match &item {
-                    Outgoing::Shared(p) => p.v1().as_bytes(),
-                    Outgoing::Own(o) => o.json.as_bytes(),
-                };
+                let text = item.v1().as_bytes();
                 let packed = deflate.and_then(|d| match &item {
                     Outgoing::Shared(p) => d.shared(p),
                     Outgoing::Own(_) => d.own(text).map(Bytes::from),

@@ -43,6 +43,9 @@ echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+# Every public item is documented; a broken intra-doc link or a stray `<tag>` fails here.
+echo "==> cargo doc --workspace --no-deps (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 echo "==> cargo test --workspace"
 HERALD_BIN="$herald_bin" cargo test --workspace

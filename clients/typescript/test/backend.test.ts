@@ -11,7 +11,7 @@ import WS from "ws";
 import { Herald, HeraldError, type TransportName } from "@herald/client";
 
 import { Gateway, SECRET, repoRoot, until } from "./helpers/gateway.js";
-import { realNow } from "./helpers/jwt.js";
+import { nowNumericDate } from "./helpers/jwt.js";
 
 const cleanup: (() => unknown)[] = [];
 afterEach(async () => {
@@ -21,7 +21,7 @@ afterEach(async () => {
 /** A subscription token: `channel`, `sub`, `iat`, `exp` (HS256 with the gateway's secret). */
 function subscriptionToken(user: string, channel: string, ttlSeconds: number): string {
   const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
-  const now = Math.floor(realNow() / 1000);
+  const now = nowNumericDate();
   const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: user, channel, iat: now, exp: now + ttlSeconds })}`;
   return `${head}.${createHmac("sha256", SECRET).update(head).digest("base64url")}`;
 }

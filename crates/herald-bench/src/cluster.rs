@@ -35,9 +35,10 @@ pub struct S8Args {
     /// S8: broadcasts per second (each delivered to every connection).
     #[arg(long, default_value_t = 2)]
     pub s8_broadcast_rate: u64,
-    /// S8: unicasts per second over all users (round-robin), through `/v1/publish/batch`.
-    /// Over Redis each item of a batch is its own script call: on the loaded 2-core machine
-    /// 1000/s already made the publisher fall behind (its lag is reported).
+    /// S8: unicasts per second over all users (round-robin), through `/v1/publish/batch`
+    /// (over Redis one round trip per batch; the publisher's lag is reported). When each item
+    /// was its own script call, 1000/s made the publisher fall behind on the loaded 2-core
+    /// machine.
     #[arg(long, default_value_t = 500)]
     pub s8_unicast_rate: u64,
     /// S8: publishing time of each run.

@@ -75,7 +75,7 @@ impl PusherApp {
     /// The path and signed query of an HTTP API call (Pusher's REST API reference,
     /// "Authentication"): `auth_key`, `auth_timestamp` (Unix seconds), `auth_version=1.0` and
     /// `body_md5` (hex MD5 of the body), sorted by key, signed as `auth_signature` = hex
-    /// HMAC-SHA256(secret, "<METHOD>\n<path>\n<query>").
+    /// `HMAC-SHA256(secret, "<METHOD>\n<path>\n<query>")`.
     pub fn signed_path(&self, method: &str, path: &str, body: &[u8], unix_secs: u64) -> String {
         use md5::Digest as _;
         let md5 = hex(&md5::Md5::digest(body));

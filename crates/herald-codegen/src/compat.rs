@@ -6,7 +6,7 @@
 //!   subscriber built from the old schema must accept what the new one allows, so new ⊆ old)
 //!   and **client→server** (channels clients publish on, before and after: the gateway must
 //!   keep accepting what old clients send, so old ⊆ new). The set question is
-//!   [`crate::subset`]'s, which answers with a checked counterexample or says it cannot decide;
+//!   the `subset` module's, which answers with a checked counterexample or says it cannot decide;
 //! - the descriptor: a removed channel, a narrowed subscribe or publish scope, a template whose
 //!   placeholders moved, lost history, presence or auto-subscription break someone; the reverse
 //!   changes are listed as compatible.

@@ -338,6 +338,135 @@ pub async fn idempotent_publish(s: Subject, rec: Arc<Recorder>) {
     assert_eq!(offsets(&rec.publications(&ch)), vec![1, 2]);
 }
 
+/// The `n` of each publication's data (see [`request`]), in the order given.
+fn ns(ps: &[Publication]) -> Vec<u64> {
+    ps.iter()
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p.data.get()).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// `(offset, n)` of `channel`'s retained publications after `after` (at most `limit`), oldest
+/// first, for checks of a broker's history beyond this suite's: `n` is read from each
+/// publication's data, `{"n": …}` as the suite's publications carry it.
+pub async fn history_ns(
+    b: &dyn Broker,
+    channel: &str,
+    after: u64,
+    limit: usize,
+) -> Vec<(u64, u64)> {
+    let h = b
+        .history(
+            channel,
+            HistoryQuery {
+                after: Some(after),
+                limit,
+            },
+        )
+        .await
+        .unwrap();
+    h.publications
+        .iter()
+        .map(|p| p.offset)
+        .zip(ns(&h.publications))
+        .collect()
+}
+
+/// A batch is the same as publishing its items one by one: per channel, offsets in batch
+/// order, and the sink and history see the items in that order; an idempotency key repeated
+/// inside the batch, or repeating a key published before it, is answered with the first
+/// position and publishes nothing. One result per item, in order; an empty batch answers
+/// nothing.
+pub async fn batch_publish_is_ordered_and_idempotent(s: Subject, rec: Arc<Recorder>) {
+    let (a, b, c) = (channel("batch-a"), channel("batch-b"), channel("batch-c"));
+    for ch in [&a, &b, &c] {
+        s.broker.subscribe(ch).await.unwrap();
+    }
+    let keep = Some(HistoryPolicy {
+        size: 100,
+        ttl: Duration::from_secs(60),
+    });
+    let keyed = |ch: &str, n: u64, key: &str| PublishRequest {
+        idempotency_key: Some(key.into()),
+        ..request(ch, n, keep)
+    };
+    let before = s.broker.publish(keyed(&c, 0, "before")).await.unwrap();
+    assert!(s.broker.publish_batch(Vec::new()).await.is_empty());
+
+    let results = s
+        .broker
+        .publish_batch(vec![
+            request(&a, 1, keep),
+            request(&b, 1, keep),
+            request(&a, 2, keep),
+            keyed(&c, 1, "k1"),
+            request(&a, 3, keep),
+            request(&b, 2, keep),
+            // The same key as item 3, in the same batch: item 3's position, nothing published.
+            keyed(&c, 91, "k1"),
+            // The key of the publication before the batch.
+            keyed(&c, 92, "before"),
+            // The same key on another channel is another key.
+            keyed(&a, 4, "k1"),
+            request(&c, 2, keep),
+        ])
+        .await;
+    let positions: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("every item publishes"))
+        .collect();
+    assert_eq!(
+        positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![1, 1, 2, 2, 3, 2, 2, 1, 4, 3]
+    );
+    assert_eq!(
+        positions[6], positions[3],
+        "a key repeated inside the batch"
+    );
+    assert_eq!(positions[7], before, "a key published before the batch");
+    assert_eq!(positions[9].epoch, before.epoch);
+    assert_eq!(positions[0].epoch, positions[8].epoch);
+
+    rec.until("the batch's deliveries", |r| {
+        r.publications(&a).len() == 4
+            && r.publications(&b).len() == 2
+            && r.publications(&c).len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (ch, expected) in [
+        (&a, vec![1, 2, 3, 4]),
+        (&b, vec![1, 2]),
+        (&c, vec![0, 1, 2]),
+    ] {
+        let delivered = rec.publications(ch);
+        assert_eq!(ns(&delivered), expected, "delivered on {ch}");
+        assert_eq!(
+            offsets(&delivered),
+            (1..=expected.len() as u64).collect::<Vec<_>>()
+        );
+        let h = s
+            .broker
+            .history(
+                ch,
+                HistoryQuery {
+                    after: Some(0),
+                    limit: 100,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ns(&h.publications), expected, "history of {ch}");
+        assert_eq!(
+            offsets(&h.publications),
+            (1..=expected.len() as u64).collect::<Vec<_>>()
+        );
+    }
+}
+
 /// Presence lists members, announces joins and leaves, and ignores unknown leaves.
 pub async fn presence_tracks_members(s: Subject, rec: Arc<Recorder>) {
     let ch = channel("presence");
@@ -509,6 +638,7 @@ macro_rules! conformance_tests {
             history_is_bounded_by_size,
             history_is_bounded_by_ttl,
             idempotent_publish,
+            batch_publish_is_ordered_and_idempotent,
             presence_tracks_members,
             the_publisher_travels_with_the_publication,
             sessions_are_counted_per_user_and_kicked,

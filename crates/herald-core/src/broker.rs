@@ -124,6 +124,46 @@ pub trait PublicationSink: Send + Sync + 'static {
     fn kick(&self, user: &str);
 }
 
+/// Paces a task that delivers to a [`PublicationSink`] (the memory broker's fan-out task, the
+/// Redis pub/sub reader, a NATS subscription's reader): it counts the bytes handed over and
+/// says when the task should yield, once every [`FanoutPace::SLICE_BYTES`].
+///
+/// Why: such a task can hold far more than one connection's outbound queue at once (one
+/// `/v1/publish/batch` of 1,000 × 1.5 KB to one channel; a pub/sub connection's read buffer
+/// full of them). Handed over without a pause, all of it landed in every subscriber's queue
+/// before any connection task could write, and prompt readers were closed as slow consumers
+/// (4008). Yielding after each slice lets the writers send it first, so a queue only grows
+/// for a client that reads slower than the gateway writes.
+///
+/// ```
+/// # use herald_core::broker::FanoutPace;
+/// let mut pace = FanoutPace::default();
+/// assert!(!pace.delivered(FanoutPace::SLICE_BYTES - 1));
+/// assert!(pace.delivered(1)); // yield now; counting starts again
+/// assert!(!pace.delivered(1));
+/// ```
+#[derive(Debug, Default)]
+pub struct FanoutPace {
+    since_yield: usize,
+}
+
+impl FanoutPace {
+    /// Bytes delivered between two yields: small beside the default 1 MiB outbound queue
+    /// (and the configuration keeps any queue at least twice the largest payload).
+    pub const SLICE_BYTES: usize = 32 * 1024;
+
+    /// Counts `bytes` handed to the sink; `true` when the task should yield now (the count
+    /// then starts again).
+    pub fn delivered(&mut self, bytes: usize) -> bool {
+        self.since_yield += bytes;
+        if self.since_yield >= Self::SLICE_BYTES {
+            self.since_yield = 0;
+            return true;
+        }
+        false
+    }
+}
+
 /// What a broker holds in this process's memory and what it had to let go of to stay within
 /// its bounds: counters the broker updates and the node exports in `/metrics`. The memory
 /// broker fills them; a broker whose state lives elsewhere (Redis) leaves them at zero.
@@ -164,6 +204,34 @@ pub struct FanoutStats {
 pub trait Broker: Send + Sync + 'static {
     /// Assigns the next offset, appends to history and delivers to every interested node.
     async fn publish(&self, request: PublishRequest) -> Result<Position, BrokerError>;
+
+    /// Publishes `requests` as if each were given to [`Broker::publish`] in turn, and answers
+    /// one result per request, in the same order (the answer has `requests.len()` entries).
+    ///
+    /// The contract, which every implementation keeps:
+    /// - Items on the same channel get offsets in batch order (consecutive, unless an item
+    ///   between them failed or another publisher's publication came in between), and sinks
+    ///   and history see them in that order. Items on different channels are independent.
+    /// - Each item succeeds or fails alone, with the error a single publish of it would
+    ///   have had: one item's failure (a backend error on its channel, its idempotency key)
+    ///   neither fails nor reorders the others.
+    /// - Idempotency keys behave as for single publishes, inside the batch too: a second item
+    ///   with the key of an earlier item on the same channel (earlier in this batch, or within
+    ///   [`Broker::idempotency_window`] before it) publishes nothing and is answered with the
+    ///   first one's position.
+    ///
+    /// The default publishes one at a time (one backend round trip per item); a broker that
+    /// can do better (Redis: one round trip for the whole batch) overrides it.
+    async fn publish_batch(
+        &self,
+        requests: Vec<PublishRequest>,
+    ) -> Vec<Result<Position, BrokerError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            results.push(self.publish(request).await);
+        }
+        results
+    }
 
     /// This node now has local subscribers for `channel`: deliver its publications here.
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;

@@ -548,6 +548,8 @@ pub struct Limits {
     /// Any client frames per second per connection before the connection is closed with 4029.
     pub frame_rate: u32,
     /// Bytes queued for one connection before it counts as a slow consumer (closed with 4008).
+    /// At least twice `max_payload_bytes`: a queue that cannot hold a publication of the
+    /// largest size while the previous one is written would close every subscriber of it.
     pub outbound_queue_bytes: usize,
     /// Most publications a recovering subscribe may replay; beyond it `recovered: false`.
     pub max_recovery: usize,
@@ -953,8 +955,38 @@ impl Config {
             }
             figment = figment.merge(Toml::file(p));
         }
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Self::with_env(figment, &label, &base, path.map(Path::to_path_buf), vars)
+    }
+
+    /// A TOML document held in memory (the binary's built-in example config) with `HERALD_*`
+    /// overrides from `vars` applied, as [`Config::load`] applies them to a file: a deployment
+    /// that runs on the built-in config and sets its secrets in the environment gets them.
+    /// Relative paths resolve against `base`.
+    pub fn from_toml_str_with_env(
+        text: &str,
+        base: &Path,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Config, ConfigError> {
+        let figment = Figment::new().merge(Toml::string(text));
+        Self::with_env(figment, "<built-in>", base, None, vars)
+    }
+
+    /// `file_only` (the TOML layer) merged with the `HERALD_*` settings among `vars`, then
+    /// extracted and validated.
+    fn with_env(
+        file_only: Figment,
+        label: &str,
+        base: &Path,
+        path: Option<PathBuf>,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Config, ConfigError> {
         let env = scan_env(vars);
-        let file_only = figment.clone();
+        // Rebuilt from the TOML layer on every pass of the loop below.
+        let mut figment;
         // Values are parsed the way figment's own `Env` provider does (`8080` is a number,
         // `true` a bool, `[a, b]` an array, anything else a string), except where the field
         // wants a string: an API key or secret that happens to be all digits is still a key.
@@ -990,11 +1022,7 @@ impl Config {
             }
             verbatim.extend(wants_string);
         }
-        let base = path
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        Self::from_figment(figment, &label, &base, path.map(Path::to_path_buf), env)
+        Self::from_figment(figment, label, base, path, env)
     }
 
     /// Parses a TOML document held in memory (tests, `herald check -`); relative paths resolve
@@ -1649,6 +1677,21 @@ fn validate_general(server: &ServerConfig, auth: &AuthConfig, limits: &Limits, p
             "must not exceed limits.max_frame_bytes",
         );
     }
+    // (A zero is already reported as such above.)
+    if limits.outbound_queue_bytes > 0
+        && limits.outbound_queue_bytes < limits.max_payload_bytes.saturating_mul(2)
+    {
+        p.push(
+            None,
+            "limits.outbound_queue_bytes",
+            format!(
+                "is {}, must be at least twice limits.max_payload_bytes ({}): a queue that \
+                 cannot hold the largest publication while the previous one is written closes \
+                 every subscriber of it as a slow consumer",
+                limits.outbound_queue_bytes, limits.max_payload_bytes
+            ),
+        );
+    }
 }
 
 /// Turns a figment error into a [`Problem`], naming the channel when the path goes through one.
@@ -1844,6 +1887,23 @@ mod tests {
             err.to_string().contains("max_payload_bytes (65536)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_outbound_queue_holds_two_of_the_largest_publications() {
+        let toml =
+            format!("{MINIMAL}\n[limits]\nmax_payload_bytes = 65536\noutbound_queue_bytes = 65536");
+        let err = Config::from_toml_str(&toml, Path::new(".")).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["limits.outbound_queue_bytes"], "{err}");
+        assert!(
+            err.to_string()
+                .contains("twice limits.max_payload_bytes (65536)"),
+            "{err}"
+        );
+        let toml =
+            format!("{MINIMAL}\n[limits]\nmax_payload_bytes = 32768\noutbound_queue_bytes = 65536");
+        Config::from_toml_str(&toml, Path::new(".")).unwrap();
     }
 
     #[test]

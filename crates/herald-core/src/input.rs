@@ -188,6 +188,10 @@ pub fn parse_publish(text: &str) -> Result<PublishInput, ErrorBody> {
     })
 }
 
+/// What a publication is, in error messages (the same words as [`PublishRef`]'s `expecting`).
+const PUBLICATION_OBJECT: &str =
+    "a publication object {\"channel\", \"data\"[, \"idempotency_key\"]}";
+
 /// [`PublishInput`] borrowed from the text it was parsed from (the batch endpoint's items):
 /// the channel and the key are copied only when they contain escapes.
 #[derive(Debug, Deserialize)]
@@ -212,7 +216,16 @@ pub fn parse_publish_ref(text: &str) -> Result<PublishRef<'_>, ErrorBody> {
         if e.is_syntax() || e.is_eof() {
             bad(format!("invalid JSON: {e}"))
         } else {
-            bad(format!("invalid publication: {}", without_position(&e)))
+            // serde reads a struct from an array too and then names the first element's
+            // type ("invalid type: integer `1`, expected a string"), which misleads; the
+            // other shapes get the struct's own `expecting`.
+            match json_shape(text) {
+                Err(syntax) => bad(format!("invalid JSON: {syntax}")),
+                Ok(Some(kind @ "an array")) => bad(format!(
+                    "invalid publication: expected {PUBLICATION_OBJECT}, got {kind}"
+                )),
+                Ok(_) => bad(format!("invalid publication: {}", without_position(&e))),
+            }
         }
     })?;
     if let Some(k) = &input.idempotency_key {
@@ -230,6 +243,22 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ErrorBody> {
         ));
     }
     Ok(())
+}
+
+/// What a JSON text is when it is not an object (`Ok(Some("an array"))`, `"a string"`…),
+/// `Ok(None)` for an object, and the syntax error when it is not JSON at all. For the message
+/// about a body a derived struct refused: serde reads a struct from an array as well, and then
+/// complains about the array's first element (or, for `[{`, about a type before the syntax).
+pub fn json_shape(text: &str) -> Result<Option<&'static str>, serde_json::Error> {
+    serde_json::from_str::<&RawValue>(text)?;
+    Ok(match text.trim_start().as_bytes().first() {
+        Some(b'{') | None => None,
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'n') => Some("null"),
+        Some(_) => Some("a number"),
+    })
 }
 
 /// A serde_json error's message without the " at line L column C" it appends.
@@ -280,7 +309,7 @@ impl fmt::Display for KeyCheckError {
 ///
 /// On the way down nothing is allocated for text without escapes: keys are borrowed from the
 /// text and compared within their object (a linear scan, a hash set past
-/// [`LINEAR_KEYS`] keys). The pointer to the offending object is only assembled on the way
+/// `LINEAR_KEYS` (16) keys). The pointer to the offending object is only assembled on the way
 /// back up from an error. This runs once per publication on every door, so its cost is per
 /// message (issue 16's unicast profile had it at 8 % of the server's CPU when it formatted a
 /// path segment and hashed an owned copy of every key).
@@ -553,7 +582,6 @@ mod tests {
             r#"{"channel":"a","data":{},"idempotency_key":5}"#,
             r#"{"channel":"a"}"#,
             r#"{"channel":"a","data":{},"more":1}"#,
-            "[]",
         ] {
             let owned = serde_json::from_str::<PublishInput>(text);
             match (owned, parse_publish_ref(text)) {
@@ -586,5 +614,14 @@ mod tests {
             "{}",
             t.message
         );
+        // An array is named as one, not by its first element (serde reads a struct from an
+        // array too: `[]` was "invalid length 0", `[1]` "invalid type: integer `1`…").
+        for text in ["[]", "[1, 2]", r#"[{"channel":"a","data":{}}]"#] {
+            assert_eq!(
+                parse_publish(text).unwrap_err().message,
+                format!("invalid publication: expected {PUBLICATION_OBJECT}, got an array"),
+                "{text}"
+            );
+        }
     }
 }

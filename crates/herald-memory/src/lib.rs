@@ -2,8 +2,10 @@
 //!
 //! Each channel is a `Stream` behind its own mutex: assigning the offset, appending to history,
 //! checking and remembering the idempotency key and handing the publication to the sink all
-//! happen under that lock, so the sink sees each channel in offset order and a replayed
-//! history can never race a live publication. No lock is ever held across an `.await`.
+//! happen under that lock, so the sink sees each channel in offset order. A node puts a queue
+//! between this broker and its hub (`herald_node::fanout`), so a live publication may reach the
+//! hub after a history read that already returned it, exactly as with Redis: the hub skips, per
+//! subscriber, what that subscriber was told. No lock is ever held across an `.await`.
 //!
 //! A channel that is read (subscribed to) but never published to holds no stream: a *fresh*
 //! record (its epoch and when it was last used) answers for it at offset 0 until the first

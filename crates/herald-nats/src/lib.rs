@@ -79,7 +79,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use herald_core::broker::{
-    HistoryQuery, HistoryResult, LocalSessions, PresenceEvent, new_epoch, random_id,
+    FanoutPace, HistoryQuery, HistoryResult, LocalSessions, PresenceEvent, new_epoch, random_id,
 };
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
@@ -93,6 +93,9 @@ const META_IDLE: Duration = Duration::from_secs(3600);
 
 /// Every request gives up after this, so a dead NATS answers 503 quickly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one pull of a scan waits for messages not delivered yet (see [`NatsBroker::scan`]).
+const SCAN_WAIT: Duration = Duration::from_millis(100);
 
 /// A node beats this many times per `presence_ttl`.
 pub const BEATS: u32 = 5;
@@ -289,6 +292,14 @@ fn parse_head(seq: u64, h: &HeaderMap) -> Option<Head> {
 
 fn is_not_found(e: &async_nats::jetstream::stream::DirectGetError) -> bool {
     matches!(e.kind(), DirectGetErrorKind::NotFound)
+}
+
+/// Where [`NatsBroker::scan`] ends.
+enum ScanEnd {
+    /// A channel's history: from `from` up to stream sequence `seq` (the head read before).
+    Until { from: DeliverPolicy, seq: u64 },
+    /// A KV bucket's current entries: the latest value of every key there when the read began.
+    LastPerSubject,
 }
 
 /// A message read back by [`NatsBroker::scan`].
@@ -625,21 +636,70 @@ impl NatsBroker {
         ))
     }
 
-    /// Reads every message of `stream` whose subject matches `filter` (for a KV bucket, the
-    /// latest per key with `last_per_subject`), oldest first, through an ephemeral consumer;
-    /// stops after sequence `until` when given.
+    /// The subjects of `stream` matching `filter` that hold a message (for a KV bucket: its
+    /// keys, deleted ones with their marker included) and the stream's last sequence then.
+    async fn list_keys(
+        stream: &stream::Stream,
+        filter: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(std::collections::HashSet<String>, u64), BrokerError> {
+        tokio::time::timeout_at(deadline, async {
+            let mut subjects = stream
+                .info_with_subjects(filter)
+                .await
+                .map_err(|e| unavailable("scan", e))?;
+            let last = subjects.info.state.last_sequence;
+            let mut keys = std::collections::HashSet::new();
+            while let Some(s) = subjects.next().await {
+                keys.insert(s.map_err(|e| unavailable("scan", e))?.0);
+            }
+            Ok((keys, last))
+        })
+        .await
+        .map_err(|_| BrokerError::Unavailable("nats: scan: timed out".into()))?
+    }
+
+    /// Reads every message of `stream` whose subject matches `filter`, oldest first, through
+    /// an ephemeral pull consumer, and ends at a point fixed before it starts, never by
+    /// chasing what is written meanwhile:
+    ///
+    /// - [`ScanEnd::Until`]: after stream sequence `seq` (a channel's history up to its head);
+    /// - [`ScanEnd::LastPerSubject`] (a KV bucket): once every key the bucket held when the
+    ///   read began has been seen, with its latest value or a later one. The key list is taken
+    ///   from the stream's state first, and again whenever the read passes the stream's end
+    ///   as it was then with keys unseen, to stop waiting for keys gone without a trace. The
+    ///   consumer's own pending count cannot end it: when a key is rewritten between the
+    ///   consumer's creation and the delivery of its old value, the server skips the old
+    ///   value but still counts it (nats-server 2.9), so the count never reaches zero while
+    ///   keys are rewritten, a pull for "what is there" waits for the next write, and the
+    ///   read chased the writes until the request timeout.
+    ///
+    /// A pull waits at most [`SCAN_WAIT`] for messages not there yet, which only happens when
+    /// a message went away during the read (a key or a publication aged out).
     async fn scan(
         &self,
         stream: &stream::Stream,
         filter: String,
-        deliver_policy: DeliverPolicy,
-        until: Option<u64>,
+        end: ScanEnd,
     ) -> Result<Vec<Scanned>, BrokerError> {
-        let latest_per_subject = matches!(deliver_policy, DeliverPolicy::LastPerSubject);
+        let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
+        // The stream's last sequence when the keys were (last) listed.
+        let mut horizon = 0;
+        let (deliver_policy, until, mut unseen) = match end {
+            ScanEnd::Until { from, seq } => (from, Some(seq), None),
+            ScanEnd::LastPerSubject => {
+                let (keys, last) = Self::list_keys(stream, &filter, deadline).await?;
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                horizon = last;
+                (DeliverPolicy::LastPerSubject, None, Some(keys))
+            }
+        };
         let consumer = timed(
             "scan",
             stream.create_consumer(pull::Config {
-                filter_subject: filter,
+                filter_subject: filter.clone(),
                 deliver_policy,
                 ack_policy: AckPolicy::None,
                 inactive_threshold: Duration::from_secs(10),
@@ -650,18 +710,25 @@ impl NatsBroker {
         .await?;
         let pending = consumer.cached_info().num_pending as usize;
         let name = consumer.cached_info().name.clone();
-        let mut out = Vec::with_capacity(pending);
+        let mut out = Vec::with_capacity(unseen.as_ref().map_or(pending, |u| u.len()));
         let result: Result<(), BrokerError> = async {
-            let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
-            let mut done = pending == 0;
-            // A fetch that is not waited for ends with what the consumer has at that moment,
-            // which can be less than it counted at its creation when the stream is written
-            // meanwhile (a superseded key is skipped, its new value comes after): fetch again
-            // until a message says nothing is pending or a fetch brings nothing.
+            // (A key listing is never empty here: an empty one answered above.)
+            let mut done = unseen.is_none() && pending == 0;
             while !done {
-                let want = pending.saturating_sub(out.len()).max(1);
-                let mut messages =
-                    timed("scan", consumer.fetch().max_messages(want).messages()).await?;
+                let want = match &unseen {
+                    Some(keys) => keys.len(),
+                    None => pending.saturating_sub(out.len()),
+                }
+                .max(1);
+                let mut messages = timed(
+                    "scan",
+                    consumer
+                        .batch()
+                        .max_messages(want)
+                        .expires(SCAN_WAIT)
+                        .messages(),
+                )
+                .await?;
                 let mut got = 0;
                 loop {
                     let next = tokio::time::timeout_at(deadline, messages.next()).await;
@@ -680,14 +747,22 @@ impl NatsBroker {
                         done = true;
                         break;
                     }
+                    let subject = m.message.subject.to_string();
+                    if let Some(keys) = &mut unseen {
+                        keys.remove(&subject);
+                    }
                     out.push(Scanned {
-                        subject: m.message.subject.to_string(),
+                        subject,
                         seq,
                         time_ms: (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
                         headers: m.message.headers.clone().unwrap_or_default(),
                         payload: m.message.payload.clone(),
                     });
-                    if info.pending == 0 || until == Some(seq) {
+                    let end = match &unseen {
+                        Some(keys) => keys.is_empty(),
+                        None => info.pending == 0 || until == Some(seq),
+                    };
+                    if end {
                         done = true;
                         break;
                     }
@@ -695,12 +770,27 @@ impl NatsBroker {
                 if got == 0 {
                     done = true;
                 }
+                // Past the listing's last sequence with keys still unseen: each of those
+                // that still exists has its current value ahead (a value at or before the
+                // read's position was delivered, or superseded by a later one), but a key can
+                // also have gone without a trace (a delete marker dropped at the bucket's
+                // `max_age`), and while other keys are written no pull comes back empty. So
+                // list again and stop waiting for the keys that are gone.
+                if !done
+                    && out.last().is_some_and(|m| m.seq > horizon)
+                    && let Some(keys) = &mut unseen
+                {
+                    let (now, last) = Self::list_keys(stream, &filter, deadline).await?;
+                    keys.retain(|k| now.contains(k));
+                    horizon = last;
+                    done = keys.is_empty();
+                }
             }
             Ok(())
         }
         .await;
-        if latest_per_subject {
-            // A key written during the scan may come twice: keep its latest value.
+        if unseen.is_some() {
+            // A key written during the read may come twice: keep its latest value.
             let mut latest: HashMap<String, u64> = HashMap::new();
             for m in &out {
                 let e = latest.entry(m.subject.clone()).or_insert(m.seq);
@@ -1150,7 +1240,14 @@ impl Broker for NatsBroker {
         }
         let start = head.scan_from;
         let messages = self
-            .scan(&h.channels, subject, start, Some(head.last.seq))
+            .scan(
+                &h.channels,
+                subject,
+                ScanEnd::Until {
+                    from: start,
+                    seq: head.last.seq,
+                },
+            )
             .await?;
         let channel: Arc<str> = Arc::from(channel);
         let after = query.after.unwrap_or(u64::MAX);
@@ -1233,12 +1330,7 @@ impl Broker for NatsBroker {
         let h = self.handles().await?;
         let filter = format!("$KV.{}_presence.{}.*.*", self.inner.names, token(channel));
         let entries = self
-            .scan(
-                &h.presence_stream,
-                filter,
-                DeliverPolicy::LastPerSubject,
-                None,
-            )
+            .scan(&h.presence_stream, filter, ScanEnd::LastPerSubject)
             .await?;
         let cutoff = now_ms().saturating_sub(self.inner.opts.presence_ttl.as_millis() as u64);
         let mut out: Vec<ClientInfo> = entries
@@ -1440,9 +1532,15 @@ fn dispatch(inner: &Inner, msg: &async_nats::Message) {
 
 /// Delivers one channel's messages until the subscription is dropped (its task aborted).
 async fn reader(weak: Weak<Inner>, mut sub: Subscriber) {
+    let mut pace = FanoutPace::default();
     while let Some(msg) = sub.next().await {
         let Some(inner) = weak.upgrade() else { return };
         dispatch(&inner, &msg);
+        drop(inner);
+        if pace.delivered(msg.payload.len()) {
+            // The subscription's buffer can hold a whole batch: let the writers run.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -1650,7 +1748,7 @@ async fn reap(broker: &NatsBroker, h: &Handles) -> Result<(), BrokerError> {
     let inner = &broker.inner;
     let filter = format!("$KV.{}_nodes.>", inner.names);
     let nodes = broker
-        .scan(&h.nodes_stream, filter, DeliverPolicy::LastPerSubject, None)
+        .scan(&h.nodes_stream, filter, ScanEnd::LastPerSubject)
         .await?;
     let now = now_ms();
     let prefix = format!("$KV.{}_nodes.", inner.names);
@@ -1678,12 +1776,7 @@ async fn reap(broker: &NatsBroker, h: &Handles) -> Result<(), BrokerError> {
         // so a round that fails half-way is finished by the next one.
         let filter = format!("$KV.{}_presence.*.{node}.*", inner.names);
         let members = broker
-            .scan(
-                &h.presence_stream,
-                filter,
-                DeliverPolicy::LastPerSubject,
-                None,
-            )
+            .scan(&h.presence_stream, filter, ScanEnd::LastPerSubject)
             .await?;
         let key_prefix = format!("$KV.{}_presence.", inner.names);
         let mut left = 0;

@@ -106,6 +106,125 @@ async fn only_interested_nodes_receive_a_channel() {
     assert_eq!(rb.publications(&both).len(), 5, "b unsubscribed");
 }
 
+/// Presence entries are rewritten all the time (every node rewrites its members at each
+/// beat, and members come and go), so a read of a channel's members must end with what the
+/// bucket held when it began instead of chasing the writes behind it: every read answers
+/// at once and finds the members that are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_do_not_chase_members_being_rewritten() {
+    let server = NatsServer::start();
+    let writer = node(&server, Arc::new(Recorder::default()));
+    let reader = node(&server, Arc::new(Recorder::default()));
+    let ch = channel("churning");
+    let members: Vec<ClientInfo> = (0..3)
+        .map(|i| ClientInfo {
+            client: format!("churn-{i}"),
+            user: Some(format!("u{i}")),
+            info: None,
+        })
+        .collect();
+    for m in &members {
+        writer.presence_add(&ch, m.clone()).await.unwrap();
+    }
+    // Rewrites the same members as fast as NATS takes them (a busy node's beat, compressed).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = tokio::spawn({
+        let (writer, ch, members, stop) =
+            (writer.clone(), ch.clone(), members.clone(), stop.clone());
+        async move {
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for m in &members {
+                    writer.presence_add(&ch, m.clone()).await.unwrap();
+                    writes += 1;
+                }
+            }
+            writes
+        }
+    });
+    let mut slowest = Duration::ZERO;
+    for _ in 0..40 {
+        let began = Instant::now();
+        let got = reader.presence(&ch).await.unwrap();
+        slowest = slowest.max(began.elapsed());
+        assert_eq!(got, members, "every member, once");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = churn.await.unwrap();
+    assert!(
+        writes > 100,
+        "the members were rewritten meanwhile ({writes} writes)"
+    );
+    // A read is a handful of requests (milliseconds); chasing the writes ran to the 2 s
+    // request timeout.
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest read {slowest:?}"
+    );
+}
+
+/// Members that come and go leave a delete marker each, which the bucket drops at its
+/// `max_age` (2 × `presence_ttl`): a read that listed such a key waits for it in vain, and
+/// while other keys keep being written every pull brings something, so the read once chased
+/// the writes to the 2 s request timeout (503). Reads over several marker lifetimes, with
+/// members joining and leaving all along, answer at once with the members who stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_answer_while_members_come_and_go() {
+    let server = NatsServer::start();
+    let writer = node(&server, Arc::new(Recorder::default()));
+    let reader = node(&server, Arc::new(Recorder::default()));
+    let ch = channel("coming-and-going");
+    let stay: Vec<ClientInfo> = (0..5)
+        .map(|i| ClientInfo {
+            client: format!("stay-{i}"),
+            user: Some(format!("s{i}")),
+            info: None,
+        })
+        .collect();
+    for m in &stay {
+        writer.presence_add(&ch, m.clone()).await.unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = tokio::spawn({
+        let (writer, ch, stop) = (writer.clone(), ch.clone(), stop.clone());
+        async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let passing = ClientInfo {
+                    client: format!("pass-{n}"),
+                    user: Some(format!("p{n}")),
+                    info: None,
+                };
+                writer.presence_add(&ch, passing.clone()).await.unwrap();
+                writer.presence_remove(&ch, passing).await.unwrap();
+                n += 1;
+            }
+            n
+        }
+    });
+    let began = Instant::now();
+    let (mut reads, mut slowest) = (0, Duration::ZERO);
+    // Three marker lifetimes (max_age 2 s with a 1 s TTL).
+    while began.elapsed() < TTL * 6 {
+        let t = Instant::now();
+        let got = reader.presence(&ch).await.unwrap_or_else(|e| {
+            panic!("read {reads} after {:?}: {e}", began.elapsed());
+        });
+        slowest = slowest.max(t.elapsed());
+        for m in &stay {
+            assert!(got.contains(m), "read {reads} lacks {}: {got:?}", m.client);
+        }
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let passed = churn.await.unwrap();
+    assert!(passed > 100, "members came and went meanwhile ({passed})");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest of {reads} reads {slowest:?}"
+    );
+}
+
 /// A dead node's members leave (an event on every node, within the presence TTL) and its
 /// sessions stop counting against the per-user limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@
 //!   recovery, timers and outbox; [`Session::run`] is the single `select!` loop, generic over the
 //!   [`Transport`] seam (no box, no extra task or channel for WebSocket).
 //! - [`hub`]: the node-local subscription table and the fan-out of [`Prepared`] publications.
+//! - [`fanout`]: the FIFO and task between the memory broker and the hub, so a publish is
+//!   answered before its fan-out (as with Redis and NATS).
 //! - [`prepared`]: a publication encoded once per wire format (v1 JSON eagerly, others lazily).
 //! - [`outbox`]: each session's byte-bounded queue (the slow-consumer policy).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
@@ -26,13 +28,17 @@
 //!   and retried from a bounded queue per webhook.
 //!
 //! # The path of a publication
-//! `Node::publish_as` (gate 3: resolve, authorize, validate) → `Broker::publish` → the broker
-//! calls the hub's `PublicationSink::deliver` on every node with subscribers → the hub wraps it
+//! `Node::publish_as` (gate 3: resolve, authorize, validate) → `Broker::publish` (numbered and
+//! retained; the publisher is answered here; a server API batch: `Node::publish_batch_as`, the
+//! same gates per item → `Broker::publish_batch`) → the broker calls the hub's
+//! `PublicationSink::deliver` on every node with subscribers, from its subscription task (Redis,
+//! NATS) or through the [`fanout`] queue's task (memory) → the hub wraps it
 //! in one `Arc<Prepared>` and pushes it to each subscriber's [`Outbox`] → each session's loop
 //! drains its outbox and hands the batch to `Transport::send`, which writes the format it speaks.
 
 pub mod admin;
 pub mod admission;
+pub mod fanout;
 pub mod hub;
 pub mod metrics;
 pub mod node;
@@ -43,7 +49,7 @@ pub mod session;
 pub mod webhook;
 
 pub use admission::{Admitted, Handshake, Refusal, Slot};
-pub use node::Node;
+pub use node::{BatchItem, Node};
 pub use outbox::Outbox;
 pub use prepared::{Prepared, Wire};
 pub use session::transport::{CursorUpdate, Ending, Inbound, Outgoing, Own, Transport};

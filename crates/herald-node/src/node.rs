@@ -38,6 +38,18 @@ pub struct ClientPublish<'a> {
     pub transport: &'a str,
 }
 
+/// One publication of [`Node::publish_batch_as`]: what [`Node::publish_as`] takes for the
+/// server (no client).
+#[derive(Debug, Clone)]
+pub struct BatchItem<'a> {
+    /// The channel's name (resolved, and refused with `unknown_channel`, per item).
+    pub channel: &'a str,
+    /// The payload, held to the channel's schema and the size limit.
+    pub data: &'a RawValue,
+    /// Already scoped to its source (`herald_core::source::scoped_key`).
+    pub idempotency_key: Option<String>,
+}
+
 /// One gateway node: everything a request handler, a session or a source needs.
 pub struct Node {
     /// The validated configuration (registry and authenticator included).
@@ -58,6 +70,10 @@ pub struct Node {
     pub tasks: TaskTracker,
     /// The application's backend (proxies), set once by the server that builds the node.
     pub backend: OnceLock<Arc<dyn crate::proxy::Backend>>,
+    /// The queue between the memory broker and the hub, set by the server that builds the
+    /// node when it uses one: publishers wait at its high-water mark
+    /// ([`crate::fanout::FanoutQueue::ready`]) instead of growing it without bound.
+    pub fanout: OnceLock<Arc<crate::fanout::FanoutQueue>>,
     /// Subscribe proxy decisions, per (proxy, user, channel), for each proxy's `cache_ttl`.
     pub decisions: crate::proxy::DecisionCache,
     /// The `[[webhook]]` queues ([`Node::emit`]).
@@ -134,6 +150,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             backend: OnceLock::new(),
+            fanout: OnceLock::new(),
             decisions: Default::default(),
             webhooks,
             admin_tickets: OnceLock::new(),
@@ -269,6 +286,55 @@ impl Node {
         result
     }
 
+    /// The server API's batch: every item through the gates of [`Node::publish_as`] with no
+    /// client (resolve, schema, size), then the admitted ones to [`Broker::publish_batch`] in
+    /// one call (one round trip on Redis), in batch order, so items on one channel get their
+    /// offsets in that order. Answers one result per item, in order: a gate's refusal or the
+    /// broker's error for that item alone, as [`Node::publish_as`] would have answered it.
+    /// Each item is counted under `source` as [`Node::publish_as`] counts it. Client
+    /// publications are not batched (a publish proxy answers each one by itself).
+    pub async fn publish_batch_as(
+        &self,
+        source: Source,
+        items: Vec<BatchItem<'_>>,
+    ) -> Vec<Result<Position, ErrorBody>> {
+        let mut admitted = Vec::with_capacity(items.len());
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            match self
+                .admit_publication(item.channel, item.data, item.idempotency_key, None)
+                .await
+            {
+                Ok(request) => {
+                    admitted.push(request);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        self.fanout_ready().await;
+        let mut published = self.broker.publish_batch(admitted).await.into_iter();
+        results
+            .into_iter()
+            .map(|refused| {
+                let result = refused.unwrap_or_else(|| match published.next() {
+                    Some(r) => r.map_err(broker_error),
+                    // A broker that answered fewer results than requests broke the trait's
+                    // contract; the items it did not answer are not known to be published.
+                    None => Err(ErrorBody::new(
+                        ErrorCode::Internal,
+                        "the broker gave no result for this publication",
+                    )),
+                });
+                match &result {
+                    Ok(_) => self.metrics.published(source),
+                    Err(e) => self.metrics.reject(Gate::publish, e.code),
+                }
+                result
+            })
+            .collect()
+    }
+
     /// A readiness flag, initially down; `/readyz` is 503 while any flag is false.
     pub fn readiness_flag(&self, name: &str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
@@ -300,6 +366,32 @@ impl Node {
         idempotency_key: Option<String>,
         client: Option<ClientPublish<'_>>,
     ) -> Result<Position, ErrorBody> {
+        let request = self
+            .admit_publication(channel, data, idempotency_key, client)
+            .await?;
+        self.fanout_ready().await;
+        self.broker.publish(request).await.map_err(broker_error)
+    }
+
+    /// A publish is answered before its fan-out: while the fan-out queue is at its high-water
+    /// mark, wait here, so a publisher faster than the fan-out is slowed down (as it was when
+    /// the fan-out ran inside the publish) rather than queueing without bound. A batch waits
+    /// once, so the queue may pass the mark by one batch (at most 1,000 items).
+    async fn fanout_ready(&self) {
+        if let Some(fanout) = self.fanout.get() {
+            fanout.ready().await;
+        }
+    }
+
+    /// Gate 3 (for clients), the schema, the publish proxy (for clients on a proxied
+    /// channel) and the size limit: the request to give the broker, or why there is none.
+    async fn admit_publication(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        idempotency_key: Option<String>,
+        client: Option<ClientPublish<'_>>,
+    ) -> Result<PublishRequest, ErrorBody> {
         let (descriptor, params) = self.resolve(channel)?;
         let via_backend = match (&client, &descriptor.publish) {
             (Some(_), Some(herald_core::Scope::Proxy(name))) => Some(name.as_str()),
@@ -351,16 +443,13 @@ impl Node {
         }
         // `idempotency_key` arrives scoped to its source; the publisher's own key was checked
         // by the one parser (`herald_core::input`) before it was scoped.
-        self.broker
-            .publish(PublishRequest {
-                channel: Arc::from(channel),
-                data: raw,
-                history: descriptor.history,
-                idempotency_key,
-                from: client.map(|c| c.from.clone()),
-            })
-            .await
-            .map_err(broker_error)
+        Ok(PublishRequest {
+            channel: Arc::from(channel),
+            data: raw,
+            history: descriptor.history,
+            idempotency_key,
+            from: client.map(|c| c.from.clone()),
+        })
     }
 
     /// The clients present on a presence channel. Errors: `bad_request` when the channel has
@@ -395,10 +484,22 @@ impl Node {
     /// the user had open cluster-wide when the kick was made (the broker's registry; see
     /// [`Broker::kick`]). This node's sessions are also closed directly, so they go even when
     /// the broker is down; the error then says that only this node was reached.
+    ///
+    /// With the memory broker the kick is queued behind the fan-out
+    /// ([`crate::fanout::FanoutQueue`]): every publication answered before the kick reaches
+    /// the user's sessions before their goodbye. Closing them here at once would overtake the
+    /// publications still being fanned out (the publisher is answered before the fan-out).
+    /// Redis and NATS deliver kicks apart from publications, so there the kick may overtake
+    /// publications still in flight (docs/protocol.md, "Kicks").
     pub async fn kick(&self, user: &str) -> Result<usize, ErrorBody> {
         // The broker counts before anything closes here: a session closed first would
         // unregister itself and be missing from the count.
         let counted = self.broker.kick(user).await;
+        if counted.is_ok() && self.fanout.get().is_some() {
+            // The memory broker passed the kick to its sink, which is the fan-out queue: the
+            // sessions close in order, after what was queued before.
+            return counted.map_err(broker_error);
+        }
         let here = self.sessions.close_user(user, Goodbye::Kicked);
         counted.map_err(|e| {
             ErrorBody::new(

@@ -56,7 +56,7 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Queues for `configs` (their tasks start with [`Webhooks::start`]).
+    /// Queues for `configs` (their tasks start with [`Node::start_webhooks`](crate::Node::start_webhooks)).
     pub fn new(configs: &[WebhookConfig]) -> Self {
         let mut queues = Vec::new();
         let mut receivers = Vec::new();

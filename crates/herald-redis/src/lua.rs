@@ -4,10 +4,11 @@
 //! in the middle of a failover that second `EVALSHA` can reach a promoted replica whose script
 //! cache is empty (the cache is not replicated) before the client knows it is a master, and
 //! fail. Here the fallback is `EVAL` with the source, which runs wherever the call is routed
-//! and caches the script there.
+//! and caches the script there. A pipeline of calls ([`Call::by_hash`]) does the same
+//! itself: the calls answered `NOSCRIPT` go again as [`Call::by_source`] in a second one.
 
 use redis::aio::ConnectionLike;
-use redis::{FromRedisValue, RedisResult, ToRedisArgs};
+use redis::{FromRedisValue, RedisResult, ToRedisArgs, Value};
 
 /// A script's source and SHA1.
 pub(crate) struct Lua {
@@ -21,6 +22,11 @@ impl Lua {
             src: src.to_owned(),
             hash: redis::Script::new(src).get_hash().to_owned(),
         }
+    }
+
+    /// The script's source (for `SCRIPT LOAD`).
+    pub(crate) fn source(&self) -> &str {
+        &self.src
     }
 
     pub(crate) fn prepare_invoke(&self) -> Call<'_> {
@@ -51,6 +57,25 @@ impl Call<'_> {
         self
     }
 
+    /// The call as `EVALSHA`, for a pipeline.
+    pub(crate) fn by_hash(&self) -> redis::Cmd {
+        self.command("EVALSHA", &self.lua.hash)
+    }
+
+    /// The call as `EVAL` with the source: for a pipeline's calls answered `NOSCRIPT`.
+    pub(crate) fn by_source(&self) -> redis::Cmd {
+        self.command("EVAL", &self.lua.src)
+    }
+
+    /// Like [`Call::invoke_async`], answering the reply as it came: the errors nested in it
+    /// (a batch script's items that failed) stay where they are.
+    pub(crate) async fn invoke_raw(&self, con: &mut impl ConnectionLike) -> RedisResult<Value> {
+        match raw(&self.by_hash(), con).await {
+            Err(e) if is_noscript(&e) => raw(&self.by_source(), con).await,
+            r => r,
+        }
+    }
+
     fn command(&self, name: &str, body: &str) -> redis::Cmd {
         let mut cmd = redis::cmd(name);
         cmd.arg(body)
@@ -70,10 +95,23 @@ impl Call<'_> {
             .query_async(con)
             .await
         {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.command("EVAL", &self.lua.src).query_async(con).await
-            }
+            Err(e) if is_noscript(&e) => self.by_source().query_async(con).await,
             r => r,
         }
     }
+}
+
+/// `cmd`'s reply as it came: an error reply is an error, but an error nested in an array
+/// stays in it (`Cmd::query_async` would fail the whole call with the first one it finds).
+async fn raw(cmd: &redis::Cmd, con: &mut impl ConnectionLike) -> RedisResult<Value> {
+    match con.req_packed_command(cmd).await? {
+        Value::ServerError(e) => Err(e.into()),
+        v => Ok(v),
+    }
+}
+
+/// Whether the server answered that it does not know the script (its cache is empty after a
+/// restart, a `SCRIPT FLUSH` or a failover to a replica).
+pub(crate) fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald_core::broker::{HistoryQuery, PresenceEvent};
+use herald_core::broker::{FanoutPace, HistoryQuery, PresenceEvent};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Publication};
 use redis::cluster_async::ClusterConnection;
@@ -198,12 +198,20 @@ pub(crate) async fn classic_task(
             }
         }
         connected_before = true;
+        let mut pace = FanoutPace::default();
         loop {
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     let Some(inner) = weak.upgrade() else { return };
-                    dispatch(&inner, msg.get_channel_name(), msg.get_payload_bytes());
+                    let payload = msg.get_payload_bytes();
+                    dispatch(&inner, msg.get_channel_name(), payload);
+                    drop(inner);
+                    if pace.delivered(payload.len()) {
+                        // Messages already read from the socket are decoded without touching
+                        // it again, so nothing else would make this loop let writers run.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 c = control.recv() => {
                     let Some(c) = c else { return };
@@ -305,6 +313,7 @@ pub(crate) async fn sharded_task(
         connected_before = true;
         // `sunsubscribe` pushes still to come for our own SUNSUBSCRIBEs, per Redis channel.
         let mut own_unsubscribes: HashMap<String, usize> = HashMap::new();
+        let mut pace = FanoutPace::default();
         loop {
             tokio::select! {
                 push = pushes.recv() => {
@@ -314,6 +323,10 @@ pub(crate) async fn sharded_task(
                         PushKind::SMessage | PushKind::Message => {
                             if let Some((ch, payload)) = message(&push) {
                                 dispatch(&inner, ch, payload);
+                                if pace.delivered(payload.len()) {
+                                    drop(inner);
+                                    tokio::task::yield_now().await;
+                                }
                             }
                         }
                         // A node connection broke (its master died or restarted).

@@ -12,11 +12,11 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use herald_core::broker::{HistoryQuery, Position};
-use herald_core::input::parse_publish_ref;
+use herald_core::input::{PublishRef, json_shape, parse_publish_ref};
 use herald_core::protocol::{ErrorBody, ErrorCode, PublicationView};
 use herald_core::source::{API_SCOPE, scoped_key};
-use herald_node::Node;
 use herald_node::metrics::Source;
+use herald_node::{BatchItem, Node};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -144,9 +144,9 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
-/// One publication through the one parser (`herald_core::input`), the same for the single and
-/// the batch endpoint; its idempotency key is scoped to the API so it never matches a key a
-/// source gave (see `herald_core::source::scoped_key`).
+/// One publication through the one parser (`herald_core::input`), which each item of a batch
+/// goes through too ([`publish_batch`]); its idempotency key is scoped to the API so it never
+/// matches a key a source gave (see `herald_core::source::scoped_key`).
 async fn publish_one(gw: &Node, text: &str) -> Result<Position, ErrorBody> {
     let input = parse_publish_ref(text)?;
     let key = input.idempotency_key.map(|k| scoped_key(API_SCOPE, &k));
@@ -195,24 +195,62 @@ pub async fn publish_batch(State(gw): Gw, body: Body) -> Result<Response, ApiErr
         .saturating_mul(MAX_BATCH)
         .min(64 << 20);
     let bytes = read_body(body, limit).await?;
-    let batch: BatchBody<'_> = parse(&bytes)?;
+    let batch: BatchBody<'_> = parse(&bytes).map_err(|e| {
+        // serde reads a struct from an array too ("invalid type: map, expected a sequence"
+        // for `[{…}]`): name the shape the endpoint wants instead.
+        let message = match std::str::from_utf8(&bytes).map(json_shape) {
+            Ok(Err(syntax)) => format!("invalid JSON body: {syntax}"),
+            Ok(Ok(Some(kind))) => {
+                format!("invalid JSON body: expected {{\"publications\":[…]}}, got {kind}")
+            }
+            _ => return e,
+        };
+        ApiError::new(ErrorCode::BadRequest, message)
+    })?;
     if batch.publications.len() > MAX_BATCH {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("at most {MAX_BATCH} publications per batch"),
         ));
     }
-    let mut results = Vec::with_capacity(batch.publications.len());
-    // In order, one at a time: items on the same channel keep their batch order.
-    for item in batch.publications {
-        results.push(match publish_one(&gw, item.get()).await {
-            Ok(pos) => BatchResult::Published(Published {
-                offset: pos.offset,
-                epoch: pos.epoch,
-            }),
-            Err(error) => BatchResult::Failed { error },
-        });
-    }
+    // Each item through the one parser, as a single publish; those that parse go to the
+    // broker together, in batch order (one round trip on Redis; items on one channel keep
+    // their batch order), and each answer goes back to its item's place.
+    let parsed: Vec<Result<PublishRef<'_>, ErrorBody>> = batch
+        .publications
+        .iter()
+        .map(|item| parse_publish_ref(item.get()))
+        .collect();
+    let items: Vec<BatchItem<'_>> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .map(|input| BatchItem {
+            channel: &input.channel,
+            data: input.data,
+            idempotency_key: input
+                .idempotency_key
+                .as_ref()
+                .map(|k| scoped_key(API_SCOPE, k)),
+        })
+        .collect();
+    let mut published = gw.publish_batch_as(Source::api, items).await.into_iter();
+    let results = parsed
+        .into_iter()
+        .map(|p| {
+            let result = p.and_then(|_| {
+                published
+                    .next()
+                    .expect("publish_batch_as answers one result per item")
+            });
+            match result {
+                Ok(pos) => BatchResult::Published(Published {
+                    offset: pos.offset,
+                    epoch: pos.epoch,
+                }),
+                Err(error) => BatchResult::Failed { error },
+            }
+        })
+        .collect();
     Ok(Json(BatchAnswer { results }).into_response())
 }
 
@@ -243,6 +281,33 @@ pub async fn channels(State(gw): Gw) -> Json<Value> {
     Json(json!({ "channels": channels }))
 }
 
+/// The most publications one `GET /v1/channels/{channel}/history` answers (its `limit`'s
+/// `maximum` in docs/openapi.json).
+pub const MAX_HISTORY_PAGE: usize = 1000;
+
+/// A numeric query parameter: `default` when absent; outside `range` a 400 `bad_request`
+/// naming the parameter and its bounds. Refused rather than clamped, so a caller asking for
+/// more than a page learns it, as docs/openapi.json's `minimum`/`maximum` say.
+pub fn bounded(
+    name: &str,
+    value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ApiError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    Err(ApiError::new(
+        ErrorCode::BadRequest,
+        format!(
+            "query parameter `{name}` must be between {} and {} (got {v})",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct HistoryParams {
     since: Option<u64>,
@@ -261,7 +326,7 @@ pub async fn history(
             format!("channel {channel:?} keeps no history"),
         ));
     }
-    let limit = params.limit.unwrap_or(100).min(1000);
+    let limit = bounded("limit", params.limit, 100, 0..=MAX_HISTORY_PAGE)?;
     let result = gw
         .history(
             &channel,

@@ -30,7 +30,7 @@ pub const SIGNATURE_HEADER: &str = "Herald-Signature";
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The signature of `body` sent at `timestamp`: lowercase hex of
-/// HMAC-SHA256(secret, "<timestamp>.<body>").
+/// `HMAC-SHA256(secret, "<timestamp>.<body>")`.
 pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     // HMAC takes a key of any length: new_from_slice cannot fail.
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");

@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use herald_node::Node;
+use herald_node::fanout::FanoutQueue;
 use herald_node::hub::Hub;
 use herald_node::metrics::Metrics;
 
@@ -69,10 +70,16 @@ pub enum ServerError {
 pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
+    // With the memory broker the fan-out runs in a task of its own behind a FIFO, so a publish
+    // is answered once it is numbered and retained (as the Redis and NATS brokers answer before
+    // their subscription task fans out); see `herald_node::fanout`.
+    let mut fanout = None;
     let broker: Arc<dyn Broker> = match config.broker.kind {
         herald_core::config::BrokerKind::Memory => {
+            let queue = FanoutQueue::spawn(hub.clone());
+            fanout = Some(queue.clone());
             let b = MemoryBroker::with_options(
-                hub.clone(),
+                queue,
                 MemoryOptions {
                     idempotency_window: config.limits.idempotency_window,
                     history_budget_bytes: config.broker.history_budget_bytes,
@@ -129,9 +136,12 @@ pub fn build(config: Config) -> Result<Arc<Node>, ServerError> {
         None => None,
     };
     let node = Node::new(config, hub, broker, metrics);
+    // A fresh node: the cells are empty.
     if let Some(b) = backend {
-        // A fresh node: the cell is empty.
         let _ = node.backend.set(b);
+    }
+    if let Some(q) = fanout {
+        let _ = node.fanout.set(q);
     }
     let node = Arc::new(node);
     node.start_webhooks();

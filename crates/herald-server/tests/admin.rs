@@ -340,3 +340,50 @@ async fn tickets_come_from_the_gateways_own_origin() {
         .expect("the gateway's own origin");
     assert_eq!(c.next().await["type"], "welcome");
 }
+
+/// The history page's `limit` is refused outside its documented 1–100 (it was clamped), so
+/// the dashboard and docs/openapi.json agree on what a page is.
+#[tokio::test]
+async fn the_history_page_limit_is_bounded_as_documented() {
+    let s = TestServer::with_config(&admin_config()).await;
+    let op = sign_in(&s).await;
+    for n in 1..=3 {
+        let (status, _) = s.publish("history.small", json!({ "n": n })).await;
+        assert_eq!(status, 200);
+    }
+    let page = |limit: &str| {
+        let path = format!("/admin/api/channels/history.small/history?limit={limit}");
+        let (s, op) = (&s, &op);
+        async move {
+            call(
+                s,
+                reqwest::Method::GET,
+                &path,
+                Some(&op.cookie),
+                Some(&op.csrf),
+            )
+            .await
+        }
+    };
+    for bad in ["0", "101"] {
+        let (status, body) = page(bad).await;
+        assert_eq!(status, 400, "limit={bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("between 1 and 100"),
+            "{body}"
+        );
+    }
+    for (limit, expected) in [("1", 1), ("100", 3)] {
+        let (status, body) = page(limit).await;
+        assert_eq!(status, 200, "limit={limit}: {body}");
+        assert_eq!(
+            body["publications"].as_array().unwrap().len(),
+            expected,
+            "{body}"
+        );
+    }
+}

@@ -308,11 +308,17 @@ async fn openapi_walk_every_error_is_a_json_envelope() {
             // Bad query parameters: not a number, negative, repeated.
             for p in params.iter().filter(|p| p["in"] == "query") {
                 let name = p["name"].as_str().unwrap();
-                let bad: &[&str] = if p["schema"]["type"] == "integer" {
-                    &["abc", "-1", "1.5", "99999999999999999999999"]
-                } else {
-                    &[]
-                };
+                let mut bad: Vec<String> = Vec::new();
+                if p["schema"]["type"] == "integer" {
+                    bad.extend(["abc", "-1", "1.5", "99999999999999999999999"].map(String::from));
+                    // Just outside the documented bounds: refused, never quietly clamped.
+                    if let Some(max) = p["schema"]["maximum"].as_u64() {
+                        bad.push((max + 1).to_string());
+                    }
+                    if let Some(min) = p["schema"]["minimum"].as_u64().filter(|m| *m > 0) {
+                        bad.push((min - 1).to_string());
+                    }
+                }
                 for value in bad {
                     let what = format!("{method} {path}?{name}={value}");
                     let u = format!("{url}?{name}={value}");
@@ -720,5 +726,46 @@ async fn origins_compare_by_rfc6454() {
         let extra = format!("Host: {host}\r\nCookie: herald={token}\r\nOrigin: {origin}");
         let (status, body) = raw_http(cookie.addr, &upgrade(&extra)).await;
         assert_eq!(status, expected, "Host {host}, Origin {origin}: {body}");
+    }
+}
+
+/// A body of the wrong JSON shape is named for what it is, not for its first element: serde
+/// reads a struct from an array too, and used to answer `[{…}]` on the batch endpoint with
+/// "invalid type: map, expected a sequence" and `[1,2]` on `/v1/publish` with "invalid type:
+/// integer `1`, expected a string".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_the_wrong_shape_says_which_shape_is_wanted() {
+    let s = TestServer::start().await;
+    let cases = [
+        (
+            "/v1/publish/batch",
+            r#"[{"channel":"chat.room.a","data":{"text":"x"}}]"#,
+            r#"invalid JSON body: expected {"publications":[…]}, got an array"#,
+        ),
+        (
+            "/v1/publish",
+            "[1,2]",
+            r#"invalid publication: expected a publication object {"channel", "data"[, "idempotency_key"]}, got an array"#,
+        ),
+    ];
+    for (path, body, message) in cases {
+        let (status, answer) = post_raw(&s, path, body).await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
+        assert_eq!(answer["error"]["message"], message, "{path} {body}");
+    }
+    // A syntax error is still reported as one.
+    for (path, body, start) in [
+        ("/v1/publish/batch", "[{", "invalid JSON body: EOF"),
+        (
+            "/v1/publish",
+            "[1,",
+            "invalid publication: invalid JSON: EOF",
+        ),
+    ] {
+        let (status, answer) = post_raw(&s, path, body).await;
+        assert_eq!(status, 400);
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(start), "{path} {body}: {answer}");
     }
 }

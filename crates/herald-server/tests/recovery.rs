@@ -297,6 +297,46 @@ async fn kick_closes_only_that_user() {
     );
 }
 
+/// A kick made after a publish was answered comes after that publication: the user's sessions
+/// receive it, then the 4403 goodbye. The backend's "you were removed" then kick must not lose
+/// the message to the kick overtaking it (the publish is answered before its fan-out, so a
+/// kick that closes sessions at once would overtake every publication still being fanned out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_comes_after_the_publications_answered_before_it() {
+    let s = TestServer::start().await;
+    let mut alice = s.client("alice").await;
+    // 200 readers of a broadcast keep the fan-out busy while the kick arrives.
+    let mut crowd = Vec::new();
+    for i in 0..200 {
+        let mut c = s.client(&format!("crowd{i}")).await;
+        assert_eq!(c.subscribe("bench.feed").await["ok"], true);
+        crowd.push(c);
+    }
+    const N: usize = 500;
+    let items: Vec<Value> = (0..N)
+        .flat_map(|n| {
+            [
+                json!({"channel": "bench.feed", "data": {"n": n}}),
+                json!({"channel": "notifications.user.alice", "data": {"type": "system", "text": n.to_string()}}),
+            ]
+        })
+        .collect();
+    let (status, body) = s
+        .post("/v1/publish/batch", json!({"publications": items}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s.post("/v1/users/alice/disconnect", json!({})).await;
+    assert_eq!((status, body["disconnected"].clone()), (200, json!(1)));
+    let bye = alice.goodbye(Duration::from_secs(10)).await;
+    assert_eq!(bye.disconnect.expect("told why")["code"], 4403);
+    let texts: Vec<String> = bye
+        .pubs
+        .iter()
+        .map(|p| p["data"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, (0..N).map(|n| n.to_string()).collect::<Vec<_>>());
+}
+
 /// Acceptance 8: a 3-second token with a refresh stays open past 4 s; one without gets 4001.
 #[tokio::test]
 async fn token_expiry_and_refresh() {

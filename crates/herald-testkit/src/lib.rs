@@ -12,12 +12,14 @@
 //!   and never depend on a server somebody else left running. [`NatsServer`] does the same
 //!   for `nats-server -js`, with a JetStream store of its own that survives its restarts
 //!   (as a real deployment's does) unless the test wipes it. [`TcpProxy`] stands between
-//!   one process and such a server, and can be cut: a network partition.
+//!   one process and such a server, and can be cut (a network partition) or hold requests
+//!   back (a server one latency away).
 //!   [`RabbitMqServer`] does the same for RabbitMQ, keeping its data across a restart;
 //!   [`HoldProxy`] can hold a server's replies back to stop a client between two steps.
 //!   [`RedisCluster`] (3 masters, 3
 //!   replicas), [`RedisSentinel`] (master, replica, Sentinel) and [`RedisTls`] (TLS only, a
 //!   CA generated for the test) do the same for the topologies past one server.
+//!   [`redis_log_every_command`] and [`redis_logged_commands`] count what a client sent.
 
 mod binary;
 mod bus;
@@ -31,7 +33,10 @@ pub use bus::{HoldProxy, RabbitMqServer};
 pub use client::{Api, Closed, WsClient, eventually};
 pub use process::{HeraldBuilder, HeraldProcess, herald_command};
 pub use proxy::TcpProxy;
-pub use redis_topologies::{RedisCluster, RedisSentinel, RedisTls, SENTINEL_MASTER, redis_cli};
+pub use redis_topologies::{
+    RedisCluster, RedisSentinel, RedisTls, SENTINEL_MASTER, redis_cli, redis_log_every_command,
+    redis_logged_commands,
+};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -81,6 +81,44 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// Makes the Redis on `port` log every command it runs from now on (its slowlog with a zero
+/// threshold, room for 100,000 entries), forgetting what it had logged:
+/// [`redis_logged_commands`] then lists them. For tests that count what a client sent.
+pub fn redis_log_every_command(port: u16) {
+    for args in [
+        ["config", "set", "slowlog-log-slower-than", "0"],
+        ["config", "set", "slowlog-max-len", "100000"],
+    ] {
+        assert_eq!(redis_cli(port, &args).trim(), "OK", "redis-cli {args:?}");
+    }
+    assert_eq!(redis_cli(port, &["slowlog", "reset"]).trim(), "OK");
+}
+
+/// The commands the Redis on `port` ran since [`redis_log_every_command`], oldest first, each
+/// as its arguments (Redis keeps the first 32 arguments of a command and 128 bytes of each).
+pub fn redis_logged_commands(port: u16) -> Vec<Vec<String>> {
+    let out = redis_cli(port, &["--json", "slowlog", "get", "-1"]);
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("SLOWLOG GET: {e}: {out}"));
+    let mut commands: Vec<(u64, Vec<String>)> = entries
+        .iter()
+        .map(|e| {
+            let args = e[3]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.as_str().unwrap_or_default().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (e[0].as_u64().unwrap_or_default(), args)
+        })
+        .collect();
+    // Newest first in the log; ids grow.
+    commands.sort_by_key(|(id, _)| *id);
+    commands.into_iter().map(|(_, args)| args).collect()
+}
+
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {

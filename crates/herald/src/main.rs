@@ -17,6 +17,10 @@ use herald_core::Config;
 /// size class (request body, parsed value, encoded text) around the one history keeps, and
 /// the holes they leave are not reused for the next retained payload. jemalloc's size classes
 /// keep the cost at the payload rounded up to its class (see docs/benchmarks.md).
+///
+/// Its options are built into jemalloc from `JEMALLOC_SYS_WITH_MALLOC_CONF` in
+/// `.cargo/config.toml` (a `malloc_conf` symbol would need `unsafe`, which the workspace
+/// forbids); `_RJEM_MALLOC_CONF` in the environment overrides them at start.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -346,7 +350,7 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
                 "no herald.toml found: using the built-in example config (development secrets; \
                  not for production)"
             );
-            Config::from_toml_str(EXAMPLE_CONFIG, Path::new("."))?
+            Config::from_toml_str_with_env(EXAMPLE_CONFIG, Path::new("."), std::env::vars_os())?
         }
     };
     for warning in &config.warnings {

@@ -443,6 +443,34 @@ fn logs_have_no_colour_when_not_a_terminal() {
     assert!(!err.contains('\x1b'), "colour escapes in {err:?}");
 }
 
+/// With no herald.toml the built-in example config still takes `HERALD_*` overrides, as a file
+/// does: a deployment that sets its API key and secret in the environment must not run on the
+/// example's public development ones. An override that cannot be used is refused by name
+/// (before the fix it was silently ignored and `check` passed).
+#[test]
+fn the_built_in_config_takes_environment_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cmd(dir.path(), &["check"])
+        .env("HERALD_SERVER__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("server.listen") || err.contains("listen"),
+        "{err}"
+    );
+    let out = cmd(dir.path(), &["check"])
+        .env("HERALD_API__KEY", "a-real-key-from-the-environment")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `herald check --against old.toml`: exit 0 compatible, 1 breaking (and cannot-decide unless
 /// `--allow-undecided`), 2 invalid input; `--format json` is the report CI reads.
 #[test]
@@ -518,4 +546,41 @@ fn check_against_exit_codes_and_json() {
     );
     assert_eq!(code(&["check", "--against", "same.toml"]), Some(2));
     assert_eq!(code(&["check"]), Some(2));
+}
+
+/// The binary starts jemalloc with its background thread (`malloc_conf` in main.rs), which
+/// returns freed pages to the kernel on schedule (issue 16's soak); `_RJEM_MALLOC_CONF` still
+/// overrides it.
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
+#[test]
+fn jemalloc_purges_from_its_background_thread() {
+    fn threads(pid: u32) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+            .map(|c| c.trim().to_owned())
+            .collect()
+    }
+    let dir = project(GOOD);
+    let server = HeraldProcess::builder_without_config()
+        .bin(bin())
+        .dir(dir.path())
+        .start();
+    let names = threads(server.pid().expect("running"));
+    assert!(
+        names.iter().any(|n| n == "jemalloc_bg_thd"),
+        "no jemalloc background thread among {names:?}"
+    );
+    drop(server);
+
+    let overridden = HeraldProcess::builder_without_config()
+        .bin(bin())
+        .dir(dir.path())
+        .env("_RJEM_MALLOC_CONF", "background_thread:false")
+        .start();
+    let names = threads(overridden.pid().expect("running"));
+    assert!(
+        !names.iter().any(|n| n == "jemalloc_bg_thd"),
+        "the environment did not override malloc_conf: {names:?}"
+    );
 }

@@ -1,7 +1,7 @@
 // Starts the real `herald` binary on a free port for a test, and talks to its server API.
 // Finds the binary the way cargo does, and says why when it cannot start it.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -118,7 +118,6 @@ export interface GatewayOptions {
 export class Gateway {
   private child: ChildProcess | null = null;
   port = 0;
-  private readonly dir = mkdtempSync(join(tmpdir(), "herald-ts-"));
 
   private constructor(private readonly opts: GatewayOptions) {}
 
@@ -145,7 +144,17 @@ export class Gateway {
   }
 
   private async spawn(port: number): Promise<void> {
-    const config = join(this.dir, "herald.toml");
+    // The gateway reads its config once, at startup: the file goes as soon as it has started
+    // (or failed to), so test runs leave nothing behind in the temp dir.
+    const dir = mkdtempSync(join(tmpdir(), "herald-ts-"));
+    try {
+      await this.spawnWith(join(dir, "herald.toml"), port);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  private async spawnWith(config: string, port: number): Promise<void> {
     writeFileSync(
       config,
       `[server]

@@ -14,9 +14,19 @@ export interface MintOptions {
   noIat?: boolean;
 }
 
-/** An HS256 token like `herald token` mints (`sub`, `iat`, `exp`, `roles`). */
+/**
+ * Now as an RFC 7519 NumericDate to the millisecond. Whole seconds would make a token minted
+ * with `ttlSeconds: 1` live anywhere from 0 to 1 s (exp = floor(now) + 1), and a test that
+ * needs the token alive for its first steps would race its expiry; the gateway reads the
+ * fraction (herald-core identity.rs), so the lifetime is exactly the one asked for.
+ */
+export function nowNumericDate(): number {
+  return Math.round(realNow()) / 1000;
+}
+
+/** An HS256 token like `herald token` mints (`sub`, `iat`, `exp`, `roles`), `exp` exactly `ttlSeconds` after `iat`. */
 export function mintToken(secret: string, sub: string, roles: string[], ttlSeconds: number, opts: MintOptions = {}): string {
-  const now = Math.floor(realNow() / 1000);
+  const now = nowNumericDate();
   const header = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
   const claims: Record<string, unknown> = opts.noIat ? { sub, exp: now + ttlSeconds } : { sub, iat: now, exp: now + ttlSeconds };
   if (roles.length > 0) claims["roles"] = roles;

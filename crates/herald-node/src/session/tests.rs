@@ -90,8 +90,12 @@ schema = {{ type = "object", required = ["text"] }}
     let config = Config::from_toml_str(&toml, std::path::Path::new(".")).unwrap();
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let broker = MemoryBroker::new(hub.clone(), Duration::from_secs(60));
-    Arc::new(Node::new(config, hub, broker, metrics))
+    // Wired as `herald_server::build` wires it: the fan-out behind its queue and task.
+    let fanout = crate::fanout::FanoutQueue::spawn(hub.clone());
+    let broker = MemoryBroker::new(fanout.clone(), Duration::from_secs(60));
+    let node = Node::new(config, hub, broker, metrics);
+    let _ = node.fanout.set(fanout);
+    Arc::new(node)
 }
 
 /// Gate 1 for `user` with a token living `ttl`.

@@ -443,7 +443,7 @@ async fn history(
             format!("channel {name:?} keeps no history"),
         ));
     }
-    let limit = p.limit.unwrap_or(20).clamp(1, 100);
+    let limit = crate::api::bounded("limit", p.limit, 20, 1..=100)?;
     let now = a.node.history(&name, HistoryQuery::default()).await?;
     let before = p
         .before

@@ -4,7 +4,7 @@
 //!
 //! Designed for idle memory: a decoder between messages is a limit, two flags and an empty
 //! `Option<Box<_>>`. Only an incomplete frame header, a frame whose payload has not all
-//! arrived, or a fragmented message allocate (the [`Partial`] box, the message bytes); the box
+//! arrived, or a fragmented message allocate (the `Partial` box, the message bytes); the box
 //! is freed as soon as the decoder is back between messages. Payload bytes are unmasked
 //! straight into the message buffer as they arrive, and text is UTF-8 checked chunk by chunk,
 //! so an invalid byte fails the connection when it arrives, not when the message ends

@@ -563,13 +563,13 @@ fn violation(e: framing::Error) -> WsRead {
     })
 }
 
-/// Ends a WebSocket connection the way every Herald path does, bounded by [`CLOSE_LINGER`]:
+/// Ends a WebSocket connection the way every Herald path does, bounded by `CLOSE_LINGER` (2 s):
 /// a goodbye sends the v1 `disconnect` frame (not for a failure of the WebSocket layer, whose
 /// framing cannot be trusted: RFC 6455 §7.1.7, [`Goodbye::fails_the_websocket`]) and the close
 /// frame, then reads and discards until the peer's close (§7.1.1); a peer's close gets its
 /// queued echo flushed (§5.5.1). When the framing is lost (a frame over the limit, a protocol
 /// error) the client's remaining bytes are drained raw until it has been quiet for
-/// [`DRAIN_QUIET`], so closing never makes the kernel reset the connection (a reset makes the
+/// `DRAIN_QUIET` (200 ms), so closing never makes the kernel reset the connection (a reset makes the
 /// client's kernel drop our close frame before the application reads it).
 pub async fn finish(socket: &mut Socket, ending: Ending) {
     match ending {

@@ -380,7 +380,7 @@ impl Engine {
 
     /// Writes encoded packets (draining `packets`): on WebSocket one message each and one
     /// flush; on polling, queued for the next poll and returned once a poll took them.
-    /// `Err`: the client is gone or took nothing for [`WRITE_TIMEOUT`].
+    /// `Err`: the client is gone or took nothing for `WRITE_TIMEOUT` (10 s).
     pub async fn write(&mut self, packets: &mut Vec<String>) -> io::Result<()> {
         self.switch_if_upgraded();
         self.flush_unsent().await?;
@@ -423,7 +423,7 @@ impl Engine {
 
     /// Ends the engine: writes `last` (unless the wire is `broken`), then the close (the
     /// WebSocket closing handshake, or a `1` close packet for the next poll), bounded by
-    /// [`CLOSE_LINGER`]. The polling half is marked closed; the caller removes it from
+    /// `CLOSE_LINGER` (2 s). The polling half is marked closed; the caller removes it from
     /// [`Engines`].
     pub async fn close(mut self, mut last: Vec<String>, broken: bool) {
         self.switch_if_upgraded();

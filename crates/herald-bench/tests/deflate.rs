@@ -12,6 +12,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 
 use herald_bench::load::Report;
 
@@ -29,8 +30,19 @@ fn peer_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/peers/ws")
 }
 
+/// Installs the peer's `node_modules` once per test process.
+///
+/// The tests of this file run on parallel threads and both start the peer: two `npm ci` at
+/// once in one directory delete and rewrite each other's files, and a peer started meanwhile
+/// loads half of one `ws` release and half of another (CI saw `isBlob is not a function`). The
+/// lock makes the second test wait for the first one's install; the marker is the hidden
+/// lockfile npm writes when an install has finished, so an install killed halfway is redone.
 fn ensure_node_modules(dir: &Path) {
-    if dir.join("node_modules/ws").is_dir() {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if dir.join("node_modules/.package-lock.json").is_file() {
         return;
     }
     let ok = Command::new("npm")

@@ -227,6 +227,32 @@ pub async fn channels_are_independent(s: Subject, rec: Arc<Recorder>) {
     assert_eq!(pos.position, a2);
 }
 
+/// `subscribe` counts its callers (one per local subscriber): concurrent calls for one channel
+/// each return once the node receives it, and the node keeps receiving it until every call is
+/// undone, not after the first `unsubscribe`.
+pub async fn every_subscribe_counts(s: Subject, rec: Arc<Recorder>) {
+    let ch = channel("counted");
+    let (a, b, c) = tokio::join!(
+        s.broker.subscribe(&ch),
+        s.broker.subscribe(&ch),
+        s.broker.subscribe(&ch)
+    );
+    (a.unwrap(), b.unwrap(), c.unwrap());
+    s.broker.publish(request(&ch, 1, None)).await.unwrap();
+    rec.until("the publication after three subscribes", |r| {
+        r.publications(&ch).len() == 1
+    })
+    .await;
+    s.broker.unsubscribe(&ch).await.unwrap();
+    s.broker.unsubscribe(&ch).await.unwrap();
+    s.broker.publish(request(&ch, 2, None)).await.unwrap();
+    rec.until("the publication with one subscriber left", |r| {
+        r.publications(&ch).len() == 2
+    })
+    .await;
+    s.broker.unsubscribe(&ch).await.unwrap();
+}
+
 /// History keeps the last `size` publications and answers `after` and `limit`.
 pub async fn history_is_bounded_by_size(s: Subject, _rec: Arc<Recorder>) {
     let ch = channel("size");
@@ -635,6 +661,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@$how $($args)*,
             offsets_are_consecutive_and_ordered,
             channels_are_independent,
+            every_subscribe_counts,
             history_is_bounded_by_size,
             history_is_bounded_by_ttl,
             idempotent_publish,

@@ -233,10 +233,21 @@ pub trait Broker: Send + Sync + 'static {
         results
     }
 
-    /// This node now has local subscribers for `channel`: deliver its publications here.
+    /// One more local subscriber of `channel`: deliver the channel's publications to this
+    /// node's sink.
+    ///
+    /// The contract, which every implementation keeps:
+    /// - Calls are counted, one per local subscriber: each successful call is undone by one
+    ///   [`Broker::unsubscribe`], and the node receives the channel while the count is above
+    ///   zero. A failed call counts nothing.
+    /// - A call returns once this node receives every publication of `channel` made after it
+    ///   returns, also when another call for the same channel is still in flight: the caller
+    ///   reads the channel's position next, and no publication may fall between the two.
+    ///
+    /// Errors: `Unavailable` when the backend cannot confirm the subscription in time.
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
 
-    /// This node has no local subscribers for `channel` any more.
+    /// One local subscriber of `channel` fewer; after the last, this node stops receiving it.
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
 
     /// The channel's position and retained publications after `query.after`.

@@ -24,7 +24,8 @@
 //!   sequence it wrote, so an uncontended publish is one round trip.
 //! - **Fan-out** is core NATS: the stream republishes every stored message, in stream order,
 //!   to `<p>.d.<channel>`, and a node subscribes to that subject only while it has local
-//!   subscribers there. Only the nodes that asked receive a channel's traffic, and they
+//!   subscribers there (counted; a subscribe returns once the server confirmed the `SUB`: a
+//!   request sent after it comes back). Only the nodes that asked receive a channel's traffic, and they
 //!   receive it in offset order (the stream's order). Presence `join`/`leave` travel on the
 //!   same subject (header `Herald-Presence`), kicks on `<p>.ctl`, which every node listens to.
 //! - **History** is read back from the stream: the retained publications are the channel's
@@ -174,6 +175,18 @@ struct Head {
     scan_from: DeliverPolicy,
 }
 
+/// This node's interest in one channel ([`Inner::interest`]).
+#[derive(Debug)]
+struct Interest {
+    /// `subscribe` calls not yet undone: one per local subscriber.
+    subscribers: usize,
+    /// Whether the server confirmed the SUB ([`NatsBroker::confirm`]): from then on a subscribe
+    /// returns at once (a reconnect subscribes again and resyncs every channel).
+    confirmed: bool,
+    /// The task that owns the subscription; aborting it unsubscribes.
+    task: JoinHandle<()>,
+}
+
 struct Inner {
     client: Client,
     js: jetstream::Context,
@@ -182,9 +195,9 @@ struct Inner {
     /// `<P>`: stream and bucket names.
     names: String,
     handles: tokio::sync::Mutex<Option<Arc<Handles>>>,
-    /// Node-level interest: channel → (number of `subscribe` calls not undone, the task that
-    /// owns the subscription; aborting it unsubscribes).
-    interest: tokio::sync::Mutex<HashMap<String, (usize, JoinHandle<()>)>>,
+    /// Node-level interest: channel → its local subscribers, whether the server confirmed
+    /// the subscription, and the task that owns it.
+    interest: tokio::sync::Mutex<HashMap<String, Interest>>,
     connected: AtomicBool,
     last: Mutex<HashMap<String, Last>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -312,6 +325,29 @@ struct Scanned {
 }
 
 impl NatsBroker {
+    /// Returns once the server has handled everything this client sent before the call (a
+    /// SUB above all). `flush` only writes the client's buffer to the socket; what proves the
+    /// server read it is an answer to something sent after it: a request on a subject nobody
+    /// serves, which the server answers at once with "no responders" (NATS 2.2+). One round
+    /// trip; `Unavailable` if it does not come back within the command timeout.
+    ///
+    /// On a cluster of NATS servers this confirms the server the node is connected to; the
+    /// others learn the interest shortly after (NATS propagates it asynchronously).
+    async fn confirm(&self) -> Result<(), BrokerError> {
+        let subject = format!("{}.confirm", self.inner.opts.prefix);
+        let answer = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            self.inner.client.request(subject, Bytes::new()),
+        )
+        .await;
+        match answer {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Ok(Err(e)) => Err(unavailable("confirm", e)),
+            Err(_) => Err(BrokerError::Unavailable("nats: confirm: timed out".into())),
+        }
+    }
+
     /// Connects lazily: the broker starts even while NATS is down (not ready until it is up).
     /// Must be called inside a Tokio runtime; spawns the control, event and heartbeat tasks.
     pub fn start(opts: NatsOptions, sink: Arc<dyn PublicationSink>) -> Result<Self, BrokerError> {
@@ -1148,36 +1184,53 @@ impl Broker for NatsBroker {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         {
             let mut interest = self.inner.interest.lock().await;
-            if let Some((n, _)) = interest.get_mut(channel) {
-                *n += 1;
-                return Ok(());
+            if let Some(entry) = interest.get_mut(channel) {
+                entry.subscribers += 1;
+                if entry.confirmed {
+                    return Ok(());
+                }
+                // The first subscriber's SUB is sent but not confirmed yet: returning now
+                // would let this caller read the position before the server has it. The
+                // confirmation below covers it too (the server handles a connection's
+                // commands in order).
+            } else {
+                let sub = timed(
+                    "subscribe",
+                    self.inner.client.subscribe(self.delivery_subject(channel)),
+                )
+                .await?;
+                let task = tokio::spawn(reader(Arc::downgrade(&self.inner), sub));
+                interest.insert(
+                    channel.to_owned(),
+                    Interest {
+                        subscribers: 1,
+                        confirmed: false,
+                        task,
+                    },
+                );
             }
-            let sub = timed(
-                "subscribe",
-                self.inner.client.subscribe(self.delivery_subject(channel)),
-            )
-            .await?;
-            let task = tokio::spawn(reader(Arc::downgrade(&self.inner), sub));
-            interest.insert(channel.to_owned(), (1, task));
         }
-        // The server has the subscription once it answers a ping sent after it: no
+        // The server has the subscription once it answered a request sent after it: no
         // publication can fall between this and the caller's read of the position.
-        if let Err(e) = timed("subscribe", self.inner.client.flush()).await {
+        if let Err(e) = self.confirm().await {
             self.unsubscribe(channel).await?;
             return Err(e);
+        }
+        if let Some(entry) = self.inner.interest.lock().await.get_mut(channel) {
+            entry.confirmed = true;
         }
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         let mut interest = self.inner.interest.lock().await;
-        if let Some((n, _)) = interest.get_mut(channel) {
-            *n -= 1;
-            if *n == 0
-                && let Some((_, task)) = interest.remove(channel)
+        if let Some(entry) = interest.get_mut(channel) {
+            entry.subscribers -= 1;
+            if entry.subscribers == 0
+                && let Some(entry) = interest.remove(channel)
             {
                 // Dropping the subscriber (with the task) unsubscribes.
-                task.abort();
+                entry.task.abort();
             }
         }
         Ok(())
@@ -1601,8 +1654,8 @@ async fn events_task(weak: Weak<Inner>, mut events: mpsc::UnboundedReceiver<Even
 }
 
 async fn resync_all(broker: NatsBroker) {
-    // The client subscribed again before this event; a flush makes sure the server has it.
-    if broker.inner.client.flush().await.is_err() {
+    // The client subscribed again before this event; the server has those once it confirms.
+    if broker.confirm().await.is_err() {
         return;
     }
     let channels: Vec<String> = broker.inner.interest.lock().await.keys().cloned().collect();

@@ -463,3 +463,69 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
         "the cut-off node's session counts again"
     );
 }
+
+/// `Broker::subscribe` returns once the node receives the channel: the node reads the
+/// channel's position next, and a publication made in between must reach it. NATS is one
+/// network latency (300 ms) away from the subscribing node; the publisher is near. Two faults
+/// before the fix: a lone subscribe returned once its SUB was written to the socket (the
+/// client's `flush` does not wait for the server), and a second local subscriber's call, made
+/// while the first one's SUB was unconfirmed, returned at once; either lost the publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_return_once_the_node_receives_the_channel() {
+    const LATENCY: Duration = Duration::from_millis(300);
+    let server = NatsServer::start();
+    let proxy = TcpProxy::start_with_latency(server.port, LATENCY).await;
+    let rec = Arc::new(Recorder::default());
+    let far = Arc::new(
+        NatsBroker::start(
+            options(format!("nats://127.0.0.1:{}", proxy.port)),
+            rec.clone(),
+        )
+        .unwrap(),
+    );
+    let near = node(&server, Arc::new(Recorder::default()));
+    // Connected once a subscription is confirmed (the far node never needs JetStream here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warm = channel("warm");
+    while far.subscribe(&warm).await.is_err() {
+        assert!(Instant::now() < deadline, "the far node never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One subscriber: the call returns once the server has the subscription.
+    let alone = channel("alone");
+    far.subscribe(&alone).await.unwrap();
+    near.publish(publication(&alone, 1)).await.unwrap();
+    rec.until(
+        "the publication made after the only subscribe returned",
+        |r| r.publications(&alone).len() == 1,
+    )
+    .await;
+
+    let ch = channel("second");
+    let first = tokio::spawn({
+        let (far, ch) = (far.clone(), ch.clone());
+        async move { far.subscribe(&ch).await }
+    });
+    tokio::time::sleep(LATENCY / 6).await; // the first SUB is on its way
+    let started = Instant::now();
+    far.subscribe(&ch).await.unwrap();
+    near.publish(publication(&ch, 1)).await.unwrap();
+    rec.until(
+        "the publication made after the second subscribe returned",
+        |r| r.publications(&ch).len() == 1,
+    )
+    .await;
+    first.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= LATENCY / 2,
+        "the second subscribe waited for NATS: {:?}",
+        started.elapsed()
+    );
+    // Both calls count: the node still receives the channel after one of them is undone.
+    far.unsubscribe(&ch).await.unwrap();
+    near.publish(publication(&ch, 2)).await.unwrap();
+    rec.until("the publication made with one subscriber left", |r| {
+        r.publications(&ch).len() == 2
+    })
+    .await;
+}

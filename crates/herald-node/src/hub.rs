@@ -110,7 +110,7 @@ impl Hub {
     }
 
     /// Adds a pending subscription. Returns true when it is the node's first subscriber of
-    /// the channel (the caller then asks the broker for the channel).
+    /// the channel (`channel_occupied`). The broker is asked by every subscriber, not here.
     pub fn add(&self, channel: &Arc<str>, conn: &Arc<SessionHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
         let (ch, first) = match shard.entry(channel.clone()) {
@@ -166,7 +166,7 @@ impl Hub {
     }
 
     /// Removes a subscription. Returns true when the channel has no subscriber left on this
-    /// node (the caller then tells the broker).
+    /// node (`channel_vacated`).
     pub fn remove(&self, channel: &str, conn: &Arc<SessionHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.get_mut(channel) else {

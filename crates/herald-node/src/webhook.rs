@@ -118,6 +118,18 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+impl Node {
+    /// The webhooks' queues, for a unit test to read what the node emitted (nothing is
+    /// delivered then).
+    pub(crate) fn take_webhook_queues(&self) -> Vec<mpsc::Receiver<Event>> {
+        std::mem::take(&mut *crate::lock(&self.webhooks.receivers))
+            .into_iter()
+            .map(|(_, rx)| rx)
+            .collect()
+    }
+}
+
 /// An event of `kind` with the fields of a connection filled in (the node sets `id`, `at`).
 pub fn client_event(
     kind: &'static str,

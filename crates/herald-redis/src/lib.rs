@@ -10,9 +10,11 @@
 //! one pipeline (on a Cluster, concurrently to each channel's shard).
 //!
 //! A node subscribes to a channel's Redis pub/sub channel only while it has local subscribers
-//! (reference-counted here, so a concurrent last-unsubscribe and first-subscribe can never
-//! leave the node deaf). Subscribing waits for Redis' acknowledgement before the connection
-//! reads the channel's position: no publication can fall between the two.
+//! (counted here, one per local subscriber, so a concurrent last-unsubscribe and
+//! first-subscribe can never leave the node deaf). Every subscribe waits for Redis'
+//! acknowledgement of the channel before the connection reads the channel's position, also a
+//! second subscriber's while the first one's SUBSCRIBE is still unanswered: no publication can
+//! fall between the two.
 //!
 //! Faults: commands fail fast with `Unavailable` while Redis is away (publishers get 503 and
 //! decide; nothing is dropped silently); the pub/sub task reconnects with backoff, resubscribes
@@ -414,6 +416,16 @@ impl RedisOptions {
     }
 }
 
+/// This node's interest in one channel ([`Inner::interest`]).
+#[derive(Debug, Default)]
+pub(crate) struct Interest {
+    /// `subscribe` calls not yet undone: one per local subscriber.
+    subscribers: usize,
+    /// Whether Redis answered a SUBSCRIBE of it: from then on a subscribe returns at once (a
+    /// connection lost later resubscribes and resyncs every channel).
+    acknowledged: bool,
+}
+
 pub(crate) struct Inner {
     cmd: Conn,
     sink: Arc<dyn PublicationSink>,
@@ -427,8 +439,8 @@ pub(crate) struct Inner {
     /// A batch's items on one channel ([`PUBLISH_MANY_LUA`]).
     publish_many: Lua,
     history: Lua,
-    /// Node-level interest: channel → number of `subscribe` calls not yet undone.
-    interest: Mutex<HashMap<String, usize>>,
+    /// Node-level interest: channel → its local subscribers and whether Redis acknowledged.
+    interest: Mutex<HashMap<String, Interest>>,
     control: mpsc::UnboundedSender<Control>,
     pubsub_up: AtomicBool,
     /// Presence entries this node owns, refreshed so they outlive `presence_ttl`.
@@ -1009,14 +1021,18 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         let rx = {
             let mut interest = lock(&self.inner.interest);
-            let n = interest.entry(channel.to_owned()).or_insert(0);
-            *n += 1;
-            if *n > 1 {
+            let entry = interest.entry(channel.to_owned()).or_default();
+            entry.subscribers += 1;
+            if entry.acknowledged {
                 return Ok(());
             }
+            // The first subscriber, or one more while the first's SUBSCRIBE is unanswered:
+            // returning now would let this caller read the position before the node receives
+            // the channel. SUBSCRIBE again (Redis ignores a repeated one) and wait for its
+            // answer, which the pub/sub task reads in order, so after the first's. Sent under
+            // the lock: the task sees subscribes and unsubscribes in the order the counts
+            // changed.
             let (tx, rx) = oneshot::channel();
-            // Sent under the lock: the pub/sub task sees subscribes and unsubscribes in the
-            // order the counts changed.
             let _ = self
                 .inner
                 .control
@@ -1029,17 +1045,25 @@ impl Broker for RedisBroker {
                 "redis pub/sub is not connected".into(),
             )),
         };
-        if result.is_err() {
-            self.unsubscribe(channel).await?;
+        match result {
+            Ok(()) => {
+                if let Some(entry) = lock(&self.inner.interest).get_mut(channel) {
+                    entry.acknowledged = true;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.unsubscribe(channel).await?;
+                Err(e)
+            }
         }
-        result
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         let mut interest = lock(&self.inner.interest);
-        if let Some(n) = interest.get_mut(channel) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(entry) = interest.get_mut(channel) {
+            entry.subscribers -= 1;
+            if entry.subscribers == 0 {
                 interest.remove(channel);
                 let _ = self
                     .inner

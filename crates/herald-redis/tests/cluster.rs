@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use herald_conformance::{Recorder, channel};
 use herald_core::protocol::ClientInfo;
-use herald_core::{Broker, PresenceEvent, PublicationSink};
+use herald_core::protocol::raw_json;
+use herald_core::{Broker, PresenceEvent, PublicationSink, PublishRequest};
 use herald_redis::{RedisBroker, RedisOptions};
-use herald_testkit::RedisServer;
+use herald_testkit::{RedisServer, TcpProxy};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -222,4 +223,96 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
         !observer.session_open(&elsewhere, 1).await.unwrap(),
         "the cut-off node's session counts again"
     );
+}
+
+/// `Broker::subscribe` returns once the node receives the channel, also for a second local
+/// subscriber whose call comes while the first one's SUBSCRIBE is still unanswered: the node
+/// reads the channel's position next, and a publication made in between must reach it. Redis
+/// is one network latency (300 ms) away from the subscribing node, so the first SUBSCRIBE is
+/// in flight for that long; the publisher is near. Before the fix the second call returned at
+/// once and the publication was lost to this node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_return_once_the_node_receives_the_channel() {
+    const LATENCY: Duration = Duration::from_millis(300);
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start_with_latency(server.port, LATENCY).await;
+    let rec = Arc::new(Recorder::default());
+    let far = Arc::new(
+        RedisBroker::start(
+            RedisOptions {
+                prefix: "herald-test".into(),
+                presence_ttl: TTL,
+                ..RedisOptions::new(format!("redis://127.0.0.1:{}", proxy.port))
+            },
+            rec.clone(),
+        )
+        .unwrap(),
+    );
+    let near = node(&server, Arc::new(Recorder::default()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while far.health().await.is_err() {
+        assert!(Instant::now() < deadline, "the far node never got ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One subscriber: the call returns once the server has the subscription.
+    let alone = channel("alone");
+    far.subscribe(&alone).await.unwrap();
+    near.publish(PublishRequest {
+        channel: Arc::from(alone.as_str()),
+        data: raw_json(&serde_json::json!({ "after": "the only subscribe" })),
+        history: None,
+        idempotency_key: None,
+        from: None,
+    })
+    .await
+    .unwrap();
+    rec.until(
+        "the publication made after the only subscribe returned",
+        |r| r.publications(&alone).len() == 1,
+    )
+    .await;
+
+    let ch = channel("second");
+    let first = tokio::spawn({
+        let (far, ch) = (far.clone(), ch.clone());
+        async move { far.subscribe(&ch).await }
+    });
+    tokio::time::sleep(LATENCY / 6).await; // the first SUBSCRIBE is on its way
+    let started = Instant::now();
+    far.subscribe(&ch).await.unwrap();
+    near.publish(PublishRequest {
+        channel: Arc::from(ch.as_str()),
+        data: raw_json(&serde_json::json!({ "after": "the second subscribe" })),
+        history: None,
+        idempotency_key: None,
+        from: None,
+    })
+    .await
+    .unwrap();
+    rec.until(
+        "the publication made after the second subscribe returned",
+        |r| r.publications(&ch).len() == 1,
+    )
+    .await;
+    first.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= LATENCY / 2,
+        "the second subscribe waited for Redis: {:?}",
+        started.elapsed()
+    );
+    // Both calls count: the node still receives the channel after one of them is undone.
+    far.unsubscribe(&ch).await.unwrap();
+    near.publish(PublishRequest {
+        channel: Arc::from(ch.as_str()),
+        data: raw_json(&serde_json::json!({ "after": "one unsubscribe" })),
+        history: None,
+        idempotency_key: None,
+        from: None,
+    })
+    .await
+    .unwrap();
+    rec.until("the publication made with one subscriber left", |r| {
+        r.publications(&ch).len() == 2
+    })
+    .await;
 }

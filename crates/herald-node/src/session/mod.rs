@@ -109,7 +109,7 @@ pub struct Opening {
     pub all_or_nothing: bool,
 }
 
-/// A session's subscriptions: channel → whether it is a presence channel, in a vector.
+/// A session's subscriptions: channel → its [`Presence`], in a vector.
 ///
 /// Most connections hold one to three subscriptions (the auto-subscribed user channel and a
 /// broadcast or two), and `limits.max_subscriptions` bounds the rest (128 by default): a
@@ -117,7 +117,31 @@ pub struct Opening {
 /// in one allocation, where a `HashMap`'s smallest table is four buckets and their control
 /// bytes (115 B per idle connection measured by heaptrack; docs/benchmarks.md, issue 16).
 #[derive(Debug, Default)]
-struct Subscriptions(Vec<(Arc<str>, bool)>);
+struct Subscriptions(Vec<(Arc<str>, Presence)>);
+
+/// Whether this session is a member of a subscribed channel's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// Not a presence channel (or the grant gave no presence).
+    No,
+    /// A presence channel whose member is not announced yet: the subscription may still be
+    /// undone (a failed history read, an all-or-nothing resume) without a `join` ever sent,
+    /// and then no `leave` must be either.
+    Unannounced,
+    /// Announced (`join`): undoing the subscription removes the member and says `leave`.
+    Joined,
+}
+
+impl Presence {
+    /// The state of a new subscription whose grant does (`true`) or does not give presence.
+    fn granted(presence: bool) -> Self {
+        if presence {
+            Presence::Unannounced
+        } else {
+            Presence::No
+        }
+    }
+}
 
 impl Subscriptions {
     fn position(&self, channel: &str) -> Option<usize> {
@@ -129,8 +153,8 @@ impl Subscriptions {
         self.position(channel).is_some()
     }
 
-    /// The stored name of `channel` and whether it is a presence channel.
-    fn get(&self, channel: &str) -> Option<(&Arc<str>, bool)> {
+    /// The stored name of `channel` and its presence state.
+    fn get(&self, channel: &str) -> Option<(&Arc<str>, Presence)> {
         self.position(channel).map(|i| (&self.0[i].0, self.0[i].1))
     }
 
@@ -140,7 +164,7 @@ impl Subscriptions {
 
     /// Adds (or updates) `channel`. The first subscription reserves room for one entry, not
     /// the four a first `push` reserves.
-    fn insert(&mut self, channel: Arc<str>, presence: bool) {
+    fn insert(&mut self, channel: Arc<str>, presence: Presence) {
         match self.position(&channel) {
             Some(i) => self.0[i].1 = presence,
             None => {
@@ -152,8 +176,15 @@ impl Subscriptions {
         }
     }
 
-    /// Removes `channel`; whether it was a presence channel, `None` when not subscribed.
-    fn remove(&mut self, channel: &str) -> Option<bool> {
+    /// Sets the presence state of a subscribed `channel` (nothing when not subscribed).
+    fn set_presence(&mut self, channel: &str, presence: Presence) {
+        if let Some(i) = self.position(channel) {
+            self.0[i].1 = presence;
+        }
+    }
+
+    /// Removes `channel`; its presence state, `None` when not subscribed.
+    fn remove(&mut self, channel: &str) -> Option<Presence> {
         let i = self.position(channel)?;
         let (_, presence) = self.0.swap_remove(i);
         if self.0.is_empty() {
@@ -185,7 +216,7 @@ impl Opening {
 pub struct Session {
     slot: Slot,
     identity: Identity,
-    /// Channel → whether it is a presence channel (to leave on unsubscribe).
+    /// Channel → whether this session is (or will be) a presence member (to leave on unsubscribe).
     subscriptions: Subscriptions,
     frames: Bucket,
     publishes: Bucket,

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::limits::deadline_of;
 use super::recover::recover;
 use super::transport::{CursorUpdate, Outgoing, Own};
-use super::{Opening, Session};
+use super::{Opening, Presence, Session};
 use crate::metrics::Gate;
 use crate::node::broker_error;
 use crate::prepared::Prepared;
@@ -350,30 +350,41 @@ impl Session {
         Ok(())
     }
 
-    /// Adds a pending hub subscription (and node interest at the broker when first).
+    /// Adds a pending hub subscription and this subscriber's interest at the broker.
+    ///
+    /// Every subscriber asks the broker, not only the node's first: the broker counts them and
+    /// answers once this node receives the channel, also while the first subscriber's request
+    /// is still on its way. The caller reads the channel's position next, and a publication
+    /// falling between that read and the moment the node receives the channel would be missed
+    /// until the next one revealed the gap.
     async fn attach(&mut self, channel: &Arc<str>, presence: bool) -> Result<(), ErrorBody> {
         let node = self.node().clone();
         let first = node.hub.add(channel, self.handle());
-        self.subscriptions.insert(channel.clone(), presence);
-        if first {
-            if let Err(e) = node.broker.subscribe(channel).await {
-                self.detach(channel).await;
-                return Err(broker_error(e));
-            }
-            if !crate::admin::is_internal(channel) {
-                node.emit("channel_occupied", || {
-                    channel_event("channel_occupied", channel)
-                });
-            }
+        if let Err(e) = node.broker.subscribe(channel).await {
+            // A failed subscribe counts nothing at the broker: only the hub's entry is undone.
+            node.hub.remove(channel, self.handle());
+            return Err(broker_error(e));
+        }
+        self.subscriptions
+            .insert(channel.clone(), Presence::granted(presence));
+        if first && !crate::admin::is_internal(channel) {
+            node.emit("channel_occupied", || {
+                channel_event("channel_occupied", channel)
+            });
         }
         Ok(())
     }
 
+    /// Undoes [`Self::attach`] (and the presence entry, if this member joined): the hub's
+    /// entry, the broker's interest, the session's record. Nothing when not subscribed.
     pub(super) async fn detach(&mut self, channel: &str) {
         let node = self.node().clone();
         self.sub_expiry.retain(|(c, _)| **c != *channel);
         self.presence_info.retain(|(c, _)| **c != *channel);
-        if self.subscriptions.remove(channel) == Some(true) {
+        let Some(presence) = self.subscriptions.remove(channel) else {
+            return;
+        };
+        if presence == Presence::Joined {
             if let Err(e) = node
                 .broker
                 .presence_remove(channel, self.client_info())
@@ -385,15 +396,14 @@ impl Session {
                 self.event("presence_leave", Some(&Arc::from(channel)))
             });
         }
-        if node.hub.remove(channel, self.handle()) {
-            if let Err(e) = node.broker.unsubscribe(channel).await {
-                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
-            }
-            if !crate::admin::is_internal(channel) {
-                node.emit("channel_vacated", || {
-                    channel_event("channel_vacated", &Arc::from(channel))
-                });
-            }
+        let last = node.hub.remove(channel, self.handle());
+        if let Err(e) = node.broker.unsubscribe(channel).await {
+            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+        }
+        if last && !crate::admin::is_internal(channel) {
+            node.emit("channel_vacated", || {
+                channel_event("channel_vacated", &Arc::from(channel))
+            });
         }
     }
 
@@ -504,10 +514,13 @@ impl Session {
         if !self
             .subscriptions
             .get(channel)
-            .is_some_and(|(_, presence)| presence)
+            .is_some_and(|(_, presence)| presence == Presence::Unannounced)
         {
             return;
         }
+        // Joined from here on, even if the broker fails to add the entry: the `join` is sent
+        // below, so the `leave` must be too (removing an absent entry is harmless).
+        self.subscriptions.set_presence(channel, Presence::Joined);
         let node = self.node().clone();
         if let Err(e) = node
             .broker

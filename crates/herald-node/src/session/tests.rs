@@ -4,12 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::FutureExt;
 use herald_core::Config;
+use herald_core::broker::{HistoryQuery, HistoryResult};
 use herald_core::identity::mint_hs256;
+use herald_core::protocol::ClientInfo;
 use herald_core::protocol::{ClientFrame, Goodbye, RawJson, Since};
+use herald_core::{Broker, BrokerError, Position, PublishRequest};
 use herald_memory::MemoryBroker;
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -66,7 +71,12 @@ fn node(extra: &str) -> Arc<Node> {
 
 /// A node with `auth` lines added to `[auth]` and `extra` sections.
 fn node_with(auth: &str, extra: &str) -> Arc<Node> {
-    let toml = format!(
+    node_over(&config_toml(auth, extra), |broker| broker)
+}
+
+/// The test configuration with `auth` lines added to `[auth]` and `extra` sections.
+fn config_toml(auth: &str, extra: &str) -> String {
+    format!(
         r#"
 [auth]
 hs256_secret = "{SECRET}"
@@ -85,17 +95,108 @@ scope = "authenticated"
 publish = "authenticated"
 history = {{ size = 100, ttl = "10m" }}
 schema = {{ type = "object", required = ["text"] }}
+
+[[channel]]
+name = "lobby.{{roomId}}"
+scope = "authenticated"
+presence = true
+schema = {{ type = "object" }}
 "#
-    );
-    let config = Config::from_toml_str(&toml, std::path::Path::new(".")).unwrap();
+    )
+}
+
+/// A node configured by `toml` over the memory broker, as `wrap` returns it.
+fn node_over(toml: &str, wrap: impl FnOnce(Arc<MemoryBroker>) -> Arc<dyn Broker>) -> Arc<Node> {
+    let config = Config::from_toml_str(toml, std::path::Path::new(".")).unwrap();
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     // Wired as `herald_server::build` wires it: the fan-out behind its queue and task.
     let fanout = crate::fanout::FanoutQueue::spawn(hub.clone());
     let broker = MemoryBroker::new(fanout.clone(), Duration::from_secs(60));
-    let node = Node::new(config, hub, broker, metrics);
+    let node = Node::new(config, hub, wrap(broker), metrics);
     let _ = node.fanout.set(fanout);
     Arc::new(node)
+}
+
+/// The memory broker with a gate on `subscribe` for the `chat.` channels: a call waits while
+/// the gate is closed, as with a backend one network latency away. Those calls are counted.
+/// Reading the history of a channel whose name ends in `.broken` fails.
+struct Gated {
+    inner: Arc<MemoryBroker>,
+    open: tokio::sync::watch::Sender<bool>,
+    subscribes: AtomicUsize,
+    unsubscribes: AtomicUsize,
+}
+
+#[async_trait]
+impl Broker for Gated {
+    async fn publish(&self, request: PublishRequest) -> Result<Position, BrokerError> {
+        self.inner.publish(request).await
+    }
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        if channel.starts_with("chat.") {
+            self.subscribes.fetch_add(1, Ordering::SeqCst);
+            let _ = self.open.subscribe().wait_for(|open| *open).await;
+        }
+        self.inner.subscribe(channel).await
+    }
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        if channel.starts_with("chat.") {
+            self.unsubscribes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.unsubscribe(channel).await
+    }
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, BrokerError> {
+        if channel.ends_with(".broken") {
+            return Err(BrokerError::Unavailable("the test broke it".into()));
+        }
+        self.inner.history(channel, query).await
+    }
+    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        self.inner.presence_add(channel, client).await
+    }
+    async fn presence_remove(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        self.inner.presence_remove(channel, client).await
+    }
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        self.inner.presence(channel).await
+    }
+    async fn session_open(&self, client: &ClientInfo, max: usize) -> Result<bool, BrokerError> {
+        self.inner.session_open(client, max).await
+    }
+    async fn session_close(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.inner.session_close(client).await
+    }
+    async fn kick(&self, user: &str) -> Result<usize, BrokerError> {
+        self.inner.kick(user).await
+    }
+    async fn resume_put(
+        &self,
+        key: &str,
+        owner: &str,
+        state: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        self.inner.resume_put(key, owner, state, ttl).await
+    }
+    async fn resume_take(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        self.inner.resume_take(key, owner, ttl).await
+    }
+    async fn health(&self) -> Result<(), BrokerError> {
+        self.inner.health().await
+    }
+    fn idempotency_window(&self) -> Duration {
+        self.inner.idempotency_window()
+    }
 }
 
 /// Gate 1 for `user` with a token living `ttl`.
@@ -461,4 +562,104 @@ async fn all_or_nothing_resume() {
         (p["type"].clone(), p["offset"].clone()),
         (json!("pub"), json!(1))
     );
+}
+
+/// A node over [`Gated`], its gate closed.
+fn gated_node(extra: &str) -> (Arc<Node>, Arc<Gated>) {
+    let (open, _) = tokio::sync::watch::channel(false);
+    let mut gate = None;
+    let node = node_over(&config_toml("", extra), |inner| {
+        let gated = Arc::new(Gated {
+            inner,
+            open,
+            subscribes: AtomicUsize::new(0),
+            unsubscribes: AtomicUsize::new(0),
+        });
+        gate = Some(gated.clone());
+        gated
+    });
+    (node, gate.unwrap())
+}
+
+/// A subscribe that fails after the session took the channel but before it announced the
+/// member (here: the history read fails) undoes the subscription without a `presence_leave`
+/// for a `presence_join` that never happened; a subscribe that succeeds then unsubscribes
+/// sends both. (Before: the failed one emitted a `presence_leave` on its own. The same undo
+/// runs when an all-or-nothing resume drops its channels.)
+#[tokio::test(start_paused = true)]
+async fn a_subscribe_undone_before_joining_announces_no_leave() {
+    let (node, gate) =
+        gated_node("[backend]\nsecret = \"s\"\n[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\n");
+    gate.open.send_replace(true);
+    let mut queue = node.take_webhook_queues().pop().expect("one webhook");
+    let mut alice = connect(&node, "alice", Duration::from_secs(3600), true);
+    assert_eq!(alice.next().await["type"], "welcome");
+    let refused = alice.subscribe("lobby.broken").await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(alice.subscribe("lobby.ok").await["ok"], true);
+    let r = alice
+        .request(|id| ClientFrame::Unsubscribe {
+            id,
+            channel: "lobby.ok".into(),
+        })
+        .await;
+    assert_eq!(r["ok"], true);
+    let mut presence = Vec::new();
+    while let Ok(e) = queue.try_recv() {
+        if e.kind.starts_with("presence_") {
+            presence.push((e.kind, e.channel.as_deref().unwrap_or_default().to_owned()));
+        }
+    }
+    assert_eq!(
+        presence,
+        [
+            ("presence_join", "lobby.ok".to_owned()),
+            ("presence_leave", "lobby.ok".to_owned())
+        ]
+    );
+}
+
+/// Every local subscriber asks the broker and waits for it, not only the node's first: the
+/// session reads the channel's position right after, and a second subscriber that read it while
+/// the first one's broker subscription was still on its way could miss a publication (until the
+/// next one revealed the gap). The broker counts the calls; each is undone once.
+#[tokio::test(start_paused = true)]
+async fn a_second_subscriber_waits_for_the_broker_like_the_first() {
+    let (node, gate) = gated_node("");
+    let hour = Duration::from_secs(3600);
+    let mut alice = connect(&node, "alice", hour, true);
+    let mut bob = connect(&node, "bob", hour, true);
+    assert_eq!(alice.next().await["type"], "welcome");
+    assert_eq!(bob.next().await["type"], "welcome");
+
+    let subscribe = |id| ClientFrame::Subscribe {
+        id: Some(id),
+        channel: "chat.room.1".into(),
+        since: None,
+        token: None,
+    };
+    alice.send(subscribe(1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    bob.send(subscribe(1));
+    let early = tokio::time::timeout(Duration::from_secs(1), bob.next()).await;
+    assert!(
+        early.is_err(),
+        "bob was answered while the node's subscription was on its way: {early:?}"
+    );
+    assert_eq!(gate.subscribes.load(Ordering::SeqCst), 2);
+
+    gate.open.send_replace(true);
+    for peer in [&mut alice, &mut bob] {
+        let reply = peer.next().await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    drop(alice);
+    drop(bob);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gate.unsubscribes.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "every subscribe is undone once");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gate.unsubscribes.load(Ordering::SeqCst), 2);
 }

@@ -423,9 +423,9 @@ fn validate_admin(admin: &AdminConfig, p: &mut Problems) {
         );
     }
     match admin.password_hash.as_deref() {
-        None | Some("") => p.push(
-            None,
+        None | Some("") => p.push_related(
             "admin.password_hash",
+            &["admin.enabled"],
             "required when admin.enabled = true (print one with `herald admin hash-password`)",
         ),
         Some(h) if !h.starts_with("$argon2id$") && !h.starts_with("$argon2i$") => p.push(
@@ -440,9 +440,9 @@ fn validate_admin(admin: &AdminConfig, p: &mut Problems) {
         p.push(None, "admin.idle_timeout", "must be at least 10s");
     }
     if admin.session_lifetime < admin.idle_timeout {
-        p.push(
-            None,
+        p.push_related(
             "admin.session_lifetime",
+            &["admin.idle_timeout"],
             "must be at least admin.idle_timeout",
         );
     }
@@ -719,6 +719,10 @@ pub struct Problem {
     /// Dotted field path, e.g. `schema.properties.id.type` or `server.listen`.
     pub field: String,
     pub message: String,
+    /// The other fields a rule between fields read (`limits.max_payload_bytes` for the
+    /// outbound queue's minimum): when `field` is the file's and one of these came from the
+    /// environment, the variable is what broke the rule and is named.
+    pub related: Vec<String>,
 }
 
 /// Everything wrong with a configuration, with the file it came from.
@@ -767,6 +771,7 @@ impl ConfigError {
                 channel: None,
                 field: field.to_owned(),
                 message: message.into(),
+                related: Vec::new(),
             }],
         }
     }
@@ -788,7 +793,21 @@ impl Problems {
             channel,
             field: field.to_owned(),
             message: message.into(),
+            related: Vec::new(),
         });
+    }
+
+    /// A problem of `field` under a rule that also reads `related` (outside any channel).
+    pub(crate) fn push_related(
+        &mut self,
+        field: &str,
+        related: &[&str],
+        message: impl Into<String>,
+    ) {
+        self.push(None, field, message);
+        if let Some(p) = self.0.last_mut() {
+            p.related = related.iter().map(|r| (*r).to_owned()).collect();
+        }
     }
 }
 
@@ -836,6 +855,7 @@ fn scan_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> EnvScan {
             channel: None,
             field: "-".into(),
             message,
+            related: Vec::new(),
         };
         let Some((section, _)) = rest.split_once("__") else {
             // Not a config key. One underscore after a section name is probably meant as one.
@@ -1236,15 +1256,20 @@ impl Config {
 
 /// Names the environment variable that set a problem's field, if one did: the environment
 /// is merged last, so a variable naming the field (or a table above it) is where it came from.
+///
+/// A rule between fields (`related`) whose own field is the file's is blamed on the variable
+/// that set one of the others: the file alone kept the rule, the variable broke it.
 fn attribute_to_env(p: &mut Problem, settings: &[EnvSetting]) {
     if p.channel.is_some() || p.variable.is_some() {
         return;
     }
-    let field = p.field.to_ascii_lowercase();
-    if let Some(s) = settings
-        .iter()
-        .find(|s| field == s.path || field.starts_with(&format!("{}.", s.path)))
-    {
+    let setting = |field: &str| {
+        let field = field.to_ascii_lowercase();
+        settings
+            .iter()
+            .find(|s| field == s.path || field.starts_with(&format!("{}.", s.path)))
+    };
+    if let Some(s) = setting(&p.field).or_else(|| p.related.iter().find_map(|r| setting(r))) {
         p.variable = Some(s.name.clone());
     }
 }
@@ -1544,7 +1569,11 @@ const REDIS_SCHEMES: [&str; 8] = [
 fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
     if broker.kind == BrokerKind::Redis {
         match broker.url.as_deref() {
-            None => p.push(None, "broker.url", "required when kind = \"redis\""),
+            None => p.push_related(
+                "broker.url",
+                &["broker.kind"],
+                "required when kind = \"redis\"",
+            ),
             Some(u) if !REDIS_SCHEMES.iter().any(|s| u.starts_with(s)) => p.push(
                 None,
                 "broker.url",
@@ -1555,15 +1584,19 @@ fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
         }
     }
     if broker.tls_cert_file.is_some() != broker.tls_key_file.is_some() {
-        p.push(
-            None,
+        p.push_related(
             "broker.tls_cert_file",
+            &["broker.tls_key_file"],
             "a client certificate needs both tls_cert_file and tls_key_file",
         );
     }
     if broker.kind == BrokerKind::Nats {
         match broker.url.as_deref() {
-            None => p.push(None, "broker.url", "required when kind = \"nats\""),
+            None => p.push_related(
+                "broker.url",
+                &["broker.kind"],
+                "required when kind = \"nats\"",
+            ),
             Some(u)
                 if !u.split(',').all(|u| {
                     let u = u.trim();
@@ -1605,9 +1638,9 @@ fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
     }
     // A budget smaller than one publication would evict every publication as it is stored.
     if broker.history_budget_bytes < limits.max_payload_bytes {
-        p.push(
-            None,
+        p.push_related(
             "broker.history_budget_bytes",
+            &["limits.max_payload_bytes"],
             format!(
                 "must be at least limits.max_payload_bytes ({})",
                 limits.max_payload_bytes
@@ -1671,9 +1704,9 @@ fn validate_general(server: &ServerConfig, auth: &AuthConfig, limits: &Limits, p
         }
     }
     if limits.max_payload_bytes > limits.max_frame_bytes {
-        p.push(
-            None,
+        p.push_related(
             "limits.max_payload_bytes",
+            &["limits.max_frame_bytes"],
             "must not exceed limits.max_frame_bytes",
         );
     }
@@ -1681,9 +1714,9 @@ fn validate_general(server: &ServerConfig, auth: &AuthConfig, limits: &Limits, p
     if limits.outbound_queue_bytes > 0
         && limits.outbound_queue_bytes < limits.max_payload_bytes.saturating_mul(2)
     {
-        p.push(
-            None,
+        p.push_related(
             "limits.outbound_queue_bytes",
+            &["limits.max_payload_bytes"],
             format!(
                 "is {}, must be at least twice limits.max_payload_bytes ({}): a queue that \
                  cannot hold the largest publication while the previous one is written closes \
@@ -1732,6 +1765,7 @@ fn figment_problem(figment: &Figment, e: figment::Error) -> Problem {
             channel: Some(channel_label(index, &name)),
             field: path[2..].join("."),
             message,
+            related: Vec::new(),
         };
     }
     Problem {
@@ -1743,6 +1777,7 @@ fn figment_problem(figment: &Figment, e: figment::Error) -> Problem {
             path.join(".")
         },
         message,
+        related: Vec::new(),
     }
 }
 
@@ -2038,6 +2073,51 @@ mod tests {
         assert!(
             !text.contains("herald.toml"),
             "the file is not at fault: {text}"
+        );
+    }
+
+    /// A rule between two fields that a variable broke is blamed on the variable, not on the
+    /// file whose field the rule names (before: "herald.toml: field
+    /// `limits.outbound_queue_bytes`" for a file that said nothing about either).
+    #[test]
+    fn a_rule_between_fields_broken_by_a_variable_names_it() {
+        let dir = file_with(MINIMAL);
+        let path = dir.path().join("herald.toml");
+        for (var, value, field) in [
+            (
+                "HERALD_LIMITS__MAX_PAYLOAD_BYTES",
+                "600000",
+                "limits.outbound_queue_bytes",
+            ),
+            (
+                "HERALD_LIMITS__MAX_FRAME_BYTES",
+                "1000",
+                "limits.max_payload_bytes",
+            ),
+            ("HERALD_BROKER__KIND", "redis", "broker.url"),
+            ("HERALD_ADMIN__ENABLED", "true", "admin.password_hash"),
+        ] {
+            let err = Config::load_with_env(Some(&path), vars(&[(var, value)])).unwrap_err();
+            let text = err.to_string();
+            let ours: Vec<_> = err.problems.iter().filter(|p| p.field == field).collect();
+            assert_eq!(ours.len(), 1, "{var}: {text}");
+            assert_eq!(ours[0].variable.as_deref(), Some(var), "{text}");
+            assert!(
+                text.contains(&format!("environment variable {var}: field `{field}`")),
+                "{text}"
+            );
+        }
+        // The same rule broken by the file alone stays the file's.
+        let dir = file_with(&format!(
+            "{MINIMAL}\n[limits]\noutbound_queue_bytes = 1000\n"
+        ));
+        let err =
+            Config::load_with_env(Some(&dir.path().join("herald.toml")), vars(&[])).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.field == "limits.outbound_queue_bytes" && p.variable.is_none()),
+            "{err}"
         );
     }
 

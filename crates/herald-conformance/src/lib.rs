@@ -237,7 +237,9 @@ pub async fn every_subscribe_counts(s: Subject, rec: Arc<Recorder>) {
         s.broker.subscribe(&ch),
         s.broker.subscribe(&ch)
     );
-    (a.unwrap(), b.unwrap(), c.unwrap());
+    for r in [a, b, c] {
+        r.unwrap();
+    }
     s.broker.publish(request(&ch, 1, None)).await.unwrap();
     rec.until("the publication after three subscribes", |r| {
         r.publications(&ch).len() == 1

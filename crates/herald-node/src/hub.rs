@@ -53,10 +53,11 @@ enum State {
 struct Sub {
     conn: Arc<SessionHandle>,
     state: State,
-    /// The position the subscriber was told at activation (its reply or replay ended there).
-    /// With Redis the position is read on another connection than the fan-out's, so the
-    /// publications up to it may still be on their way to this node: when they arrive they
-    /// are skipped for this subscriber, which has them already.
+    /// The last offset this subscriber has: the position it was told at activation (its
+    /// reply or replay ended there), then each publication delivered to it. With Redis the
+    /// position is read on another connection than the fan-out's, so the publications up to
+    /// it may still be on their way to this node: when they arrive they are skipped for this
+    /// subscriber, which has them already, and given to one told an earlier position.
     told: Option<(u64, Arc<str>)>,
 }
 
@@ -144,7 +145,22 @@ impl Hub {
         let Some(ch) = shard.get_mut(channel) else {
             return;
         };
-        if ch.last.is_none() {
+        let others_active = ch
+            .subs
+            .iter()
+            .any(|s| !Arc::ptr_eq(&s.conn, conn) && matches!(s.state, State::Active));
+        // The channel's continuity (`last`) is what its active subscribers received. With
+        // none but this one, it is this one's: its position, unless a later publication of
+        // the same epoch already arrived (buffered below). A `last` left behind by messages
+        // that were still on their way when the node last unsubscribed would otherwise make
+        // the next publication look like a gap. With other active subscribers it stays
+        // theirs: a position ahead of it means publications still on their way here (they
+        // fill it) or lost (the next one reveals the gap to them).
+        let behind = match &ch.last {
+            None => true,
+            Some((offset, epoch)) => *epoch != position.epoch || *offset < position.offset,
+        };
+        if ch.last.is_none() || (behind && !others_active) {
             ch.last = Some((position.offset, position.epoch.clone()));
         }
         let Some(sub) = ch.subs.iter_mut().find(|s| Arc::ptr_eq(&s.conn, conn)) else {
@@ -153,16 +169,18 @@ impl Hub {
         let State::Pending(pending, _) = std::mem::replace(&mut sub.state, State::Active) else {
             return;
         };
-        sub.told = Some((position.offset, position.epoch.clone()));
         if let Some(reply) = reply {
             self.push(conn, reply);
         }
-        for p in pending
-            .into_iter()
-            .filter(|p| p.epoch == position.epoch && p.offset > position.offset)
-        {
-            self.push(conn, Outgoing::Shared(p));
+        // Each publication once and in order, from the first after the position on.
+        let mut told = position.offset;
+        for p in pending {
+            if p.epoch == position.epoch && p.offset > told {
+                told = p.offset;
+                self.push(conn, Outgoing::Shared(p));
+            }
         }
+        sub.told = Some((told, position.epoch.clone()));
     }
 
     /// Removes a subscription. Returns true when the channel has no subscriber left on this
@@ -288,26 +306,49 @@ impl PublicationSink for Hub {
             return;
         };
         match &ch.last {
-            Some((offset, epoch)) if *epoch == p.epoch && p.offset <= *offset => return,
+            // Behind the channel's continuity: a publication that was still on its way when
+            // a later position was read (with Redis the position is read on another
+            // connection than the fan-out's). The subscribers told that later position have
+            // it; one told an earlier position, or still pending, does not.
+            Some((offset, epoch)) if *epoch == p.epoch && p.offset <= *offset => {
+                let needed = ch.subs.iter().any(|s| match s.state {
+                    State::Pending(..) => true,
+                    State::Active => !s
+                        .told
+                        .as_ref()
+                        .is_some_and(|(o, e)| *e == p.epoch && p.offset <= *o),
+                    State::Evicted => false,
+                });
+                if !needed {
+                    return;
+                }
+            }
             Some((offset, epoch)) if *epoch != p.epoch || p.offset != offset + 1 => {
                 self.evict_active(&p.channel, ch);
+                ch.last = Some((p.offset, p.epoch.clone()));
+                ch.publications += 1;
             }
-            _ => {}
+            _ => {
+                ch.last = Some((p.offset, p.epoch.clone()));
+                ch.publications += 1;
+            }
         }
-        ch.last = Some((p.offset, p.epoch.clone()));
-        ch.publications += 1;
         // Encoded once; every outbox gets a reference to the same prepared frame.
         let frame = Prepared::publication(p);
         let mut delivered = 0u64;
         for sub in ch.subs.iter_mut() {
             match &mut sub.state {
                 State::Active => {
-                    if sub
-                        .told
-                        .as_ref()
-                        .is_some_and(|(o, e)| *e == p.epoch && p.offset <= *o)
-                    {
-                        continue;
+                    // `told` is the last offset this subscriber has (its position at
+                    // activation, then each publication delivered): each once, in order.
+                    match &mut sub.told {
+                        Some((o, e)) if *e == p.epoch => {
+                            if p.offset <= *o {
+                                continue;
+                            }
+                            *o = p.offset;
+                        }
+                        told => *told = Some((p.offset, p.epoch.clone())),
                     }
                     if self.push(&sub.conn, Outgoing::Shared(frame.clone())) {
                         delivered += 1;
@@ -428,6 +469,102 @@ mod tests {
         let frames = drained(&conn).await;
         assert_eq!(frames.len(), 2, "{frames:?}");
         assert!(frames[1].contains(r#""offset":2"#));
+    }
+
+    fn session(id: &str) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle::new(
+            Arc::from(id),
+            None,
+            Outbox::new(1 << 20),
+        ))
+    }
+
+    fn at(offset: u64) -> Position {
+        Position {
+            offset,
+            epoch: Arc::from("e"),
+        }
+    }
+
+    fn offsets(frames: &[String]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f).unwrap();
+                v["offset"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("not a publication: {f}"))
+            })
+            .collect()
+    }
+
+    /// Two subscribers of a channel new on this node read its position at different moments
+    /// (with Redis on another connection than the fan-out's): the later one activates first,
+    /// at 3, while publications 2 and 3 are still on their way here. They must still reach
+    /// the one told 1 — pending when they come, or already active. (Before: the hub took 3
+    /// as the channel's continuity, dropped 2 and 3 as duplicates, and the first subscriber
+    /// never got them, with no `resubscribe` either.)
+    #[tokio::test]
+    async fn publications_behind_a_later_position_reach_the_subscriber_told_an_earlier_one() {
+        for earlier_active_first in [false, true] {
+            let hub = Hub::new(Arc::new(Metrics::new()));
+            let channel: Arc<str> = Arc::from("c");
+            let (early, late) = (session("early"), session("late"));
+            hub.add(&channel, &early);
+            hub.add(&channel, &late);
+            if earlier_active_first {
+                hub.activate("c", &late, &at(3), None);
+                hub.activate("c", &early, &at(1), None);
+            } else {
+                hub.activate("c", &late, &at(3), None);
+            }
+            hub.deliver(&publication(2, "e"));
+            hub.deliver(&publication(3, "e"));
+            if !earlier_active_first {
+                hub.activate("c", &early, &at(1), None);
+            }
+            hub.deliver(&publication(4, "e"));
+            assert_eq!(offsets(&drained(&early).await), [2, 3, 4], "told 1");
+            assert_eq!(offsets(&drained(&late).await), [4], "told 3");
+            assert!(early.take_evicted().is_empty() && late.take_evicted().is_empty());
+        }
+    }
+
+    /// Unsubscribing the node's last subscriber and subscribing again at once: publications
+    /// that were on their way before the node's unsubscribe arrive into the channel's fresh
+    /// entry, behind the new subscriber's position. They must not become the channel's
+    /// continuity, or the next publication looks like a gap and the subscriber is told to
+    /// resubscribe for nothing (a helper saw 16–18 spurious notices in 400 such cycles).
+    #[tokio::test]
+    async fn stragglers_of_an_earlier_subscription_are_no_gap() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let channel: Arc<str> = Arc::from("c");
+        let conn = session("again");
+        hub.add(&channel, &conn);
+        hub.deliver(&publication(5, "e")); // a straggler from before the unsubscribe
+        hub.activate("c", &conn, &at(8), None);
+        hub.deliver(&publication(6, "e")); // another one
+        hub.deliver(&publication(9, "e"));
+        assert_eq!(offsets(&drained(&conn).await), [9]);
+        assert!(conn.take_evicted().is_empty(), "no resubscribe");
+    }
+
+    /// With another active subscriber the channel's continuity stays that subscriber's: a new
+    /// subscriber told a later position does not hide a gap the first one would have.
+    #[tokio::test]
+    async fn a_later_position_does_not_hide_an_active_subscribers_gap() {
+        let (hub, first) = subscribed();
+        hub.deliver(&publication(1, "e"));
+        let channel: Arc<str> = Arc::from("c");
+        let second = session("second");
+        hub.add(&channel, &second);
+        hub.activate("c", &second, &at(4), None); // 2..4 never reach this node
+        hub.deliver(&publication(5, "e"));
+        let frames = drained(&first).await;
+        assert!(
+            frames.last().unwrap().contains("resubscribe"),
+            "the first subscriber missed 2..4: {frames:?}"
+        );
     }
 
     #[tokio::test]

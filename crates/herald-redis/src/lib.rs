@@ -420,10 +420,13 @@ impl RedisOptions {
 #[derive(Debug, Default)]
 pub(crate) struct Interest {
     /// `subscribe` calls not yet undone: one per local subscriber.
-    subscribers: usize,
+    pub(crate) subscribers: usize,
     /// Whether Redis answered a SUBSCRIBE of it: from then on a subscribe returns at once (a
     /// connection lost later resubscribes and resyncs every channel).
-    acknowledged: bool,
+    pub(crate) acknowledged: bool,
+    /// The subscribes waiting for that answer. One SUBSCRIBE is in flight for all of them:
+    /// the first one's; the pub/sub task answers every waiter when Redis answers it.
+    pub(crate) waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
 }
 
 pub(crate) struct Inner {
@@ -1028,35 +1031,31 @@ impl Broker for RedisBroker {
             }
             // The first subscriber, or one more while the first's SUBSCRIBE is unanswered:
             // returning now would let this caller read the position before the node receives
-            // the channel. SUBSCRIBE again (Redis ignores a repeated one) and wait for its
-            // answer, which the pub/sub task reads in order, so after the first's. Sent under
-            // the lock: the task sees subscribes and unsubscribes in the order the counts
-            // changed.
+            // the channel. Every such caller waits for the one SUBSCRIBE in flight (a herd on
+            // one channel costs one round trip, and the pub/sub task, which reads nothing else
+            // while it waits, is not held up once per caller). Sent under the lock: the task
+            // sees subscribes and unsubscribes in the order the counts changed.
             let (tx, rx) = oneshot::channel();
-            let _ = self
-                .inner
-                .control
-                .send(Control::Subscribe(channel.to_owned(), tx));
+            let first = entry.waiters.is_empty();
+            entry.waiters.push(tx);
+            if first {
+                let _ = self
+                    .inner
+                    .control
+                    .send(Control::Subscribe(channel.to_owned()));
+            }
             rx
         };
         let result = match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             _ => Err(BrokerError::Unavailable(
-                "redis pub/sub is not connected".into(),
+                "redis: subscribing timed out".into(),
             )),
         };
-        match result {
-            Ok(()) => {
-                if let Some(entry) = lock(&self.inner.interest).get_mut(channel) {
-                    entry.acknowledged = true;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.unsubscribe(channel).await?;
-                Err(e)
-            }
+        if result.is_err() {
+            self.unsubscribe(channel).await?;
         }
+        result
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {

@@ -21,16 +21,17 @@ use herald_core::broker::{FanoutPace, HistoryQuery, PresenceEvent};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Publication};
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, RedisResult, Value};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::topology::Following;
 use crate::{COMMAND_TIMEOUT, Inner, RedisBroker, lock, unavailable};
 
 /// What the broker asks of its pub/sub task.
 pub(crate) enum Control {
-    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    /// SUBSCRIBE to the channel, then answer its waiters ([`crate::Interest::waiters`]).
+    Subscribe(String),
     Unsubscribe(String),
     /// The master moved (Sentinel): drop the connection and subscribe on the new one.
     Reconnect,
@@ -131,13 +132,144 @@ fn resync_all(inner: Arc<Inner>, channels: Vec<String>) {
     });
 }
 
-/// Refuses the subscribes waiting in `control`: they must not wait for a Redis that is away.
-fn refuse_pending(control: &mut mpsc::UnboundedReceiver<Control>) {
-    while let Ok(c) = control.try_recv() {
-        if let Control::Subscribe(_, tx) = c {
-            let _ = tx.send(Err(BrokerError::Unavailable("redis is unreachable".into())));
+/// At most this many queued subscribes go out together (pipelined, one round trip).
+const SUBSCRIBE_BATCH: usize = 512;
+
+/// Answers the subscribes waiting for `channel` with Redis' answer to its SUBSCRIBE; once
+/// acknowledged, later subscribes of the channel return at once.
+fn settle(weak: &Weak<Inner>, channel: &str, result: Result<(), BrokerError>) {
+    let Some(inner) = weak.upgrade() else { return };
+    let mut interest = lock(&inner.interest);
+    if let Some(entry) = interest.get_mut(channel) {
+        if result.is_ok() {
+            entry.acknowledged = true;
+        }
+        for waiter in entry.waiters.drain(..) {
+            let _ = waiter.send(result.clone());
         }
     }
+}
+
+/// Refuses the subscribes waiting in `control`: they must not wait for a Redis that is away.
+fn refuse_pending(weak: &Weak<Inner>, control: &mut mpsc::UnboundedReceiver<Control>) {
+    while let Ok(c) = control.try_recv() {
+        if let Control::Subscribe(ch) = c {
+            let refused = BrokerError::Unavailable("redis is unreachable".into());
+            settle(weak, &ch, Err(refused));
+        }
+    }
+}
+
+/// Takes `first` and the subscribes queued right behind it, up to [`SUBSCRIBE_BATCH`]; the
+/// first other control met is returned, to be carried out after them (order matters: an
+/// unsubscribe must not overtake the subscribe before it).
+fn subscribe_batch(
+    first: String,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+) -> (Vec<String>, Option<Control>) {
+    let mut batch = vec![first];
+    while batch.len() < SUBSCRIBE_BATCH {
+        match control.try_recv() {
+            Ok(Control::Subscribe(ch)) => batch.push(ch),
+            Ok(other) => return (batch, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (batch, None)
+}
+
+/// Answers the waiters of every channel in `batch`. False if any SUBSCRIBE failed: the
+/// connection is then made again, and `next`, not carried out, is refused if a subscribe.
+fn settle_all(
+    weak: &Weak<Inner>,
+    batch: &[String],
+    answers: Vec<Result<(), BrokerError>>,
+    next: &mut Option<Control>,
+) -> bool {
+    let mut ok = true;
+    for (ch, answer) in batch.iter().zip(answers) {
+        ok &= answer.is_ok();
+        settle(weak, ch, answer);
+    }
+    if !ok && let Some(Control::Subscribe(ch)) = next.take() {
+        let refused = BrokerError::Unavailable("redis is unreachable".into());
+        settle(weak, &ch, Err(refused));
+    }
+    ok
+}
+
+/// SUBSCRIBEs every name on the classic connection, [`SUBSCRIBE_BATCH`] at a time: each is its
+/// own command (a SUBSCRIBE of several channels gets one confirmation per channel, which the
+/// client would match to later requests), and a batch is written before any answer is
+/// awaited, so subscribing many channels costs a round trip per batch, not one each.
+async fn subscribe_all(sink: &redis::aio::PubSubSink, names: Vec<String>) -> Vec<RedisResult<()>> {
+    let mut answers = Vec::with_capacity(names.len());
+    for chunk in names.chunks(SUBSCRIBE_BATCH) {
+        answers.extend(
+            futures_util::future::join_all(chunk.iter().map(|name| {
+                let mut sink = sink.clone();
+                async move { sink.subscribe(name).await }
+            }))
+            .await,
+        );
+    }
+    answers
+}
+
+/// [`subscribe_all`] with SSUBSCRIBE on a Cluster (each channel to its shard's node).
+async fn ssubscribe_all(
+    conn: &ClusterConnection,
+    names: Vec<String>,
+) -> Vec<Result<(), BrokerError>> {
+    let mut answers = Vec::with_capacity(names.len());
+    for chunk in names.chunks(SUBSCRIBE_BATCH) {
+        answers.extend(
+            futures_util::future::join_all(chunk.iter().map(|name| {
+                let mut conn = conn.clone();
+                async move { ssubscribe(&mut conn, name.clone()).await }
+            }))
+            .await,
+        );
+    }
+    answers
+}
+
+/// Carries out `c` (and, for a subscribe, the subscribes queued behind it) on the classic
+/// pub/sub connection. False when the connection must be dropped and made again.
+async fn apply(
+    weak: &Weak<Inner>,
+    prefix: &str,
+    sink: &mut redis::aio::PubSubSink,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    c: Control,
+) -> bool {
+    let mut next = Some(c);
+    while let Some(c) = next.take() {
+        match c {
+            Control::Subscribe(first) => {
+                // With the subscribes queued behind it: a connect storm's subscriptions cost
+                // one round trip per batch, not one each.
+                let (batch, after) = subscribe_batch(first, control);
+                next = after;
+                let names = batch.iter().map(|ch| pubsub_channel(prefix, ch)).collect();
+                let answers = subscribe_all(sink, names).await;
+                let answers = answers
+                    .into_iter()
+                    .map(|a| a.map_err(unavailable))
+                    .collect();
+                if !settle_all(weak, &batch, answers, &mut next) {
+                    return false;
+                }
+            }
+            Control::Unsubscribe(ch) => {
+                if sink.unsubscribe(pubsub_channel(prefix, &ch)).await.is_err() {
+                    return false;
+                }
+            }
+            Control::Reconnect => return false,
+        }
+    }
+    true
 }
 
 /// Classic pub/sub (one server, Sentinel): (re)connects, resubscribes, applies control
@@ -165,7 +297,7 @@ pub(crate) async fn classic_task(
             None => None,
         };
         let Some(pubsub) = conn else {
-            refuse_pending(&mut control);
+            refuse_pending(&weak, &mut control);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
@@ -179,13 +311,10 @@ pub(crate) async fn classic_task(
             None => return,
         };
         // Kicks come on the control channel, whatever channels this node serves.
-        let mut ok = sink.subscribe(control_channel(&prefix)).await.is_ok();
-        for ch in &channels {
-            if !ok {
-                break;
-            }
-            ok = sink.subscribe(pubsub_channel(&prefix, ch)).await.is_ok();
-        }
+        let names = std::iter::once(control_channel(&prefix))
+            .chain(channels.iter().map(|ch| pubsub_channel(&prefix, ch)))
+            .collect();
+        let ok = subscribe_all(&sink, names).await.iter().all(Result::is_ok);
         if !ok {
             continue;
         }
@@ -215,19 +344,8 @@ pub(crate) async fn classic_task(
                 }
                 c = control.recv() => {
                     let Some(c) = c else { return };
-                    match c {
-                        Control::Subscribe(ch, tx) => {
-                            let r = sink.subscribe(pubsub_channel(&prefix, &ch)).await;
-                            let failed = r.is_err();
-                            let _ = tx.send(r.map_err(unavailable));
-                            if failed { break; }
-                        }
-                        Control::Unsubscribe(ch) => {
-                            if sink.unsubscribe(pubsub_channel(&prefix, &ch)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Control::Reconnect => break,
+                    if !apply(&weak, &prefix, &mut sink, &mut control, c).await {
+                        break;
                     }
                 }
             }
@@ -272,7 +390,7 @@ pub(crate) async fn sharded_task(
                 .and_then(Result::ok);
         }
         let Some(c) = conn.as_mut() else {
-            refuse_pending(&mut control);
+            refuse_pending(&weak, &mut control);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
@@ -286,15 +404,12 @@ pub(crate) async fn sharded_task(
         };
         // Subscribing again to a channel already subscribed on its node is a no-op there, so
         // everything is sent again: only the connections that broke really resubscribe.
-        let mut ok = ssubscribe(c, control_channel(&prefix)).await.is_ok();
-        for ch in &channels {
-            if !ok {
-                break;
-            }
-            ok = ssubscribe(c, pubsub_channel(&prefix, ch)).await.is_ok();
-        }
+        let names = std::iter::once(control_channel(&prefix))
+            .chain(channels.iter().map(|ch| pubsub_channel(&prefix, ch)))
+            .collect();
+        let ok = ssubscribe_all(c, names).await.iter().all(Result::is_ok);
         if !ok {
-            refuse_pending(&mut control);
+            refuse_pending(&weak, &mut control);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
@@ -366,23 +481,9 @@ pub(crate) async fn sharded_task(
                 }
                 c = control.recv() => {
                     let Some(c) = c else { return };
-                    match c {
-                        Control::Subscribe(ch, tx) => {
-                            let r = ssubscribe(conn.as_mut().expect("connected"), pubsub_channel(&prefix, &ch)).await;
-                            let failed = r.is_err();
-                            let _ = tx.send(r);
-                            if failed { break; }
-                        }
-                        Control::Unsubscribe(ch) => {
-                            let c = conn.as_mut().expect("connected");
-                            let name = pubsub_channel(&prefix, &ch);
-                            *own_unsubscribes.entry(name.clone()).or_default() += 1;
-                            let r = tokio::time::timeout(COMMAND_TIMEOUT, c.sunsubscribe(name)).await;
-                            if !matches!(r, Ok(Ok(()))) {
-                                break;
-                            }
-                        }
-                        Control::Reconnect => break,
+                    let conn = conn.as_mut().expect("connected");
+                    if !apply_sharded(&weak, &prefix, conn, &mut own_unsubscribes, &mut control, c).await {
+                        break;
                     }
                 }
             }
@@ -392,6 +493,42 @@ pub(crate) async fn sharded_task(
         }
         tracing::warn!("redis cluster sharded pub/sub interrupted; subscribing again");
     }
+}
+
+/// [`apply`] on a Cluster's sharded pub/sub: SSUBSCRIBE, and SUNSUBSCRIBE counted in
+/// `own_unsubscribes` (their confirmations come back as pushes, told apart from Redis' own).
+async fn apply_sharded(
+    weak: &Weak<Inner>,
+    prefix: &str,
+    conn: &mut ClusterConnection,
+    own_unsubscribes: &mut HashMap<String, usize>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    c: Control,
+) -> bool {
+    let mut next = Some(c);
+    while let Some(c) = next.take() {
+        match c {
+            Control::Subscribe(first) => {
+                let (batch, after) = subscribe_batch(first, control);
+                next = after;
+                let names = batch.iter().map(|ch| pubsub_channel(prefix, ch)).collect();
+                let answers = ssubscribe_all(conn, names).await;
+                if !settle_all(weak, &batch, answers, &mut next) {
+                    return false;
+                }
+            }
+            Control::Unsubscribe(ch) => {
+                let name = pubsub_channel(prefix, &ch);
+                *own_unsubscribes.entry(name.clone()).or_default() += 1;
+                let r = tokio::time::timeout(COMMAND_TIMEOUT, conn.sunsubscribe(name)).await;
+                if !matches!(r, Ok(Ok(()))) {
+                    return false;
+                }
+            }
+            Control::Reconnect => return false,
+        }
+    }
+    true
 }
 
 fn message_channel(push: &PushInfo) -> Option<&str> {

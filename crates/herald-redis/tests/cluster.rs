@@ -316,3 +316,58 @@ async fn subscribes_return_once_the_node_receives_the_channel() {
     })
     .await;
 }
+
+/// A herd of subscribes with Redis 50 ms away: 100 subscribers of one new channel wait for
+/// one SUBSCRIBE between them, and 100 subscribers of 100 new channels (a connect storm's
+/// auto-subscriptions) for pipelined SUBSCRIBEs, not one round trip each. Before: every
+/// waiting subscriber of the channel sent its own SUBSCRIBE and the pub/sub task answered
+/// them one at a time, so most callers hit the 2 s timeout (and the task, reading nothing
+/// else meanwhile, held up every channel's delivery); distinct channels were as slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_of_subscribes_costs_a_round_trip_not_one_each() {
+    const LATENCY: Duration = Duration::from_millis(50);
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start_with_latency(server.port, LATENCY).await;
+    let far = Arc::new(
+        RedisBroker::start(
+            RedisOptions {
+                prefix: "herald-test".into(),
+                presence_ttl: TTL,
+                ..RedisOptions::new(format!("redis://127.0.0.1:{}", proxy.port))
+            },
+            Arc::new(Recorder::default()),
+        )
+        .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while far.health().await.is_err() {
+        assert!(Instant::now() < deadline, "the far node never got ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let one = channel("herd");
+    let many: Vec<String> = (0..100)
+        .map(|i| format!("{}-{i}", channel("storm")))
+        .collect();
+    for (what, channels) in [("one channel", vec![one; 100]), ("100 channels", many)] {
+        let started = Instant::now();
+        let calls = channels.iter().map(|ch| {
+            let far = far.clone();
+            let ch = ch.clone();
+            tokio::spawn(async move { far.subscribe(&ch).await })
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let failed = answers
+            .into_iter()
+            .filter(|a| !matches!(a, Ok(Ok(()))))
+            .count();
+        let took = started.elapsed();
+        assert_eq!(
+            failed, 0,
+            "{what}: {failed} of 100 subscribes failed ({took:?})"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: 100 subscribes took {took:?} with Redis {LATENCY:?} away"
+        );
+    }
+}

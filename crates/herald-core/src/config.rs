@@ -1042,7 +1042,34 @@ impl Config {
             }
             verbatim.extend(wants_string);
         }
-        Self::from_figment(figment, label, base, path, env)
+        let settings = env.settings.clone();
+        let merged = Self::from_figment(figment, label, base, path.clone(), env);
+        let Err(mut error) = merged else {
+            return merged;
+        };
+        // A rule between fields blamed on a variable through another field it reads: if the
+        // file alone breaks it the same way, the variable changed nothing there (it may set
+        // the value the file already had) and the file is at fault.
+        let through_related = |p: &Problem| {
+            p.variable.is_some() && p.field != "-" && setting_for(&p.field, &settings).is_none()
+        };
+        if !settings.is_empty() && error.problems.iter().any(through_related) {
+            let file_alone =
+                match Self::from_figment(file_only, label, base, path, EnvScan::default()) {
+                    Err(e) => e.problems,
+                    Ok(_) => Vec::new(),
+                };
+            for p in &mut error.problems {
+                if through_related(p)
+                    && file_alone.iter().any(|f| {
+                        f.channel == p.channel && f.field == p.field && f.message == p.message
+                    })
+                {
+                    p.variable = None;
+                }
+            }
+        }
+        Err(error)
     }
 
     /// Parses a TOML document held in memory (tests, `herald check -`); relative paths resolve
@@ -1100,12 +1127,21 @@ impl Config {
         } = raw;
         auth.public_key_pem = auth.public_key_pem.map(|p| base.join(p));
         auth.jwks_file = auth.jwks_file.map(|p| base.join(p));
-        for f in [
-            &mut broker.tls_ca_file,
-            &mut broker.tls_cert_file,
-            &mut broker.tls_key_file,
+        for (field, f) in [
+            ("broker.tls_ca_file", &mut broker.tls_ca_file),
+            ("broker.tls_cert_file", &mut broker.tls_cert_file),
+            ("broker.tls_key_file", &mut broker.tls_key_file),
         ] {
             *f = f.take().map(|p| base.join(p));
+            // Read when the broker starts; checked here so `herald check` finds a missing
+            // one, as it finds a missing auth key file.
+            match f.as_deref() {
+                Some(p) if p == base => problems.push(None, field, "must not be empty"),
+                Some(p) if !p.is_file() => {
+                    problems.push(None, field, format!("no such file: {}", p.display()));
+                }
+                _ => {}
+            }
         }
         if let Some(sub) = &mut auth.subscription {
             sub.public_key_pem = sub.public_key_pem.take().map(|p| base.join(p));
@@ -1263,15 +1299,19 @@ fn attribute_to_env(p: &mut Problem, settings: &[EnvSetting]) {
     if p.channel.is_some() || p.variable.is_some() {
         return;
     }
-    let setting = |field: &str| {
-        let field = field.to_ascii_lowercase();
-        settings
-            .iter()
-            .find(|s| field == s.path || field.starts_with(&format!("{}.", s.path)))
-    };
-    if let Some(s) = setting(&p.field).or_else(|| p.related.iter().find_map(|r| setting(r))) {
+    if let Some(s) = setting_for(&p.field, settings)
+        .or_else(|| p.related.iter().find_map(|r| setting_for(r, settings)))
+    {
         p.variable = Some(s.name.clone());
     }
+}
+
+/// The variable that set `field` (or a table above it), if one did.
+fn setting_for<'s>(field: &str, settings: &'s [EnvSetting]) -> Option<&'s EnvSetting> {
+    let field = field.to_ascii_lowercase();
+    settings
+        .iter()
+        .find(|s| field == s.path || field.starts_with(&format!("{}.", s.path)))
 }
 
 /// Deserializes the merged config; when that fails, finds every type error, not only the
@@ -1574,9 +1614,9 @@ fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
                 &["broker.kind"],
                 "required when kind = \"redis\"",
             ),
-            Some(u) if !REDIS_SCHEMES.iter().any(|s| u.starts_with(s)) => p.push(
-                None,
+            Some(u) if !REDIS_SCHEMES.iter().any(|s| u.starts_with(s)) => p.push_related(
                 "broker.url",
+                &["broker.kind"],
                 "must be a redis:// URL (or rediss://, unix://, redis+cluster://, \
                  redis+sentinel://, and their rediss+ forms)",
             ),
@@ -1603,18 +1643,18 @@ fn validate_broker(broker: &BrokerConfig, limits: &Limits, p: &mut Problems) {
                     u.starts_with("nats://") || u.starts_with("tls://")
                 }) =>
             {
-                p.push(
-                    None,
+                p.push_related(
                     "broker.url",
+                    &["broker.kind"],
                     "must be nats:// (or tls://) URLs, comma-separated",
                 )
             }
             _ => {}
         }
         if !crate::name::is_valid_segment(&broker.prefix) {
-            p.push(
-                None,
+            p.push_related(
                 "broker.prefix",
+                &["broker.kind"],
                 "with kind = \"nats\" may only contain A-Z, a-z, 0-9, '_' and '-' (it names subjects, streams and buckets)",
             );
         }
@@ -1664,16 +1704,16 @@ fn validate_general(server: &ServerConfig, auth: &AuthConfig, limits: &Limits, p
         auth.jwks_file.is_some(),
     ];
     if keys.iter().filter(|k| **k).count() > 1 {
-        p.push(
-            None,
+        p.push_related(
             "auth",
+            &["auth.hs256_secret", "auth.public_key_pem", "auth.jwks_file"],
             "set only one of hs256_secret, public_key_pem, jwks_file",
         );
     }
     if keys.iter().all(|k| !k) && !auth.anonymous && auth.connect_proxy.is_none() {
-        p.push(
-            None,
+        p.push_related(
             "auth",
+            &["auth.anonymous"],
             "no key configured (hs256_secret, public_key_pem or jwks_file) and anonymous = false: \
              nobody could connect",
         );
@@ -1943,6 +1983,9 @@ mod tests {
 
     #[test]
     fn redis_topologies_and_tls_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        std::fs::write(dir.path().join("c.pem"), "").unwrap();
         for url in [
             "redis+cluster://a:7000,b:7000",
             "rediss+sentinel://s1:26379/mymaster",
@@ -1950,20 +1993,35 @@ mod tests {
             let toml = format!(
                 "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"{url}\"\ntls_ca_file = \"ca.pem\""
             );
-            let c = Config::from_toml_str(&toml, Path::new("/etc/herald")).unwrap();
+            let c = Config::from_toml_str(&toml, dir.path()).unwrap();
             assert_eq!(c.broker.url.as_deref(), Some(url));
             assert_eq!(
                 c.broker.tls_ca_file.as_deref(),
-                Some(Path::new("/etc/herald/ca.pem")),
+                Some(dir.path().join("ca.pem").as_path()),
                 "relative to the config file"
             );
         }
         let toml = format!(
             "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"http://x\"\ntls_cert_file = \"c.pem\""
         );
-        let err = Config::from_toml_str(&toml, Path::new(".")).unwrap_err();
+        let err = Config::from_toml_str(&toml, dir.path()).unwrap_err();
         let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["broker.url", "broker.tls_cert_file"], "{err}");
+        // A file that is not there is found by `herald check`, not when the broker starts;
+        // an empty value (`HERALD_BROKER__TLS_KEY_FILE=`) is not a file either.
+        let toml = format!(
+            "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"rediss://x\"\ntls_ca_file = \"gone.pem\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"\""
+        );
+        let err = Config::from_toml_str(&toml, dir.path()).unwrap_err();
+        let found: Vec<(&str, &str)> = err
+            .problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 2, "{err}");
+        assert_eq!(found[0].0, "broker.tls_ca_file");
+        assert!(found[0].1.starts_with("no such file: ") && found[0].1.ends_with("gone.pem"));
+        assert_eq!(found[1], ("broker.tls_key_file", "must not be empty"));
     }
 
     #[test]
@@ -2096,6 +2154,7 @@ mod tests {
             ),
             ("HERALD_BROKER__KIND", "redis", "broker.url"),
             ("HERALD_ADMIN__ENABLED", "true", "admin.password_hash"),
+            ("HERALD_AUTH__JWKS_FILE", "jwks.json", "auth"),
         ] {
             let err = Config::load_with_env(Some(&path), vars(&[(var, value)])).unwrap_err();
             let text = err.to_string();
@@ -2107,18 +2166,38 @@ mod tests {
                 "{text}"
             );
         }
-        // The same rule broken by the file alone stays the file's.
+        // A URL the file gives for one kind, the kind from a variable.
         let dir = file_with(&format!(
-            "{MINIMAL}\n[limits]\noutbound_queue_bytes = 1000\n"
+            "{MINIMAL}\n[broker]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n"
         ));
-        let err =
-            Config::load_with_env(Some(&dir.path().join("herald.toml")), vars(&[])).unwrap_err();
+        let err = Config::load_with_env(
+            Some(&dir.path().join("herald.toml")),
+            vars(&[("HERALD_BROKER__KIND", "nats")]),
+        )
+        .unwrap_err();
         assert!(
             err.problems
                 .iter()
-                .any(|p| p.field == "limits.outbound_queue_bytes" && p.variable.is_none()),
+                .any(|p| p.field == "broker.url"
+                    && p.variable.as_deref() == Some("HERALD_BROKER__KIND")),
             "{err}"
         );
+        // The same rule broken by the file alone stays the file's, also when a variable
+        // sets the other field to the value it had (here the default): it changed nothing.
+        let dir = file_with(&format!(
+            "{MINIMAL}\n[limits]\noutbound_queue_bytes = 100000\n"
+        ));
+        for env in [vec![], vec![("HERALD_LIMITS__MAX_PAYLOAD_BYTES", "65536")]] {
+            let err = Config::load_with_env(Some(&dir.path().join("herald.toml")), vars(&env))
+                .unwrap_err();
+            let ours: Vec<_> = err
+                .problems
+                .iter()
+                .filter(|p| p.field == "limits.outbound_queue_bytes")
+                .collect();
+            assert_eq!(ours.len(), 1, "{err}");
+            assert_eq!(ours[0].variable, None, "{env:?}: {err}");
+        }
     }
 
     /// `HERALD_<SECTION>__<KEY>` is a config key: a misspelled section or key is refused

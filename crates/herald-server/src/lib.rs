@@ -52,18 +52,31 @@ use herald_node::metrics::Metrics;
 /// hyper's per-connection buffer limit (see `serve`).
 const HTTP_BUFFER: usize = 64 * 1024;
 
-/// Errors that stop the server from starting.
+/// Errors that stop the server from starting. Each message includes its cause's, so the
+/// cause is not also given as a `source` (a chain printed with `{:#}` would say it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The broker could not be set up (a bad Redis URL…).
     #[error("broker: {0}")]
-    Broker(#[from] herald_core::BrokerError),
+    Broker(herald_core::BrokerError),
     /// The HTTP client for the backend could not be built.
     #[error("backend client: {0}")]
-    Backend(#[from] reqwest::Error),
+    Backend(reqwest::Error),
     /// `[admin]` could not be set up (a password hash that does not parse).
     #[error("admin: {0}")]
     Admin(String),
+}
+
+impl From<herald_core::BrokerError> for ServerError {
+    fn from(e: herald_core::BrokerError) -> Self {
+        ServerError::Broker(e)
+    }
+}
+
+impl From<reqwest::Error> for ServerError {
+    fn from(e: reqwest::Error) -> Self {
+        ServerError::Backend(e)
+    }
 }
 
 /// Builds a node: hub, broker, metrics. Must run inside a Tokio runtime.

@@ -489,6 +489,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.server.listen;
+    // Everything that can refuse the config (the broker's TLS files, the backend client, the
+    // admin hash) is set up before the port is bound, so a node never says it listens and
+    // then exits.
+    let node = herald_server::build(config)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -496,7 +500,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // Parsed by tests and scripts that bind port 0.
         println!("herald listening on http://{local}");
     }
-    herald_server::run(listener, config, shutdown_signal()).await?;
+    herald_server::serve(listener, node, shutdown_signal()).await;
     Ok(())
 }
 

@@ -69,6 +69,9 @@ struct Channel {
     /// Publications fanned out on this node since the channel's first subscriber here (the
     /// admin dashboard turns two readings into a rate).
     publications: u64,
+    /// Whether `channel_occupied` was said for this channel (by the first subscriber whose
+    /// broker subscription succeeded), so `channel_vacated` is said only after it.
+    occupied: bool,
 }
 
 /// One channel with subscribers on this node, as the admin dashboard sees it.
@@ -111,7 +114,7 @@ impl Hub {
     }
 
     /// Adds a pending subscription. Returns true when it is the node's first subscriber of
-    /// the channel (`channel_occupied`). The broker is asked by every subscriber, not here.
+    /// the channel. The broker is asked by every subscriber, not here.
     pub fn add(&self, channel: &Arc<str>, conn: &Arc<SessionHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
         let (ch, first) = match shard.entry(channel.clone()) {
@@ -183,8 +186,22 @@ impl Hub {
         sub.told = Some((told, position.epoch.clone()));
     }
 
+    /// Marks the channel occupied once a subscriber's broker subscription succeeded. True the
+    /// first time (say `channel_occupied`): not necessarily for the node's first subscriber,
+    /// whose broker subscription may have failed while a later one's succeeded.
+    pub fn occupy(&self, channel: &str) -> bool {
+        let mut shard = lock(self.shard(channel));
+        match shard.get_mut(channel) {
+            Some(ch) if !ch.occupied => {
+                ch.occupied = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Removes a subscription. Returns true when the channel has no subscriber left on this
-    /// node (`channel_vacated`).
+    /// node and was said occupied ([`Hub::occupy`]): say `channel_vacated`.
     pub fn remove(&self, channel: &str, conn: &Arc<SessionHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.get_mut(channel) else {
@@ -196,8 +213,7 @@ impl Hub {
         ch.subs.swap_remove(i);
         self.metrics.subscriptions.dec();
         if ch.subs.is_empty() {
-            shard.remove(channel);
-            true
+            shard.remove(channel).is_some_and(|ch| ch.occupied)
         } else {
             false
         }

@@ -359,15 +359,20 @@ impl Session {
     /// until the next one revealed the gap.
     async fn attach(&mut self, channel: &Arc<str>, presence: bool) -> Result<(), ErrorBody> {
         let node = self.node().clone();
-        let first = node.hub.add(channel, self.handle());
+        node.hub.add(channel, self.handle());
         if let Err(e) = node.broker.subscribe(channel).await {
-            // A failed subscribe counts nothing at the broker: only the hub's entry is undone.
-            node.hub.remove(channel, self.handle());
+            // A failed subscribe counts nothing at the broker: only the hub's entry is undone
+            // (and if others said the channel occupied and left meanwhile, it is vacated).
+            if node.hub.remove(channel, self.handle()) && !crate::admin::is_internal(channel) {
+                node.emit("channel_vacated", || {
+                    channel_event("channel_vacated", channel)
+                });
+            }
             return Err(broker_error(e));
         }
         self.subscriptions
             .insert(channel.clone(), Presence::granted(presence));
-        if first && !crate::admin::is_internal(channel) {
+        if node.hub.occupy(channel) && !crate::admin::is_internal(channel) {
             node.emit("channel_occupied", || {
                 channel_event("channel_occupied", channel)
             });
@@ -396,11 +401,11 @@ impl Session {
                 self.event("presence_leave", Some(&Arc::from(channel)))
             });
         }
-        let last = node.hub.remove(channel, self.handle());
+        let vacated = node.hub.remove(channel, self.handle());
         if let Err(e) = node.broker.unsubscribe(channel).await {
             tracing::warn!(channel, error = %e, "broker unsubscribe failed");
         }
-        if last && !crate::admin::is_internal(channel) {
+        if vacated && !crate::admin::is_internal(channel) {
             node.emit("channel_vacated", || {
                 channel_event("channel_vacated", &Arc::from(channel))
             });

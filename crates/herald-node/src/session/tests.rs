@@ -126,6 +126,8 @@ struct Gated {
     open: tokio::sync::watch::Sender<bool>,
     subscribes: AtomicUsize,
     unsubscribes: AtomicUsize,
+    /// The next `chat.` subscribe fails (once the gate opens).
+    refuse_next: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -136,7 +138,11 @@ impl Broker for Gated {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         if channel.starts_with("chat.") {
             self.subscribes.fetch_add(1, Ordering::SeqCst);
+            let refuse = self.refuse_next.swap(false, Ordering::SeqCst);
             let _ = self.open.subscribe().wait_for(|open| *open).await;
+            if refuse {
+                return Err(BrokerError::Unavailable("the test refused it".into()));
+            }
         }
         self.inner.subscribe(channel).await
     }
@@ -574,6 +580,7 @@ fn gated_node(extra: &str) -> (Arc<Node>, Arc<Gated>) {
             open,
             subscribes: AtomicUsize::new(0),
             unsubscribes: AtomicUsize::new(0),
+            refuse_next: Default::default(),
         });
         gate = Some(gated.clone());
         gated
@@ -662,4 +669,51 @@ async fn a_second_subscriber_waits_for_the_broker_like_the_first() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(gate.unsubscribes.load(Ordering::SeqCst), 2);
+}
+
+/// `channel_occupied` and `channel_vacated` pair up when the node's first subscriber of a
+/// channel fails at the broker while a later one succeeds: occupied is said by the one that
+/// succeeded. (Before: occupied was said only by the node's first subscriber, so here never,
+/// and vacated was said when the last left.)
+#[tokio::test(start_paused = true)]
+async fn occupied_and_vacated_pair_up_when_the_first_subscriber_fails() {
+    let (node, gate) =
+        gated_node("[backend]\nsecret = \"s\"\n[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\n");
+    let mut queue = node.take_webhook_queues().pop().expect("one webhook");
+    let hour = Duration::from_secs(3600);
+    let mut alice = connect(&node, "alice", hour, true);
+    let mut bob = connect(&node, "bob", hour, true);
+    assert_eq!(alice.next().await["type"], "welcome");
+    assert_eq!(bob.next().await["type"], "welcome");
+    gate.refuse_next.store(true, Ordering::SeqCst);
+    let subscribe = |id| ClientFrame::Subscribe {
+        id: Some(id),
+        channel: "chat.room.1".into(),
+        since: None,
+        token: None,
+    };
+    alice.send(subscribe(1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    bob.send(subscribe(1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    gate.open.send_replace(true);
+    assert_eq!(
+        alice.next().await["ok"],
+        false,
+        "the broker refused alice's"
+    );
+    assert_eq!(bob.next().await["ok"], true);
+    drop(bob);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = Vec::new();
+    while !events.contains(&"channel_vacated") {
+        assert!(Instant::now() < deadline, "no vacated: {events:?}");
+        while let Ok(e) = queue.try_recv() {
+            if e.kind.starts_with("channel_") && e.channel.as_deref() == Some("chat.room.1") {
+                events.push(e.kind);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(events, ["channel_occupied", "channel_vacated"]);
 }

@@ -21,7 +21,7 @@ use herald_core::broker::{FanoutPace, HistoryQuery, PresenceEvent};
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Publication};
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, PushKind, RedisResult, Value};
+use redis::{PushInfo, PushKind, Value};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
@@ -198,48 +198,84 @@ fn settle_all(
     ok
 }
 
-/// SUBSCRIBEs every name on the classic connection, [`SUBSCRIBE_BATCH`] at a time: each is its
-/// own command (a SUBSCRIBE of several channels gets one confirmation per channel, which the
-/// client would match to later requests), and a batch is written before any answer is
-/// awaited, so subscribing many channels costs a round trip per batch, not one each.
-async fn subscribe_all(sink: &redis::aio::PubSubSink, names: Vec<String>) -> Vec<RedisResult<()>> {
+/// A pub/sub connection as [`apply`] drives it: the classic one or a Cluster's sharded one.
+trait PubSubConn {
+    /// SUBSCRIBEs (SSUBSCRIBE) every name, one answer per name, in order. Each is its own
+    /// command (a SUBSCRIBE of several channels gets one confirmation per channel, which the
+    /// client would match to later requests), and [`SUBSCRIBE_BATCH`] of them are written
+    /// before any answer is awaited, so many channels cost a round trip per batch, not one
+    /// each.
+    async fn subscribe_all(&mut self, names: Vec<String>) -> Vec<Result<(), BrokerError>>;
+
+    /// UNSUBSCRIBEs (SUNSUBSCRIBE) one name; false when the connection failed.
+    async fn unsubscribe(&mut self, name: String) -> bool;
+}
+
+/// Runs `op` on every name, [`SUBSCRIBE_BATCH`] at a time, all of a batch at once.
+async fn pipelined<F, Fut>(names: Vec<String>, mut op: F) -> Vec<Result<(), BrokerError>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BrokerError>>,
+{
     let mut answers = Vec::with_capacity(names.len());
-    for chunk in names.chunks(SUBSCRIBE_BATCH) {
-        answers.extend(
-            futures_util::future::join_all(chunk.iter().map(|name| {
-                let mut sink = sink.clone();
-                async move { sink.subscribe(name).await }
-            }))
-            .await,
-        );
+    let mut names = names.into_iter().peekable();
+    while names.peek().is_some() {
+        let batch: Vec<_> = names.by_ref().take(SUBSCRIBE_BATCH).map(&mut op).collect();
+        answers.extend(futures_util::future::join_all(batch).await);
     }
     answers
 }
 
-/// [`subscribe_all`] with SSUBSCRIBE on a Cluster (each channel to its shard's node).
-async fn ssubscribe_all(
-    conn: &ClusterConnection,
-    names: Vec<String>,
-) -> Vec<Result<(), BrokerError>> {
-    let mut answers = Vec::with_capacity(names.len());
-    for chunk in names.chunks(SUBSCRIBE_BATCH) {
-        answers.extend(
-            futures_util::future::join_all(chunk.iter().map(|name| {
-                let mut conn = conn.clone();
-                async move { ssubscribe(&mut conn, name.clone()).await }
-            }))
-            .await,
-        );
+/// The classic pub/sub connection (one server, Sentinel).
+struct Classic<'a>(&'a mut redis::aio::PubSubSink);
+
+impl PubSubConn for Classic<'_> {
+    async fn subscribe_all(&mut self, names: Vec<String>) -> Vec<Result<(), BrokerError>> {
+        let sink = &*self.0;
+        pipelined(names, |name| {
+            // The sink is a handle on the connection's request queue: each clone writes in
+            // the order it is first polled, which `join_all` does in order.
+            let mut sink = sink.clone();
+            async move { sink.subscribe(name).await.map_err(unavailable) }
+        })
+        .await
     }
-    answers
+
+    async fn unsubscribe(&mut self, name: String) -> bool {
+        self.0.unsubscribe(name).await.is_ok()
+    }
 }
 
-/// Carries out `c` (and, for a subscribe, the subscribes queued behind it) on the classic
-/// pub/sub connection. False when the connection must be dropped and made again.
+/// A Cluster's sharded pub/sub, and the SUNSUBSCRIBE confirmations still to come for our
+/// own unsubscribes (they arrive as pushes, told apart from Redis' own).
+struct Sharded<'a> {
+    conn: &'a mut ClusterConnection,
+    own_unsubscribes: &'a mut HashMap<String, usize>,
+}
+
+impl PubSubConn for Sharded<'_> {
+    async fn subscribe_all(&mut self, names: Vec<String>) -> Vec<Result<(), BrokerError>> {
+        let conn = &*self.conn;
+        pipelined(names, |name| {
+            let mut conn = conn.clone();
+            async move { ssubscribe(&mut conn, name).await }
+        })
+        .await
+    }
+
+    async fn unsubscribe(&mut self, name: String) -> bool {
+        *self.own_unsubscribes.entry(name.clone()).or_default() += 1;
+        let r = tokio::time::timeout(COMMAND_TIMEOUT, self.conn.sunsubscribe(name)).await;
+        matches!(r, Ok(Ok(())))
+    }
+}
+
+/// Carries out `c` (and, for a subscribe, the subscribes queued behind it) on `conn`. False
+/// when the connection must be dropped and made again.
 async fn apply(
     weak: &Weak<Inner>,
     prefix: &str,
-    sink: &mut redis::aio::PubSubSink,
+    conn: &mut impl PubSubConn,
     control: &mut mpsc::UnboundedReceiver<Control>,
     c: Control,
 ) -> bool {
@@ -252,17 +288,13 @@ async fn apply(
                 let (batch, after) = subscribe_batch(first, control);
                 next = after;
                 let names = batch.iter().map(|ch| pubsub_channel(prefix, ch)).collect();
-                let answers = subscribe_all(sink, names).await;
-                let answers = answers
-                    .into_iter()
-                    .map(|a| a.map_err(unavailable))
-                    .collect();
+                let answers = conn.subscribe_all(names).await;
                 if !settle_all(weak, &batch, answers, &mut next) {
                     return false;
                 }
             }
             Control::Unsubscribe(ch) => {
-                if sink.unsubscribe(pubsub_channel(prefix, &ch)).await.is_err() {
+                if !conn.unsubscribe(pubsub_channel(prefix, &ch)).await {
                     return false;
                 }
             }
@@ -314,7 +346,11 @@ pub(crate) async fn classic_task(
         let names = std::iter::once(control_channel(&prefix))
             .chain(channels.iter().map(|ch| pubsub_channel(&prefix, ch)))
             .collect();
-        let ok = subscribe_all(&sink, names).await.iter().all(Result::is_ok);
+        let ok = Classic(&mut sink)
+            .subscribe_all(names)
+            .await
+            .iter()
+            .all(Result::is_ok);
         if !ok {
             continue;
         }
@@ -344,7 +380,7 @@ pub(crate) async fn classic_task(
                 }
                 c = control.recv() => {
                     let Some(c) = c else { return };
-                    if !apply(&weak, &prefix, &mut sink, &mut control, c).await {
+                    if !apply(&weak, &prefix, &mut Classic(&mut sink), &mut control, c).await {
                         break;
                     }
                 }
@@ -407,7 +443,12 @@ pub(crate) async fn sharded_task(
         let names = std::iter::once(control_channel(&prefix))
             .chain(channels.iter().map(|ch| pubsub_channel(&prefix, ch)))
             .collect();
-        let ok = ssubscribe_all(c, names).await.iter().all(Result::is_ok);
+        let mut none_yet = HashMap::new();
+        let mut sharded = Sharded {
+            conn: c,
+            own_unsubscribes: &mut none_yet,
+        };
+        let ok = sharded.subscribe_all(names).await.iter().all(Result::is_ok);
         if !ok {
             refuse_pending(&weak, &mut control);
             tokio::time::sleep(backoff).await;
@@ -481,8 +522,11 @@ pub(crate) async fn sharded_task(
                 }
                 c = control.recv() => {
                     let Some(c) = c else { return };
-                    let conn = conn.as_mut().expect("connected");
-                    if !apply_sharded(&weak, &prefix, conn, &mut own_unsubscribes, &mut control, c).await {
+                    let mut sharded = Sharded {
+                        conn: conn.as_mut().expect("connected"),
+                        own_unsubscribes: &mut own_unsubscribes,
+                    };
+                    if !apply(&weak, &prefix, &mut sharded, &mut control, c).await {
                         break;
                     }
                 }
@@ -493,42 +537,6 @@ pub(crate) async fn sharded_task(
         }
         tracing::warn!("redis cluster sharded pub/sub interrupted; subscribing again");
     }
-}
-
-/// [`apply`] on a Cluster's sharded pub/sub: SSUBSCRIBE, and SUNSUBSCRIBE counted in
-/// `own_unsubscribes` (their confirmations come back as pushes, told apart from Redis' own).
-async fn apply_sharded(
-    weak: &Weak<Inner>,
-    prefix: &str,
-    conn: &mut ClusterConnection,
-    own_unsubscribes: &mut HashMap<String, usize>,
-    control: &mut mpsc::UnboundedReceiver<Control>,
-    c: Control,
-) -> bool {
-    let mut next = Some(c);
-    while let Some(c) = next.take() {
-        match c {
-            Control::Subscribe(first) => {
-                let (batch, after) = subscribe_batch(first, control);
-                next = after;
-                let names = batch.iter().map(|ch| pubsub_channel(prefix, ch)).collect();
-                let answers = ssubscribe_all(conn, names).await;
-                if !settle_all(weak, &batch, answers, &mut next) {
-                    return false;
-                }
-            }
-            Control::Unsubscribe(ch) => {
-                let name = pubsub_channel(prefix, &ch);
-                *own_unsubscribes.entry(name.clone()).or_default() += 1;
-                let r = tokio::time::timeout(COMMAND_TIMEOUT, conn.sunsubscribe(name)).await;
-                if !matches!(r, Ok(Ok(()))) {
-                    return false;
-                }
-            }
-            Control::Reconnect => return false,
-        }
-    }
-    true
 }
 
 fn message_channel(push: &PushInfo) -> Option<&str> {

@@ -225,6 +225,31 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
     );
 }
 
+/// A node `latency` away from Redis (every byte it sends is held that long by a proxy), ready;
+/// the proxy must live as long as the node.
+async fn far_node(
+    server: &RedisServer,
+    latency: Duration,
+    sink: Arc<dyn PublicationSink>,
+) -> (Arc<RedisBroker>, TcpProxy) {
+    let proxy = TcpProxy::start_with_latency(server.port, latency).await;
+    let far = RedisBroker::start(
+        RedisOptions {
+            prefix: "herald-test".into(),
+            presence_ttl: TTL,
+            ..RedisOptions::new(format!("redis://127.0.0.1:{}", proxy.port))
+        },
+        sink,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while far.health().await.is_err() {
+        assert!(Instant::now() < deadline, "the far node never got ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (Arc::new(far), proxy)
+}
+
 /// `Broker::subscribe` returns once the node receives the channel, also for a second local
 /// subscriber whose call comes while the first one's SUBSCRIBE is still unanswered: the node
 /// reads the channel's position next, and a publication made in between must reach it. Redis
@@ -235,25 +260,9 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
 async fn subscribes_return_once_the_node_receives_the_channel() {
     const LATENCY: Duration = Duration::from_millis(300);
     let server = RedisServer::start();
-    let proxy = TcpProxy::start_with_latency(server.port, LATENCY).await;
     let rec = Arc::new(Recorder::default());
-    let far = Arc::new(
-        RedisBroker::start(
-            RedisOptions {
-                prefix: "herald-test".into(),
-                presence_ttl: TTL,
-                ..RedisOptions::new(format!("redis://127.0.0.1:{}", proxy.port))
-            },
-            rec.clone(),
-        )
-        .unwrap(),
-    );
+    let (far, _proxy) = far_node(&server, LATENCY, rec.clone()).await;
     let near = node(&server, Arc::new(Recorder::default()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while far.health().await.is_err() {
-        assert!(Instant::now() < deadline, "the far node never got ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // One subscriber: the call returns once the server has the subscription.
     let alone = channel("alone");
     far.subscribe(&alone).await.unwrap();
@@ -327,23 +336,7 @@ async fn subscribes_return_once_the_node_receives_the_channel() {
 async fn a_herd_of_subscribes_costs_a_round_trip_not_one_each() {
     const LATENCY: Duration = Duration::from_millis(50);
     let server = RedisServer::start();
-    let proxy = TcpProxy::start_with_latency(server.port, LATENCY).await;
-    let far = Arc::new(
-        RedisBroker::start(
-            RedisOptions {
-                prefix: "herald-test".into(),
-                presence_ttl: TTL,
-                ..RedisOptions::new(format!("redis://127.0.0.1:{}", proxy.port))
-            },
-            Arc::new(Recorder::default()),
-        )
-        .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while far.health().await.is_err() {
-        assert!(Instant::now() < deadline, "the far node never got ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (far, _proxy) = far_node(&server, LATENCY, Arc::new(Recorder::default())).await;
     let one = channel("herd");
     let many: Vec<String> = (0..100)
         .map(|i| format!("{}-{i}", channel("storm")))

@@ -52,7 +52,7 @@ mod pubsub;
 mod topology;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -427,7 +427,13 @@ pub(crate) struct Interest {
     /// The subscribes waiting for that answer. One SUBSCRIBE is in flight for all of them:
     /// the first one's; the pub/sub task answers every waiter when Redis answers it.
     pub(crate) waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
+    /// Unique per entry: the SUBSCRIBE of an entry removed since (its UNSUBSCRIBE queued
+    /// behind it) must not answer this one's waiters.
+    pub(crate) generation: u64,
 }
+
+/// The next [`Interest::generation`].
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) struct Inner {
     cmd: Conn,
@@ -1024,7 +1030,12 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         let rx = {
             let mut interest = lock(&self.inner.interest);
-            let entry = interest.entry(channel.to_owned()).or_default();
+            let entry = interest
+                .entry(channel.to_owned())
+                .or_insert_with(|| Interest {
+                    generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+                    ..Interest::default()
+                });
             entry.subscribers += 1;
             if entry.acknowledged {
                 return Ok(());
@@ -1042,7 +1053,7 @@ impl Broker for RedisBroker {
                 let _ = self
                     .inner
                     .control
-                    .send(Control::Subscribe(channel.to_owned()));
+                    .send(Control::Subscribe(channel.to_owned(), entry.generation));
             }
             rx
         };

@@ -30,8 +30,11 @@ use crate::{COMMAND_TIMEOUT, Inner, RedisBroker, lock, unavailable};
 
 /// What the broker asks of its pub/sub task.
 pub(crate) enum Control {
-    /// SUBSCRIBE to the channel, then answer its waiters ([`crate::Interest::waiters`]).
-    Subscribe(String),
+    /// SUBSCRIBE to the channel, then answer the waiters ([`crate::Interest::waiters`]) of
+    /// this generation of the node's interest in it. A later generation (the channel was
+    /// given up, its UNSUBSCRIBE queued, then wanted again) is not answered by this one's
+    /// SUBSCRIBE: the UNSUBSCRIBE behind it would undo it.
+    Subscribe(String, u64),
     Unsubscribe(String),
     /// The master moved (Sentinel): drop the connection and subscribe on the new one.
     Reconnect,
@@ -132,15 +135,19 @@ fn resync_all(inner: Arc<Inner>, channels: Vec<String>) {
     });
 }
 
-/// At most this many queued subscribes go out together (pipelined, one round trip).
+/// At most this many queued subscribes (or unsubscribes) go out together: pipelined, one
+/// round trip for all.
 const SUBSCRIBE_BATCH: usize = 512;
 
-/// Answers the subscribes waiting for `channel` with Redis' answer to its SUBSCRIBE; once
-/// acknowledged, later subscribes of the channel return at once.
-fn settle(weak: &Weak<Inner>, channel: &str, result: Result<(), BrokerError>) {
+/// Answers the subscribes waiting for `generation` of the node's interest in `channel` with
+/// Redis' answer to its SUBSCRIBE; once acknowledged, later subscribes of that generation
+/// return at once.
+fn settle(weak: &Weak<Inner>, channel: &str, generation: u64, result: Result<(), BrokerError>) {
     let Some(inner) = weak.upgrade() else { return };
     let mut interest = lock(&inner.interest);
-    if let Some(entry) = interest.get_mut(channel) {
+    if let Some(entry) = interest.get_mut(channel)
+        && entry.generation == generation
+    {
         if result.is_ok() {
             entry.acknowledged = true;
         }
@@ -150,52 +157,59 @@ fn settle(weak: &Weak<Inner>, channel: &str, result: Result<(), BrokerError>) {
     }
 }
 
+/// Refuses a subscribe that will not be carried out on this connection.
+fn refuse(weak: &Weak<Inner>, c: Option<Control>) {
+    if let Some(Control::Subscribe(ch, generation)) = c {
+        let refused = BrokerError::Unavailable("redis is unreachable".into());
+        settle(weak, &ch, generation, Err(refused));
+    }
+}
+
 /// Refuses the subscribes waiting in `control`: they must not wait for a Redis that is away.
 fn refuse_pending(weak: &Weak<Inner>, control: &mut mpsc::UnboundedReceiver<Control>) {
     while let Ok(c) = control.try_recv() {
-        if let Control::Subscribe(ch) = c {
-            let refused = BrokerError::Unavailable("redis is unreachable".into());
-            settle(weak, &ch, Err(refused));
-        }
+        refuse(weak, Some(c));
     }
 }
 
-/// Takes `first` and the subscribes queued right behind it, up to [`SUBSCRIBE_BATCH`]; the
-/// first other control met is returned, to be carried out after them (order matters: an
-/// unsubscribe must not overtake the subscribe before it).
-fn subscribe_batch(
-    first: String,
+/// Consecutive controls of one kind, carried out together.
+enum Run {
+    Subscribe(Vec<(String, u64)>),
+    Unsubscribe(Vec<String>),
+    Reconnect,
+}
+
+/// Takes `first` and the controls of its kind queued right behind it, up to
+/// [`SUBSCRIBE_BATCH`]; the first control of another kind is returned, to be carried out
+/// after them (order matters: an unsubscribe must not overtake the subscribe before it, nor a
+/// subscribe the unsubscribe).
+fn take_run(
+    first: Control,
     control: &mut mpsc::UnboundedReceiver<Control>,
-) -> (Vec<String>, Option<Control>) {
-    let mut batch = vec![first];
-    while batch.len() < SUBSCRIBE_BATCH {
-        match control.try_recv() {
-            Ok(Control::Subscribe(ch)) => batch.push(ch),
-            Ok(other) => return (batch, Some(other)),
-            Err(_) => break,
+) -> (Run, Option<Control>) {
+    let mut run = match first {
+        Control::Subscribe(ch, generation) => Run::Subscribe(vec![(ch, generation)]),
+        Control::Unsubscribe(ch) => Run::Unsubscribe(vec![ch]),
+        Control::Reconnect => return (Run::Reconnect, None),
+    };
+    loop {
+        let len = match &run {
+            Run::Subscribe(b) => b.len(),
+            Run::Unsubscribe(b) => b.len(),
+            Run::Reconnect => unreachable!("never extended"),
+        };
+        if len >= SUBSCRIBE_BATCH {
+            return (run, None);
+        }
+        match (&mut run, control.try_recv()) {
+            (Run::Subscribe(batch), Ok(Control::Subscribe(ch, generation))) => {
+                batch.push((ch, generation));
+            }
+            (Run::Unsubscribe(batch), Ok(Control::Unsubscribe(ch))) => batch.push(ch),
+            (_, Ok(other)) => return (run, Some(other)),
+            (_, Err(_)) => return (run, None),
         }
     }
-    (batch, None)
-}
-
-/// Answers the waiters of every channel in `batch`. False if any SUBSCRIBE failed: the
-/// connection is then made again, and `next`, not carried out, is refused if a subscribe.
-fn settle_all(
-    weak: &Weak<Inner>,
-    batch: &[String],
-    answers: Vec<Result<(), BrokerError>>,
-    next: &mut Option<Control>,
-) -> bool {
-    let mut ok = true;
-    for (ch, answer) in batch.iter().zip(answers) {
-        ok &= answer.is_ok();
-        settle(weak, ch, answer);
-    }
-    if !ok && let Some(Control::Subscribe(ch)) = next.take() {
-        let refused = BrokerError::Unavailable("redis is unreachable".into());
-        settle(weak, &ch, Err(refused));
-    }
-    ok
 }
 
 /// A pub/sub connection as [`apply`] drives it: the classic one or a Cluster's sharded one.
@@ -207,8 +221,9 @@ trait PubSubConn {
     /// each.
     async fn subscribe_all(&mut self, names: Vec<String>) -> Vec<Result<(), BrokerError>>;
 
-    /// UNSUBSCRIBEs (SUNSUBSCRIBE) one name; false when the connection failed.
-    async fn unsubscribe(&mut self, name: String) -> bool;
+    /// UNSUBSCRIBEs (SUNSUBSCRIBE) every name, pipelined like [`Self::subscribe_all`]; false
+    /// when the connection failed.
+    async fn unsubscribe_all(&mut self, names: Vec<String>) -> bool;
 }
 
 /// Runs `op` on every name, [`SUBSCRIBE_BATCH`] at a time, all of a batch at once.
@@ -241,8 +256,14 @@ impl PubSubConn for Classic<'_> {
         .await
     }
 
-    async fn unsubscribe(&mut self, name: String) -> bool {
-        self.0.unsubscribe(name).await.is_ok()
+    async fn unsubscribe_all(&mut self, names: Vec<String>) -> bool {
+        let sink = &*self.0;
+        let answers = pipelined(names, |name| {
+            let mut sink = sink.clone();
+            async move { sink.unsubscribe(name).await.map_err(unavailable) }
+        })
+        .await;
+        answers.iter().all(Result::is_ok)
     }
 }
 
@@ -263,15 +284,30 @@ impl PubSubConn for Sharded<'_> {
         .await
     }
 
-    async fn unsubscribe(&mut self, name: String) -> bool {
-        *self.own_unsubscribes.entry(name.clone()).or_default() += 1;
-        let r = tokio::time::timeout(COMMAND_TIMEOUT, self.conn.sunsubscribe(name)).await;
-        matches!(r, Ok(Ok(())))
+    async fn unsubscribe_all(&mut self, names: Vec<String>) -> bool {
+        for name in &names {
+            *self.own_unsubscribes.entry(name.clone()).or_default() += 1;
+        }
+        let conn = &*self.conn;
+        let answers = pipelined(names, |name| {
+            let mut conn = conn.clone();
+            async move {
+                match tokio::time::timeout(COMMAND_TIMEOUT, conn.sunsubscribe(name)).await {
+                    Ok(r) => r.map_err(unavailable),
+                    Err(_) => Err(BrokerError::Unavailable(
+                        "redis: unsubscribing timed out".into(),
+                    )),
+                }
+            }
+        })
+        .await;
+        answers.iter().all(Result::is_ok)
     }
 }
 
-/// Carries out `c` (and, for a subscribe, the subscribes queued behind it) on `conn`. False
-/// when the connection must be dropped and made again.
+/// Carries out `c` and the controls of its kind queued behind it on `conn` (a connect or
+/// disconnect storm costs a round trip per batch, not one per channel). False when the
+/// connection must be dropped and made again.
 async fn apply(
     weak: &Weak<Inner>,
     prefix: &str,
@@ -281,24 +317,32 @@ async fn apply(
 ) -> bool {
     let mut next = Some(c);
     while let Some(c) = next.take() {
-        match c {
-            Control::Subscribe(first) => {
-                // With the subscribes queued behind it: a connect storm's subscriptions cost
-                // one round trip per batch, not one each.
-                let (batch, after) = subscribe_batch(first, control);
-                next = after;
-                let names = batch.iter().map(|ch| pubsub_channel(prefix, ch)).collect();
+        let (run, after) = take_run(c, control);
+        next = after;
+        let ok = match run {
+            Run::Subscribe(batch) => {
+                let names = batch
+                    .iter()
+                    .map(|(ch, _)| pubsub_channel(prefix, ch))
+                    .collect();
                 let answers = conn.subscribe_all(names).await;
-                if !settle_all(weak, &batch, answers, &mut next) {
-                    return false;
+                let mut ok = true;
+                for ((ch, generation), answer) in batch.iter().zip(answers) {
+                    ok &= answer.is_ok();
+                    settle(weak, ch, *generation, answer);
                 }
+                ok
             }
-            Control::Unsubscribe(ch) => {
-                if !conn.unsubscribe(pubsub_channel(prefix, &ch)).await {
-                    return false;
-                }
+            Run::Unsubscribe(batch) => {
+                let names = batch.iter().map(|ch| pubsub_channel(prefix, ch)).collect();
+                conn.unsubscribe_all(names).await
             }
-            Control::Reconnect => return false,
+            Run::Reconnect => false,
+        };
+        if !ok {
+            // Taken from the queue but not carried out on this connection.
+            refuse(weak, next);
+            return false;
         }
     }
     true

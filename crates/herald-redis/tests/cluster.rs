@@ -364,3 +364,65 @@ async fn a_herd_of_subscribes_costs_a_round_trip_not_one_each() {
         );
     }
 }
+
+/// A disconnect storm with Redis 50 ms away: 200 channels given up at once are unsubscribed
+/// in pipelined batches, so a subscribe right behind them is answered in a few round trips.
+/// Before: one UNSUBSCRIBE per round trip, 200 × 50 ms ahead of the subscribe, which timed
+/// out after 2 s (a helper saw fresh subscribes fail for ~N × RTT after N clients left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_storm_does_not_hold_up_subscribes() {
+    const LATENCY: Duration = Duration::from_millis(50);
+    let server = RedisServer::start();
+    let (far, _proxy) = far_node(&server, LATENCY, Arc::new(Recorder::default())).await;
+    let leaving: Vec<String> = (0..200)
+        .map(|i| format!("{}-{i}", channel("leaving")))
+        .collect();
+    let subscribed =
+        futures_util::future::join_all(leaving.iter().map(|ch| far.subscribe(ch))).await;
+    assert!(subscribed.iter().all(Result::is_ok));
+    for ch in &leaving {
+        far.unsubscribe(ch).await.unwrap();
+    }
+    let started = Instant::now();
+    far.subscribe(&channel("arriving")).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a subscribe behind 200 unsubscribes took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A subscribe is answered by the SUBSCRIBE of its own interest in the channel, not by one
+/// sent for an interest given up since. Redis is 800 ms away and three runs of controls are
+/// queued first (unsubscribe, subscribe, unsubscribe: one round trip each), so A's SUBSCRIBE is
+/// answered after 3.2 s: A's subscribe times out at 2 s and gives the channel up (its
+/// UNSUBSCRIBE queued behind A's SUBSCRIBE), then B subscribes. Before: A's SUBSCRIBE answered
+/// B too; the UNSUBSCRIBE behind it then left the node deaf to the channel while B counted as
+/// subscribed, until B's own SUBSCRIBE arrived. Now B waits for its own and, with Redis this
+/// far behind, times out like A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_is_not_answered_for_an_interest_given_up_since() {
+    const LATENCY: Duration = Duration::from_millis(800);
+    let server = RedisServer::start();
+    let (far, _proxy) = far_node(&server, LATENCY, Arc::new(Recorder::default())).await;
+    let (x1, x2, y) = (channel("x1"), channel("x2"), channel("y"));
+    let (r1, r2) = tokio::join!(far.subscribe(&x1), far.subscribe(&x2));
+    r1.unwrap();
+    r2.unwrap();
+    far.unsubscribe(&x1).await.unwrap();
+    let queued = tokio::spawn({
+        let far = far.clone();
+        async move { far.subscribe(&y).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    far.unsubscribe(&x2).await.unwrap();
+    let ch = channel("given-up");
+    let a = far.subscribe(&ch).await;
+    assert!(a.is_err(), "A waits 2 s for an answer 3.2 s away: {a:?}");
+    let b = far.subscribe(&ch).await;
+    assert!(
+        b.is_err(),
+        "B was answered by A's SUBSCRIBE, with the node's UNSUBSCRIBE still to come"
+    );
+    queued.await.unwrap().ok();
+}

@@ -1659,13 +1659,23 @@ async fn resync_all(broker: NatsBroker) {
         return;
     }
     let channels: Vec<String> = broker.inner.interest.lock().await.keys().cloned().collect();
-    for ch in channels {
-        match broker.history(&ch, HistoryQuery::default()).await {
-            Ok(h) => broker.inner.sink.resync(&ch, &h.position),
-            Err(e) => tracing::warn!(channel = ch, error = %e, "resync failed"),
-        }
-    }
+    // Many at once (requests share the connection): one after another, the last channel of
+    // many would learn of a loss a round trip per channel later.
+    futures_util::stream::iter(channels)
+        .for_each_concurrent(RESYNC_CONCURRENCY, |ch| {
+            let broker = &broker;
+            async move {
+                match broker.history(&ch, HistoryQuery::default()).await {
+                    Ok(h) => broker.inner.sink.resync(&ch, &h.position),
+                    Err(e) => tracing::warn!(channel = ch, error = %e, "resync failed"),
+                }
+            }
+        })
+        .await;
 }
+
+/// Channel positions read at once when resyncing.
+const RESYNC_CONCURRENCY: usize = 64;
 
 /// This node's heartbeat, every `presence_ttl / BEATS`, until the broker is dropped.
 async fn heartbeat_task(weak: Weak<Inner>) {

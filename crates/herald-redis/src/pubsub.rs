@@ -123,15 +123,29 @@ pub(crate) fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
     }
 }
 
-/// After a break: every channel this node serves may have missed publications.
+/// Channel positions read at once when resyncing (on the multiplexed command connection,
+/// so they travel pipelined).
+const RESYNC_CONCURRENCY: usize = 64;
+
+/// After a break: every channel this node serves may have missed publications. Their
+/// positions are read [`RESYNC_CONCURRENCY`] at a time: one after another, a node with many
+/// channels told the last of them about a loss a round trip per channel later (a helper saw
+/// notices arrive up to 37 s after a pub/sub reconnect with 1,000 channels and Redis 30 ms
+/// away).
 fn resync_all(inner: Arc<Inner>, channels: Vec<String>) {
     let broker = RedisBroker { inner };
     tokio::spawn(async move {
-        for ch in channels {
-            if let Ok(h) = broker.history(&ch, HistoryQuery::default()).await {
-                broker.inner.sink.resync(&ch, &h.position);
-            }
-        }
+        futures_util::stream::iter(channels)
+            .for_each_concurrent(RESYNC_CONCURRENCY, |ch| {
+                let broker = &broker;
+                async move {
+                    match broker.history(&ch, HistoryQuery::default()).await {
+                        Ok(h) => broker.inner.sink.resync(&ch, &h.position),
+                        Err(e) => tracing::warn!(channel = ch, error = %e, "resync failed"),
+                    }
+                }
+            })
+            .await;
     });
 }
 

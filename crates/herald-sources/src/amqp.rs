@@ -37,6 +37,9 @@ use crate::{Consumer, Verdict, instance_name, start};
 /// How often the queue's depth (the lag) is read.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the lag probe and the goodbye may wait for RabbitMQ.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The `/readyz` name and the metrics label of the `index`th (0-based) `[[source.amqp]]`.
 pub fn names(index: usize, cfg: &AmqpSourceConfig) -> (String, String) {
     (
@@ -91,7 +94,16 @@ async fn session(
     .map_err(|_| "connect timed out".to_owned())?
     .map_err(err("connect"))?;
     let result = consume(&cfg, &consumer, &ready, &connection).await;
-    let _ = connection.close(200, "herald source stopping".into()).await;
+    if result.is_err() {
+        // Down now, not after the goodbye below, which may wait on a peer that is gone.
+        ready.store(false, Ordering::SeqCst);
+    }
+    // Bounded: a connection that broke may never answer the close.
+    let _ = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        connection.close(200, "herald source stopping".into()),
+    )
+    .await;
     result
 }
 
@@ -156,7 +168,12 @@ async fn consume(
         let delivery = tokio::select! {
             d = deliveries.next() => d,
             _ = lag_tick.tick() => {
-                lag(&channel, &queue, consumer).await?;
+                // Also the liveness probe of an idle connection: a RabbitMQ that is cut off
+                // (no reset ever comes) or gone shows here within a request timeout, not
+                // after the heartbeat's minutes.
+                tokio::time::timeout(REQUEST_TIMEOUT, lag(&channel, &queue, consumer))
+                    .await
+                    .map_err(|_| "queue.declare passive: timed out".to_owned())??;
                 continue;
             }
         };

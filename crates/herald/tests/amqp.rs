@@ -8,7 +8,7 @@ mod bus;
 use std::sync::{Mutex, OnceLock};
 
 use bus::Bus;
-use herald_testkit::RabbitMqServer;
+use herald_testkit::{HoldProxy, RabbitMqServer, RedisServer};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -36,6 +36,8 @@ impl Node {
 /// queue (declared and bound by the gateway), a dead-letter exchange and a queue behind it.
 struct Amqp {
     node: Node,
+    /// Where the gateway reaches RabbitMQ, when not straight at the node (a proxy).
+    via: Option<u16>,
     suffix: String,
     channel: Mutex<Option<Channel>>,
     dead: Mutex<Vec<(String, Vec<u8>)>>,
@@ -105,6 +107,7 @@ impl Amqp {
             .unwrap();
         Amqp {
             node,
+            via: None,
             suffix,
             channel: Mutex::new(Some(channel)),
             dead: Mutex::default(),
@@ -152,7 +155,10 @@ impl Bus for Amqp {
             "[[source.amqp]]\nurl = \"{}\"\nqueue = \"herald.{s}\"\n\
              bindings = [{{ exchange = \"events.{s}\", routing_key = \"#\" }}]\n\
              dead_letter_exchange = \"dead.{s}\"\n",
-            self.node.get().url()
+            match self.via {
+                Some(port) => format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+                None => self.node.get().url(),
+            }
         )
     }
 
@@ -226,3 +232,24 @@ impl Bus for Amqp {
 }
 
 bus_scenarios!(Amqp);
+
+/// A RabbitMQ that stops answering without closing the connection (a partition, a hung node:
+/// no reset ever comes) takes the source down in seconds, not after AMQP's heartbeat: the
+/// lag probe each second is bounded (5 s), and the goodbye after it too. Before: the probe
+/// waited for an answer that never came, and /readyz said ready for as long as that lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_that_stops_answering_takes_the_source_down() {
+    let mut bus = Amqp::start().await;
+    let proxy = HoldProxy::start(bus.node.get().port);
+    bus.via = Some(proxy.port);
+    let redis = RedisServer::start();
+    let g = bus::Gateway::start(&bus, &redis.url()).await;
+    proxy.hold_replies();
+    let held = std::time::Instant::now();
+    g.wait_ready(false).await;
+    assert!(
+        held.elapsed() < std::time::Duration::from_secs(15),
+        "down after {:?}",
+        held.elapsed()
+    );
+}

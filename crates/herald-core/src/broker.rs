@@ -199,6 +199,37 @@ pub struct FanoutStats {
     pub unwanted: AtomicU64,
 }
 
+/// Channel positions [`resync_channels`] reads at once.
+pub const RESYNC_CONCURRENCY: usize = 64;
+
+/// After a break in a broker's fan-out (its subscription link was lost and made again): reads
+/// the position of every channel in `channels` through `broker` and hands it to
+/// `sink.resync`, [`RESYNC_CONCURRENCY`] at a time. One after another, a node with many
+/// channels told the last of them about a loss a round trip per channel later (1,000 channels
+/// with Redis 30 ms away: 37 s). Returns the channels whose position could not be read, with
+/// the error, for the broker to log.
+pub async fn resync_channels(
+    broker: &dyn Broker,
+    sink: &dyn PublicationSink,
+    channels: Vec<String>,
+) -> Vec<(String, BrokerError)> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(channels)
+        .map(|ch| async move {
+            match broker.history(&ch, HistoryQuery::default()).await {
+                Ok(h) => {
+                    sink.resync(&ch, &h.position);
+                    None
+                }
+                Err(e) => Some((ch, e)),
+            }
+        })
+        .buffer_unordered(RESYNC_CONCURRENCY)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
+}
+
 /// The fan-out, history and presence backend shared by all transports.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {

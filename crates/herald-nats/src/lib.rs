@@ -81,6 +81,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use herald_core::broker::{
     FanoutPace, HistoryQuery, HistoryResult, LocalSessions, PresenceEvent, new_epoch, random_id,
+    resync_channels,
 };
 use herald_core::protocol::ClientInfo;
 use herald_core::{Broker, BrokerError, Position, Publication, PublicationSink, PublishRequest};
@@ -1659,23 +1660,11 @@ async fn resync_all(broker: NatsBroker) {
         return;
     }
     let channels: Vec<String> = broker.inner.interest.lock().await.keys().cloned().collect();
-    // Many at once (requests share the connection): one after another, the last channel of
-    // many would learn of a loss a round trip per channel later.
-    futures_util::stream::iter(channels)
-        .for_each_concurrent(RESYNC_CONCURRENCY, |ch| {
-            let broker = &broker;
-            async move {
-                match broker.history(&ch, HistoryQuery::default()).await {
-                    Ok(h) => broker.inner.sink.resync(&ch, &h.position),
-                    Err(e) => tracing::warn!(channel = ch, error = %e, "resync failed"),
-                }
-            }
-        })
-        .await;
+    let sink = broker.inner.sink.clone();
+    for (channel, e) in resync_channels(&broker, &*sink, channels).await {
+        tracing::warn!(channel, error = %e, "resync failed");
+    }
 }
-
-/// Channel positions read at once when resyncing.
-const RESYNC_CONCURRENCY: usize = 64;
 
 /// This node's heartbeat, every `presence_ttl / BEATS`, until the broker is dropped.
 async fn heartbeat_task(weak: Weak<Inner>) {

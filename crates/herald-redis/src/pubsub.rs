@@ -17,9 +17,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald_core::broker::{FanoutPace, HistoryQuery, PresenceEvent};
+use herald_core::broker::{FanoutPace, PresenceEvent, resync_channels};
 use herald_core::protocol::ClientInfo;
-use herald_core::{Broker, BrokerError, Publication};
+use herald_core::{BrokerError, Publication};
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use serde_json::value::RawValue;
@@ -123,29 +123,15 @@ pub(crate) fn dispatch(inner: &Inner, redis_channel: &str, payload: &[u8]) {
     }
 }
 
-/// Channel positions read at once when resyncing (on the multiplexed command connection,
-/// so they travel pipelined).
-const RESYNC_CONCURRENCY: usize = 64;
-
-/// After a break: every channel this node serves may have missed publications. Their
-/// positions are read [`RESYNC_CONCURRENCY`] at a time: one after another, a node with many
-/// channels told the last of them about a loss a round trip per channel later (a helper saw
-/// notices arrive up to 37 s after a pub/sub reconnect with 1,000 channels and Redis 30 ms
-/// away).
+/// After a break: every channel this node serves may have missed publications
+/// ([`resync_channels`]; the positions travel pipelined on the multiplexed command connection).
 fn resync_all(inner: Arc<Inner>, channels: Vec<String>) {
     let broker = RedisBroker { inner };
     tokio::spawn(async move {
-        futures_util::stream::iter(channels)
-            .for_each_concurrent(RESYNC_CONCURRENCY, |ch| {
-                let broker = &broker;
-                async move {
-                    match broker.history(&ch, HistoryQuery::default()).await {
-                        Ok(h) => broker.inner.sink.resync(&ch, &h.position),
-                        Err(e) => tracing::warn!(channel = ch, error = %e, "resync failed"),
-                    }
-                }
-            })
-            .await;
+        let sink = broker.inner.sink.clone();
+        for (channel, e) in resync_channels(&broker, &*sink, channels).await {
+            tracing::warn!(channel, error = %e, "resync failed");
+        }
     });
 }
 

@@ -225,6 +225,17 @@ async fn a_node_cut_off_and_taken_for_dead_comes_back() {
     );
 }
 
+/// A publication on `ch` saying what it comes after.
+fn after(ch: &str, what: &str) -> PublishRequest {
+    PublishRequest {
+        channel: Arc::from(ch),
+        data: raw_json(&serde_json::json!({ "after": what })),
+        history: None,
+        idempotency_key: None,
+        from: None,
+    }
+}
+
 /// A node `latency` away from Redis (every byte it sends is held that long by a proxy), ready;
 /// the proxy must live as long as the node.
 async fn far_node(
@@ -266,15 +277,9 @@ async fn subscribes_return_once_the_node_receives_the_channel() {
     // One subscriber: the call returns once the server has the subscription.
     let alone = channel("alone");
     far.subscribe(&alone).await.unwrap();
-    near.publish(PublishRequest {
-        channel: Arc::from(alone.as_str()),
-        data: raw_json(&serde_json::json!({ "after": "the only subscribe" })),
-        history: None,
-        idempotency_key: None,
-        from: None,
-    })
-    .await
-    .unwrap();
+    near.publish(after(&alone, "the only subscribe"))
+        .await
+        .unwrap();
     rec.until(
         "the publication made after the only subscribe returned",
         |r| r.publications(&alone).len() == 1,
@@ -289,15 +294,9 @@ async fn subscribes_return_once_the_node_receives_the_channel() {
     tokio::time::sleep(LATENCY / 6).await; // the first SUBSCRIBE is on its way
     let started = Instant::now();
     far.subscribe(&ch).await.unwrap();
-    near.publish(PublishRequest {
-        channel: Arc::from(ch.as_str()),
-        data: raw_json(&serde_json::json!({ "after": "the second subscribe" })),
-        history: None,
-        idempotency_key: None,
-        from: None,
-    })
-    .await
-    .unwrap();
+    near.publish(after(&ch, "the second subscribe"))
+        .await
+        .unwrap();
     rec.until(
         "the publication made after the second subscribe returned",
         |r| r.publications(&ch).len() == 1,
@@ -311,15 +310,7 @@ async fn subscribes_return_once_the_node_receives_the_channel() {
     );
     // Both calls count: the node still receives the channel after one of them is undone.
     far.unsubscribe(&ch).await.unwrap();
-    near.publish(PublishRequest {
-        channel: Arc::from(ch.as_str()),
-        data: raw_json(&serde_json::json!({ "after": "one unsubscribe" })),
-        history: None,
-        idempotency_key: None,
-        from: None,
-    })
-    .await
-    .unwrap();
+    near.publish(after(&ch, "one unsubscribe")).await.unwrap();
     rec.until("the publication made with one subscriber left", |r| {
         r.publications(&ch).len() == 2
     })
